@@ -1,0 +1,243 @@
+"""ONNX backend: the IR emitted straight to an ONNX graph (no tracing), so it runs at any B and T.
+
+A recurrent block becomes one ``Scan`` whose body is the step graph: the graph's size does not depend on T.
+Parameters are initializers named as in the spec (``W_f``, ``enc.W_f``) and are read from the loop body through
+ONNX's outer scope, so the weights are stored once. `ONNX_EMIT` is the op table: one entry per IR op.
+Graph inputs and outputs carry the spec's names; ``B`` and ``T`` are symbolic dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from seqdsl.ir import Graph, LoopOutput, Model, Node, loop_of
+
+OPSET = 17  # LayerNormalization, Scan v16 and everything the op table uses; loads in old and new runtimes
+DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+
+
+class _Builder:
+    """Collects the nodes of one ONNX graph; ``root`` owns initializers, shared by every nested body."""
+
+    def __init__(self, root: "_Builder | None" = None, scope: str = ""):
+        self.root = root or self
+        self.scope = scope
+        self.nodes: list[onnx.NodeProto] = []
+        self.values: dict[str, str] = {}  # IR node -> ONNX value name
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.cache: dict[tuple[object, ...], str] = {}
+        self.counter = 0
+
+    def name(self, base: str) -> str:
+        self.root.counter += 1
+        return f"{self.scope}{base}__{self.root.counter}"
+
+    def op(self, op_type: str, inputs: list[str], base: str, out: str | None = None, **attrs: object) -> str:
+        out = out or self.name(base)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{out}:{op_type}", **attrs))
+        return out
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        root = self.root
+        if name not in root.initializers:
+            root.initializers[name] = numpy_helper.from_array(array, name)
+        return name
+
+    def const(self, value: float | list[int], dtype: type = np.float32) -> str:
+        """A constant as a shared initializer (top level, so every loop body reads the same one)."""
+        key = ("const", repr(value), dtype)
+        if key not in self.root.cache:
+            arr = np.array(value, dtype=dtype)
+            self.root.cache[key] = self.initializer(f"const__{len(self.root.cache)}", arr)
+        return self.root.cache[key]
+
+    def transposed(self, weight: str) -> str:
+        """Wᵀ for ``x @ Wᵀ``, computed once at the top level, outside every loop."""
+        key = ("T", weight)
+        if key not in self.root.cache:
+            self.root.cache[key] = self.root.op("Transpose", [weight], f"{weight}.T", out=f"{weight}__T", perm=[1, 0])
+        return self.root.cache[key]
+
+    def batch_shape(self, ref: str, tail: tuple[int, ...]) -> str:
+        """The 1-d shape (B, *tail), with B read from the first axis of ``ref``."""
+        b = self.op("Shape", [ref], "batch", start=0, end=1)
+        return self.op("Concat", [b, self.const(list(tail), np.int64)], "shape", axis=0)
+
+
+Emit = Callable[[_Builder, Node, list[str]], str]
+
+
+def _simple(op_type: str, **fixed: object) -> Emit:
+    def emit(b: _Builder, node: Node, args: list[str]) -> str:
+        attrs = {k: node.attrs.get(k, v) for k, v in fixed.items()}
+        return b.op(op_type, args, node.name, **attrs)
+    return emit
+
+
+def _linear(b: _Builder, node: Node, args: list[str]) -> str:
+    return b.op("MatMul", [args[0], b.transposed(args[1])], node.name)
+
+
+def _slice(b: _Builder, node: Node, args: list[str]) -> str:
+    a = node.attrs
+    return b.op("Slice", [args[0], b.const([a["start"]], np.int64), b.const([a["stop"]], np.int64),
+                          b.const([a["axis"]], np.int64)], node.name)
+
+
+def _time_index(index: int) -> Emit:
+    def emit(b: _Builder, node: Node, args: list[str]) -> str:
+        at = node.attrs.get("index", index)
+        return b.op("Gather", [args[0], b.const(at, np.int64)], node.name, axis=1)
+    return emit
+
+
+def _zeros(b: _Builder, node: Node, args: list[str]) -> str:
+    shape = b.batch_shape(args[0], tuple(node.attrs["shape"]))
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    return b.op("ConstantOfShape", [shape], node.name, value=zero)
+
+
+def _expand_batch(b: _Builder, node: Node, args: list[str]) -> str:
+    return b.op("Expand", [args[0], b.batch_shape(args[1], tuple(node.shape[1:]))], node.name)
+
+
+def _stack(b: _Builder, node: Node, args: list[str]) -> str:
+    axis1 = b.const([1], np.int64)
+    parts = [b.op("Unsqueeze", [a, axis1], node.name) for a in args]
+    return b.op("Concat", parts, node.name, axis=1)
+
+
+ONNX_EMIT: dict[str, Emit] = {
+    "add": _simple("Add"),
+    "sub": _simple("Sub"),
+    "mul": _simple("Mul"),
+    "div": _simple("Div"),
+    "neg": _simple("Neg"),
+    "linear": _linear,
+    "matmul": _simple("MatMul"),
+    "sigmoid": _simple("Sigmoid"),
+    "tanh": _simple("Tanh"),
+    "relu": _simple("Relu"),
+    "exp": _simple("Exp"),
+    "softmax": _simple("Softmax", axis=-1),
+    "log_softmax": _simple("LogSoftmax", axis=-1),
+    "concat": _simple("Concat", axis=-1),
+    "embedding": lambda b, n, a: b.op("Gather", [a[0], a[1]], n.name, axis=0),
+    "last": _time_index(-1),
+    "first": _time_index(0),
+    "slice": _slice,
+    "zeros": _zeros,
+    "expand_batch": _expand_batch,
+    "time_slice": _time_index(0),
+    "stack": _stack,
+}
+
+
+def _value_info(name: str, node: Node) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, DTYPES[node.dtype], list(node.shape))
+
+
+def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None) -> None:
+    """Emit every node of ``graph``; ``outer`` maps capture indices to outer-scope value names."""
+    for node in graph:
+        if node.op == "param":
+            b.values[node.name] = node.attrs["name"]
+        elif node.op == "const":
+            b.values[node.name] = b.const(node.attrs["value"])
+        elif node.op == "input":
+            b.values[node.name] = node.name
+        elif node.op in ("state", "step_input"):
+            b.values[node.name] = f"{b.scope}{node.name}"
+        elif node.op == "capture":
+            assert outer is not None
+            b.values[node.name] = outer[node.attrs["index"]]
+        elif node.op == "loop":
+            _emit_scan(b, node, graph)
+        elif node.op == "item":
+            pass  # bound by _emit_scan
+        else:
+            emit = ONNX_EMIT.get(node.op)
+            if emit is None:
+                raise KeyError(f"op `{node.op}` has no entry in compilers.onnx_export.ONNX_EMIT")
+            b.values[node.name] = emit(b, node, [b.values[i] for i in node.inputs])
+
+
+def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
+    loop = loop_of(node)
+    body = loop.body
+    scope = f"{b.scope}{node.name}/"
+    inner = _Builder(b.root, scope)
+    args = [b.values[i] for i in node.inputs]
+    n_s, n_q = loop.n_states, loop.n_sequences
+    captures = {i: args[n_s + n_q + i] for i in range(loop.n_captures)}
+    _emit_graph(inner, body, captures)
+    states = sorted((n for n in body if n.op == "state"), key=lambda n: n.attrs["index"])
+    seqs = sorted((n for n in body if n.op == "step_input"), key=lambda n: n.attrs["index"])
+    body_inputs = [_value_info(inner.values[n.name], n) for n in states + seqs]
+    # ONNX wants distinct output names: each loop output gets its own Identity.
+    body_outputs, scanned = [], []
+    for i, upd in enumerate(loop.updates):
+        out = inner.op("Identity", [inner.values[upd]], f"state_out{i}")
+        body_outputs.append(_value_info(out, body[upd]))
+    def from_final_state(r: LoopOutput) -> bool:
+        return r.kind != "all" and r.node in loop.updates and (r.kind == "final" or not loop.reverse)
+
+    for r in loop.returns:
+        if not from_final_state(r):
+            out = inner.op("Identity", [inner.values[r.node]], f"step_out{len(scanned)}")
+            body_outputs.append(_value_info(out, body[r.node]))
+            scanned.append(r)
+    g = helper.make_graph(inner.nodes, f"{node.name}_step", body_inputs, body_outputs)
+    finals = [b.name(f"{node.name}_final{i}") for i in range(n_s)]
+    stacked = [b.name(f"{node.name}_steps{i}") for i in range(len(scanned))]
+    direction = [1 if loop.reverse else 0]
+    b.nodes.append(helper.make_node(
+        "Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g, num_scan_inputs=n_q,
+        scan_input_axes=[1] * n_q, scan_input_directions=direction * n_q,
+        scan_output_axes=[1] * len(scanned), scan_output_directions=direction * len(scanned)))
+    for item in (n for n in graph if n.op == "item" and n.inputs == [node.name]):
+        r = loop.returns[item.attrs["index"]]
+        if from_final_state(r):
+            value = finals[loop.updates.index(r.node)]
+        elif r.kind == "all":
+            value = stacked[scanned.index(r)]
+        else:  # read one position off the stacked steps (kept in time order, also when reversed)
+            at = 0 if (r.kind == "final" and loop.reverse) else -1
+            value = b.op("Gather", [stacked[scanned.index(r)], b.const(at, np.int64)], item.name, axis=1)
+        b.values[item.name] = value
+
+
+def export(model: Model, opset: int | None = None, ir_version: int | None = None) -> onnx.ModelProto:
+    """An ONNX model computing ``model``; inputs and outputs carry the spec's names, B and T are symbolic."""
+    from .onnx_runtime import target_versions
+
+    max_ir, max_opset = target_versions()
+    opset = min(opset or OPSET, max_opset)
+    b = _Builder()
+    _emit_graph(b, model.graph)
+    for p in model.params.values():  # every parameter, used or not, so state_dicts round-trip
+        b.initializer(p.name, np.zeros(p.shape, dtype=np.float32))
+    g = model.graph
+    outputs = []
+    for out, ref in g.outputs.items():
+        value = b.values[ref]
+        if value != out:
+            b.op("Identity", [value], out, out=out)
+        outputs.append(_value_info(out, g[ref]))
+    inputs = [_value_info(n.name, n) for n in model.input_nodes()]
+    graph = helper.make_graph(b.nodes, model.name, inputs, outputs, initializer=list(b.initializers.values()))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="seqdsl")
+    proto.ir_version = min(ir_version or max_ir, max_ir, onnx.IR_VERSION)
+    return proto
+
+
+def set_weights(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
+    """Fill the parameter initializers with trained values (names as in the spec)."""
+    for init in proto.graph.initializer:
+        if init.name in weights:
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weights[init.name], dtype=np.float32), init.name))

@@ -1,0 +1,320 @@
+"""PyTorch backend: the IR written out as a readable, standalone ``model.py`` (imports torch only).
+
+One assignment per equation, named after the equation, so the source reads like the spec; sub-expressions used
+once are written inline (``f = torch.sigmoid(F.linear(x_t, self.W_f) + F.linear(h_prev, self.U_f) + self.b_f)``).
+A recurrent block becomes a method with a Python loop over time; parameters are created once in ``__init__`` and
+shared by every step. `TORCH_EMIT` is the op table: one entry per IR op.
+
+Names reach the source only as checked identifiers (the spec's names, made unique) or through ``repr()``.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Any, Callable
+
+from seqdsl.ir import Graph, Loop, Model, Node, loop_of
+
+Emit = Callable[[Node, list[str]], tuple[str, int]]  # (source, precedence)
+ATOM, UNARY, PRODUCT, SUM = 4, 3, 2, 1
+
+
+def _call(fn: str, **fixed: Any) -> Emit:
+    def emit(node: Node, args: list[str]) -> tuple[str, int]:
+        extra = "".join(f", {k}={node.attrs.get(k, v)!r}" for k, v in fixed.items())
+        return f"{fn}({', '.join(args)}{extra})", ATOM
+    return emit
+
+
+def _binary(symbol: str, prec: int) -> Emit:
+    def emit(node: Node, args: list[str]) -> tuple[str, int]:
+        return f"{args[0]} {symbol} {args[1]}", prec
+    return emit
+
+
+def _slice(node: Node, args: list[str]) -> tuple[str, int]:
+    axis, start, stop = node.attrs["axis"], node.attrs["start"], node.attrs["stop"]
+    lead = "..., " if axis < 0 else ":, " * axis
+    trail = ", :" * (-axis - 1) if axis < 0 else ""
+    return f"{args[0]}[{lead}{start}:{stop}{trail}]", ATOM
+
+
+TORCH_EMIT: dict[str, Emit] = {
+    "add": _binary("+", SUM),
+    "sub": _binary("-", SUM),
+    "mul": _binary("*", PRODUCT),
+    "div": _binary("/", PRODUCT),
+    "neg": lambda n, a: (f"-{a[0]}", UNARY),
+    "linear": lambda n, a: (f"F.linear({a[0]}, {a[1]})", ATOM),
+    "matmul": _binary("@", PRODUCT),
+    "sigmoid": _call("torch.sigmoid"),
+    "tanh": _call("torch.tanh"),
+    "relu": _call("torch.relu"),
+    "exp": _call("torch.exp"),
+    "softmax": _call("torch.softmax", dim=-1),
+    "log_softmax": _call("torch.log_softmax", dim=-1),
+    "concat": lambda n, a: (f"torch.cat([{', '.join(a)}], dim={n.attrs.get('axis', -1)})", ATOM),
+    "embedding": lambda n, a: (f"F.embedding({a[1]}, {a[0]})", ATOM),
+    "last": lambda n, a: (f"{a[0]}[:, -1]", ATOM),
+    "first": lambda n, a: (f"{a[0]}[:, 0]", ATOM),
+    "slice": _slice,
+    "zeros": lambda n, a: (f"{a[0]}.new_zeros(({a[0]}.shape[0], {', '.join(map(str, n.attrs['shape']))}))", ATOM),
+    "expand_batch": lambda n, a: (f"{a[0]}.expand({a[1]}.shape[0], {', '.join(map(str, n.shape[1:]))})", ATOM),
+    "time_slice": lambda n, a: (f"{a[0]}[:, {n.attrs['index']}]", ATOM),
+    "stack": lambda n, a: (f"torch.stack([{', '.join(a)}], 1)", ATOM),
+}
+# Ops handled by the code generator itself rather than by an expression template.
+STRUCTURAL = {"input", "param", "const", "step_input", "state", "capture", "loop", "item"}
+_RESERVED = set(keyword.kwlist) | {"self", "torch", "nn", "F", "t", "T", "Model", "super", "range", "reversed",
+                                   "len", "print", "object", "type", "id", "list", "dict", "tuple", "int", "float"}
+
+
+def dims(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+class _Names:
+    """Spec names made into unique Python identifiers."""
+
+    def __init__(self, taken: set[str] | None = None, strip: str = ""):
+        self.used = set(_RESERVED) | (taken or set())
+        self.map: dict[str, str] = {}
+        self.strip = strip  # a called module's prefix (`enc.`), dropped inside its own loop method
+
+    def __call__(self, name: str) -> str:
+        if name not in self.map:
+            self.map[name] = self.fresh(name.removeprefix(self.strip))
+        return self.map[name]
+
+    def fresh(self, base: str) -> str:
+        base = re.sub(r"\W", "_", base).strip("_") or "v"
+        if base[0].isdigit():
+            base = "v_" + base
+        out, i = base, 1
+        while out in self.used:
+            out, i = f"{base}_{i}", i + 1
+        self.used.add(out)
+        return out
+
+
+class _GraphWriter:
+    """Writes the statements of one graph (forward, or a loop's step), inlining single-use sub-expressions."""
+
+    def __init__(self, gen: "_Generator", graph: Graph, names: _Names, indent: str):
+        self.gen, self.graph, self.names, self.indent = gen, graph, names, indent
+        self.users = graph.users()
+        for out in graph.outputs.values():
+            self.users.setdefault(out, []).append("<output>")
+        self.inline: dict[str, tuple[str, int]] = {}
+        self.lines: list[str] = []
+        self.keep: set[str] = set()  # nodes that must be variables (read by the loop machinery)
+
+    def var(self, name: str) -> str:
+        return self.names(name)
+
+    def operand(self, name: str, prec: int, right: bool = False) -> str:
+        if name in self.inline:
+            text, own = self.inline[name]
+            if own < prec or (right and own == prec and prec < ATOM):
+                return f"({text})"
+            return text
+        return self.var(name)
+
+    def emit_node(self, node: Node) -> None:
+        if node.op == "param":
+            self.inline[node.name] = (self.gen.param_ref(node.attrs["name"]), ATOM)
+            return
+        if node.op == "const":
+            v = node.attrs["value"]
+            text = repr(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
+            self.inline[node.name] = (text, ATOM if v >= 0 else UNARY)
+            return
+        if node.op in ("input", "state", "step_input", "capture", "item"):
+            return  # bound by the enclosing signature or loop machinery
+        if node.op == "loop":
+            self.gen.write_loop_call(self, node)
+            return
+        emit = TORCH_EMIT.get(node.op)
+        if emit is None:
+            raise KeyError(f"op `{node.op}` has no entry in compilers.torch_codegen.TORCH_EMIT")
+        prec_of_self = emit(node, ["a"] * len(node.inputs))[1]
+        args = [self.operand(i, prec_of_self, right=(k > 0)) if prec_of_self < ATOM else self.operand(i, 0)
+                for k, i in enumerate(node.inputs)]
+        text, prec = emit(node, args)
+        single_use = len(self.users.get(node.name, [])) == 1 and not node.attrs.get("eq_root")
+        if single_use and node.name not in self.keep:
+            self.inline[node.name] = (text, prec)
+        else:
+            self.lines.append(f"{self.indent}{self.var(node.name)} = {text}  # {dims(node.shape)}")
+
+    def value(self, name: str) -> str:
+        """Source for the value of node ``name`` (a variable, or its inline expression)."""
+        return self.operand(name, 0)
+
+
+class _Generator:
+    def __init__(self, model: Model):
+        self.model = model
+        self.methods: list[list[str]] = []
+        self.method_names = _Names({"forward", "reset_parameters", "input_names", "output_names"})
+
+    def param_ref(self, name: str) -> str:
+        return "self." + name
+
+    def write_loop_call(self, writer: _GraphWriter, node: Node) -> None:
+        loop = loop_of(node)
+        method = self.method_names("_" + node.name.replace(".", "_"))
+        self.methods.append(self.loop_method(method, node, loop))
+        args = ", ".join(writer.value(i) for i in node.inputs)
+        items = [n for n in writer.graph if n.op == "item" and n.inputs == [node.name]]
+        items.sort(key=lambda n: n.attrs["index"])
+        targets = ", ".join(writer.var(n.name) for n in items) or "_"
+        if len(items) == 1:
+            targets += ","
+        writer.lines.append(f"{writer.indent}{targets} = self.{method}({args})")
+
+    def loop_method(self, method: str, node: Node, loop: Loop) -> list[str]:
+        body = loop.body
+        prefix = node.name[: node.name.rfind(".") + 1]
+        names = _Names(strip=prefix)
+        ind = " " * 12
+        states = [n for n in body if n.op == "state"]
+        seqs = sorted((n for n in body if n.op == "step_input"), key=lambda n: n.attrs["index"])
+        caps = sorted((n for n in body if n.op == "capture"), key=lambda n: n.attrs["index"])
+        # the carried variable of a state is its update's name when the update is the equation `h: ...`
+        carried = [names(u) if u.removeprefix(prefix) == s else names(prefix + s + "_state")
+                   for u, s in zip(loop.updates, loop.state_names)]
+        seq_args = [names.fresh(n.name.removeprefix(prefix)) for n in seqs]  # the whole sequence (B, T, ...)
+        for n in seqs:
+            names.map[n.name] = names.fresh(n.name.removeprefix(prefix) + "_t")  # its slice at step t
+        writer = _GraphWriter(self, body, names, ind)
+        writer.keep |= set(loop.updates) | {r.node for r in loop.returns}
+        for n in body:
+            writer.emit_node(n)
+        sig = ", ".join(["self"] + carried + seq_args + [names(c.name) for c in caps])
+        time_ref = seq_args[0] if seq_args else None
+        out = [f"    def {method}({sig}):",
+               f'        """The recurrence z(t) = G(h(t), z(t-1), w) of {self.where(node)}, one step per t.',
+               "",
+               "        Carries " + ", ".join(f"{c} {dims(s.shape)}" for c, s in zip(carried, states)) + ".",
+               '        """']
+        if time_ref is None:
+            raise NotImplementedError("a recurrent block without a sequence input is not supported yet")
+        out.append(f"        T = {time_ref}.shape[1]")
+        collect = {}
+        for i, r in enumerate(loop.returns):
+            if r.kind == "all":
+                collect[i] = names(f"{writer.var(r.node)}_steps")
+                out.append(f"        {collect[i]} = []")
+        steps = "range(T - 1, -1, -1)" if loop.reverse else "range(T)"
+        out.append(f"        for t in {steps}:")
+        for s, c in zip(states, carried):
+            out.append(f"            {writer.var(s.name)} = {c}")
+        for s, n in zip(seq_args, seqs):
+            out.append(f"            {writer.var(n.name)} = {s}[:, t]")
+        out += writer.lines
+        for c, u in zip(carried, loop.updates):
+            if writer.value(u) != c:
+                out.append(f"            {c} = {writer.value(u)}")
+        last: dict[int, str] = {}
+        for i, r in enumerate(loop.returns):
+            if r.kind == "all":
+                out.append(f"            {collect[i]}.append({writer.value(r.node)})")
+            elif r.kind == "last":
+                last[i] = names(f"{writer.var(r.node)}_last")
+                out.append(f"            if t == T - 1:")
+                out.append(f"                {last[i]} = {writer.value(r.node)}")
+        if loop.reverse and collect:
+            out += [f"        {c}.reverse()" for c in collect.values()]
+        rets = []
+        for i, r in enumerate(loop.returns):
+            if r.kind == "all":
+                rets.append(f"torch.stack({collect[i]}, 1)")
+            elif r.kind == "last":
+                rets.append(last[i])
+            else:
+                rets.append(writer.value(r.node) if r.node not in loop.updates
+                            else carried[loop.updates.index(r.node)])
+        out.append(f"        return {', '.join(rets)}{',' if len(rets) == 1 else ''}")
+        return out
+
+    def where(self, node: Node) -> str:
+        loc = node.loc
+        return f"{loc.file}:{loc.line}" if loc.line else self.model.name
+
+    def generate(self) -> str:
+        m = self.model
+        g = m.graph
+        names = _Names({n for n in self.method_names.used})
+        for name in m.inputs:
+            names(name)
+        writer = _GraphWriter(self, g, names, " " * 8)
+        for node in g:
+            writer.emit_node(node)
+        outs = list(g.outputs)
+        ret = ", ".join(writer.value(g.outputs[o]) for o in outs)
+        inputs = m.input_nodes()
+        sig = ", ".join(["self"] + [names(n.name) for n in inputs])
+        in_doc = ", ".join(f"{n.name} {dims(n.shape)} {n.dtype}" for n in inputs)
+        out_doc = ", ".join(f"{o} {dims(g[g.outputs[o]].shape)}" for o in outs)
+        lines = [
+            f'"""{m.name}: generated by seqdsl from {m.source}. Rebuild rather than edit.',
+            "",
+            f"Sizes: {', '.join(f'{k}={v}' for k, v in m.sizes.items()) or 'none'}. "
+            f"Parameters: {m.param_count:,}.",
+            '"""',
+            "",
+            "import math",
+            "",
+            "import torch",
+            "import torch.nn.functional as F",
+            "from torch import nn",
+            "",
+            "",
+            "class Model(nn.Module):",
+            f'    """{in_doc} -> {out_doc}."""',
+            "",
+            f"    input_names = {tuple(n.name for n in inputs)!r}",
+            f"    output_names = {tuple(outs)!r}",
+            "",
+            "    def __init__(self):",
+            "        super().__init__()",
+        ]
+        made: set[str] = set()
+        for p in m.params.values():
+            parts = p.name.split(".")
+            for k in range(1, len(parts)):
+                owner = ".".join(parts[:k])
+                if owner not in made:
+                    made.add(owner)
+                    lines.append(f"        self.{owner} = nn.Module()")
+            lines.append(f"        self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))}))"
+                         f"  # {p.loc.file}:{p.loc.line}" if p.loc.line else
+                         f"        self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))}))")
+        lines += ["        self.reset_parameters()", "",
+                  "    def reset_parameters(self):",
+                  '        """uniform: U(-1/sqrt(n), 1/sqrt(n)), n the last axis (as torch.nn\'s RNNs); normal: N(0, 1)."""']
+        for p in m.params.values():
+            lines.append(f"        {_init(p.name, p.init, p.shape)}")
+        if not m.params:
+            lines.append("        pass")
+        lines += ["", f"    def forward({sig}):", f'        """{in_doc} -> {out_doc}."""']
+        lines += writer.lines
+        lines.append(f"        return {ret}")
+        for method in self.methods:
+            lines += [""] + method
+        return "\n".join(lines) + "\n"
+
+
+def _init(name: str, init: str, shape: tuple[int, ...]) -> str:
+    if init == "uniform":
+        return f"nn.init.uniform_(self.{name}, -1 / math.sqrt({shape[-1]}), 1 / math.sqrt({shape[-1]}))"
+    if init == "normal":
+        return f"nn.init.normal_(self.{name})"
+    return f"nn.init.{init}_(self.{name})"
+
+
+def generate(model: Model) -> str:
+    """The source of a standalone ``model.py`` defining ``class Model(nn.Module)`` for ``model``."""
+    return _Generator(model).generate()

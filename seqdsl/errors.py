@@ -1,0 +1,114 @@
+"""One exception family for every mistake a user can make in a spec.
+
+A `SpecError` carries where (file, line, column, and the spec path such as ``recurrent.step.c``), what,
+an expected-vs-found pair where there is one, and a hint. `format()` renders it the way a compiler does::
+
+    specs/x.yaml:12:5: error[E0301]: unknown name `hiden`
+       12 |     h: o * tanh(hiden)
+          |                 ^^^^^
+      = expected: a size, input, parameter, state or earlier equation
+      = found: `hiden`
+      = help: did you mean `hidden`?
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a spec file. Lines and columns are 1-based; ``length`` is how many characters to underline."""
+
+    file: str = "<spec>"
+    line: int = 0
+    col: int = 0
+    path: str = ""
+    length: int = 1
+
+    def shifted(self, col_offset: int, length: int = 1) -> Location:
+        """The location ``col_offset`` characters to the right on the same line (for sub-expressions)."""
+        return Location(self.file, self.line, self.col + col_offset, self.path, max(1, length))
+
+    def at_path(self, path: str) -> Location:
+        return Location(self.file, self.line, self.col, path, self.length)
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.col}"
+        return self.file
+
+
+UNKNOWN = Location()
+
+
+@dataclass
+class SpecError(Exception):
+    """A mistake in user input. ``code`` is stable (``E0xxx``) and documented in `seqdsl.codes`."""
+
+    code: str
+    message: str
+    loc: Location = UNKNOWN
+    expected: str | None = None
+    found: str | None = None
+    hint: str | None = None
+    notes: list[tuple[Location, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def format(self, source: str | None = None) -> str:
+        lines = [f"{self.loc}: error[{self.code}]: {self.message}"]
+        lines += _excerpt(self.loc, source)
+        if self.loc.path:
+            lines.append(f"   = in: {self.loc.path}")
+        if self.expected is not None:
+            lines.append(f"   = expected: {self.expected}")
+        if self.found is not None:
+            lines.append(f"   = found: {self.found}")
+        for note_loc, note in self.notes:
+            lines.append(f"   = note: {note_loc}: {note}")
+        if self.hint:
+            lines.append(f"   = help: {self.hint}")
+        return "\n".join(lines)
+
+
+class SpecErrors(Exception):
+    """Several independent spec errors found in one pass (the CLI prints them all)."""
+
+    def __init__(self, errors: list[SpecError]):
+        super().__init__("\n\n".join(e.format() for e in errors))
+        self.errors = errors
+
+
+def _excerpt(loc: Location, source: str | None) -> list[str]:
+    """The offending line with a caret under the column, read from ``source`` or the file itself."""
+    if not loc.line:
+        return []
+    if source is None:
+        try:
+            source = Path(loc.file).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+    text_lines = source.splitlines()
+    if not 1 <= loc.line <= len(text_lines):
+        return []
+    text = text_lines[loc.line - 1].replace("\t", " ")
+    if len(text) > 160:
+        return []
+    gutter = str(loc.line)
+    pad = " " * len(gutter)
+    caret = " " * max(0, loc.col - 1) + "^" * max(1, min(loc.length, len(text) - loc.col + 1))
+    return [f" {gutter} | {text}", f" {pad} | {caret}"]
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A ``did you mean `x`?`` hint for a misspelt name, or None when nothing is close."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None

@@ -1,0 +1,210 @@
+"""The graph IR: an ordered list of nodes, each node *being* the value it defines (as in torch.fx).
+
+Shapes are tuples of ints and the symbols ``"B"`` (batch) and ``"T"`` (time), which stay symbolic to the end.
+Parameters live once in `Model.params`; graph nodes refer to them by name (op ``param``), so a step graph
+copied T times by unrolling still shares one set of weights — LeCun's Figure 2, by construction.
+
+A recurrent block is one ``loop`` node in its parent graph. Its ``body`` is the step graph, whose leaves are:
+  ``step_input``  (attr ``index``)  the loop's sequence input number ``index``, sliced at step t: (B, ...)
+  ``state``       (attr ``index``)  the previous step's value of state number ``index``: z(t-1)
+  ``capture``     (attr ``index``)  a loop-invariant value from the parent graph (input ``index`` of the loop)
+  ``param``       (attr ``name``)   a model parameter
+The loop node's inputs are ``[initial states..., sequences..., captures...]``; its attrs say how many of each,
+the body nodes that update each state, and what it returns. Each returned value is an ``item`` node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Union
+
+import networkx as nx
+
+from .errors import UNKNOWN, Location
+
+Dim = Union[int, str]
+Shape = tuple[Dim, ...]
+SYMBOLIC = ("B", "T")
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    shape: Shape = ()
+    dtype: str = "float32"
+    loc: Location = UNKNOWN
+
+    def __repr__(self) -> str:
+        args = ", ".join(self.inputs)
+        extra = {k: v for k, v in self.attrs.items() if k != "body"}
+        return f"%{self.name}: {self.dtype}{list(self.shape)} = {self.op}({args}){extra or ''}"
+
+
+@dataclass
+class LoopOutput:
+    """What a loop returns for one body value: every step, the value at position T-1, or the final one."""
+
+    node: str
+    kind: Literal["all", "last", "final"]
+
+
+@dataclass
+class Loop:
+    """The attributes of a ``loop`` node (kept in ``node.attrs['loop']``)."""
+
+    body: "Graph"
+    n_states: int
+    n_sequences: int
+    n_captures: int
+    state_names: list[str]
+    updates: list[str]  # body node computing each state's new value
+    returns: list[LoopOutput]
+    reverse: bool = False
+
+
+@dataclass
+class Param:
+    name: str
+    shape: tuple[int, ...]
+    init: str = "uniform"
+    loc: Location = UNKNOWN
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Graph:
+    """Nodes in definition order, plus the named outputs of the graph."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.outputs: dict[str, str] = {}
+
+    def add(self, node: Node) -> Node:
+        if node.name in self.nodes:
+            raise ValueError(f"internal: node `{node.name}` defined twice")
+        self.nodes[node.name] = node
+        return node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self.nodes.values()))
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def fresh(self, base: str) -> str:
+        """A node name not yet used, derived from ``base``."""
+        if base not in self.nodes:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.nodes:
+            i += 1
+        return f"{base}_{i}"
+
+    def users(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for node in self.nodes.values():
+            for i in node.inputs:
+                out.setdefault(i, []).append(node.name)
+        return out
+
+    def to_networkx(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for node in self.nodes.values():
+            g.add_node(node.name)
+            for i in node.inputs:
+                g.add_edge(i, node.name)
+        return g
+
+    def count(self, recursive: bool = True) -> int:
+        n = len(self.nodes)
+        if recursive:
+            n += sum(loop_of(node).body.count() for node in self.nodes.values() if node.op == "loop")
+        return n
+
+    def verify(self) -> None:
+        """Invariants every pass must keep: inputs defined before use, a DAG, outputs exist; loops well-formed."""
+        seen: set[str] = set()
+        for node in self.nodes.values():
+            for i in node.inputs:
+                if i not in seen:
+                    raise AssertionError(f"node `{node.name}` uses `{i}` before it is defined")
+            seen.add(node.name)
+            if node.op == "loop":
+                _verify_loop(node)
+        for out, ref in self.outputs.items():
+            if ref not in self.nodes:
+                raise AssertionError(f"output `{out}` refers to missing node `{ref}`")
+        if not nx.is_directed_acyclic_graph(self.to_networkx()):
+            raise AssertionError("graph has a cycle")
+
+    def __repr__(self) -> str:
+        lines = [repr(n) for n in self.nodes.values()]
+        lines += [f"return {k} = %{v}" for k, v in self.outputs.items()]
+        return "\n".join(lines)
+
+
+def loop_of(node: Node) -> Loop:
+    loop = node.attrs["loop"]
+    assert isinstance(loop, Loop)
+    return loop
+
+
+def _verify_loop(node: Node) -> None:
+    loop = loop_of(node)
+    assert len(node.inputs) == loop.n_states + loop.n_sequences + loop.n_captures, f"loop `{node.name}` arity"
+    assert len(loop.updates) == loop.n_states == len(loop.state_names)
+    loop.body.verify()
+    for name in loop.updates + [r.node for r in loop.returns]:
+        assert name in loop.body.nodes, f"loop `{node.name}` refers to missing body node `{name}`"
+    for b in loop.body:
+        if b.op in ("state", "step_input", "capture"):
+            limit = {"state": loop.n_states, "step_input": loop.n_sequences, "capture": loop.n_captures}[b.op]
+            assert 0 <= b.attrs["index"] < limit, f"body node `{b.name}` index out of range"
+
+
+@dataclass
+class Model:
+    """A compiled spec: the graph, its parameters, and the sizes it was built with."""
+
+    name: str
+    graph: Graph
+    params: dict[str, Param]
+    inputs: list[str]  # graph nodes with op `input`, in signature order
+    sizes: dict[str, int]
+    source: str = "<spec>"
+
+    def verify(self) -> None:
+        self.graph.verify()
+        for node in _all_nodes(self.graph):
+            if node.op == "param":
+                assert node.attrs["name"] in self.params, f"unknown parameter `{node.attrs['name']}`"
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def input_nodes(self) -> list[Node]:
+        return [self.graph[n] for n in self.inputs]
+
+
+def _all_nodes(graph: Graph) -> Iterator[Node]:
+    for node in graph:
+        yield node
+        if node.op == "loop":
+            yield from _all_nodes(loop_of(node).body)
+
+
+def all_nodes(graph: Graph) -> Iterator[Node]:
+    """Every node of ``graph`` and of the loop bodies inside it."""
+    return _all_nodes(graph)

@@ -1,0 +1,606 @@
+"""Lowering: a validated spec module becomes IR nodes, with every name resolved and every shape inferred.
+
+The work, in order, for one module:
+  1. sizes: defaults, then per-build overrides, then size expressions folded to positive integers;
+  2. inputs and parameters: shapes resolved (``B`` and ``T`` stay symbolic);
+  3. equations: ordered by what they read (networkx); a cycle that does not pass through a delay is an error
+     naming the equations on it; each equation's expression becomes nodes, shape-checked as it goes;
+  4. a recurrent module becomes one ``loop`` node whose body is the step graph (see `seqdsl.ir`);
+  5. a call of another module (``enc: LSTM(x, h=64)``) inlines the callee with its parameters under ``enc.``.
+Every mistake becomes a `SpecError` at the file:line:col of the offending (sub-)expression.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from . import expr as E
+from .errors import Location, SpecError, did_you_mean
+from .ir import Graph, Loop, LoopOutput, Model, Node, Param, Shape
+from .loader import Document
+from .ops import USER_FUNCTIONS, ShapeError, fmt, infer
+from .schema import GraphModule, RecurrentModule
+
+Module = RecurrentModule | GraphModule
+Path = tuple[str | int, ...]
+RESERVED = {"B", "T", "t"}
+OUTPUT_SELECTORS = {"final", "last"}  # in a recurrent module's outputs
+
+
+@dataclass
+class Unit:
+    """One spec module in its file, with the path of its definition inside that file's document."""
+
+    module: Module
+    doc: Document
+    path: Path = ()
+    modules: dict[str, "Unit"] = field(default_factory=dict)  # modules this one may call
+
+
+def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str | None = None) -> Model:
+    """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs."""
+    graph = Graph()
+    params: dict[str, Param] = {}
+    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides or {}), bound={})
+    _check_overrides(unit, overrides or {})
+    lowering.run()
+    model = Model(name=name or unit.module.name or "model", graph=graph, params=params,
+                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
+    model.verify()
+    return model
+
+
+def _check_overrides(unit: Unit, overrides: dict[str, int]) -> None:
+    for key in overrides:
+        if key not in unit.module.sizes:
+            raise SpecError("E0309", f"`--set {key}=...` names no size of this spec", unit.doc.loc(unit.path + ("sizes",)),
+                            expected="one of " + ", ".join(unit.module.sizes) if unit.module.sizes else "no sizes",
+                            hint=did_you_mean(key, unit.module.sizes))
+
+
+class _ModuleLowering:
+    """Lowers one module instance into ``graph`` (the model's graph, or a loop body for calls inside a step)."""
+
+    def __init__(self, unit: Unit, graph: Graph, params: dict[str, Param], prefix: str,
+                 sizes_in: dict[str, int], bound: dict[str, str], call_loc: Location | None = None):
+        self.unit, self.mod, self.doc = unit, unit.module, unit.doc
+        self.graph, self.params, self.prefix = graph, params, prefix
+        self.sizes_in, self.bound, self.call_loc = sizes_in, bound, call_loc
+        self.sizes: dict[str, int] = {}
+        self.input_nodes: list[str] = []
+        self.outputs: dict[str, str] = {}
+
+    def loc(self, *path: str | int) -> Location:
+        return self.doc.loc(self.unit.path + path)
+
+    def key_loc(self, *path: str | int) -> Location:
+        return self.doc.key_loc(self.unit.path + path)
+
+    # --------------------------------------------------------------------------------------- declarations
+
+    def run(self) -> dict[str, str]:
+        self.resolve_sizes()
+        inputs = self.declare_inputs()
+        self.declare_params()
+        if isinstance(self.mod, RecurrentModule):
+            self.outputs = _RecurrentLowering(self, inputs).run()
+        else:
+            env = _Env(self, self.graph)
+            env.values.update({k: _Value(v) for k, v in inputs.items()})
+            equations = {k: (v, ("graph", k)) for k, v in self.mod.graph.items()}
+            env.lower_equations(equations)
+            self.outputs = {name: env.output(name, text) for name, text in self.mod.outputs.items()}
+        if not self.prefix:
+            self.graph.outputs = dict(self.outputs)
+        return self.outputs
+
+    def resolve_sizes(self) -> None:
+        for key, value in self.mod.sizes.items():
+            self.check_name(key, self.key_loc("sizes", key), "size")
+            if key in self.sizes_in:
+                self.sizes[key] = self.sizes_in[key]
+                continue
+            self.sizes[key] = E.eval_size(value, self.sizes, self.loc("sizes", key), what=f"size `{key}`")
+
+    def resolve_shape(self, dims: list[Any], *path: str | int) -> Shape:
+        out: list[int | str] = []
+        for i, dim in enumerate(dims):
+            if dim in ("B", "T"):
+                if (dim == "B") != (i == 0) or (dim == "T" and i != 1):
+                    raise SpecError("E0404", f"axis `{dim}` is in the wrong place", self.loc(*path, i),
+                                    expected="B first, then T (batch-first: [B, T, ...])", found=fmt(tuple(dims)))
+                out.append(dim)
+            else:
+                out.append(E.eval_size(dim, self.sizes, self.loc(*path, i), what="a dimension"))
+        return tuple(out)
+
+    def declare_inputs(self) -> dict[str, str]:
+        nodes: dict[str, str] = {}
+        for key, decl in self.mod.inputs.items():
+            self.check_name(key, self.key_loc("inputs", key), "input")
+            shape = self.resolve_shape(decl.shape, "inputs", key, "shape")
+            if self.prefix:  # a call: the caller bound a node to this input
+                node = self.graph[self.bound[key]]
+                if node.dtype != decl.dtype or len(node.shape) != len(shape) or any(
+                        isinstance(a, int) and a != b for a, b in zip(shape, node.shape)):
+                    raise SpecError("E0401", f"argument for input `{key}` has the wrong shape",
+                                    self.call_loc or self.loc("inputs", key),
+                                    expected=f"{decl.dtype}{fmt(shape)}", found=f"{node.dtype}{fmt(node.shape)}",
+                                    notes=[(self.loc("inputs", key), f"input `{key}` is declared here")])
+                nodes[key] = node.name
+            else:
+                node = self.graph.add(Node(key, "input", attrs={"shape": shape, "dtype": decl.dtype},
+                                           shape=shape, dtype=decl.dtype, loc=self.key_loc("inputs", key)))
+                self.input_nodes.append(node.name)
+                nodes[key] = node.name
+        return nodes
+
+    def declare_params(self) -> None:
+        self.param_names: dict[str, str] = {}
+        for key, decl in self.mod.params.items():
+            names = [n.strip() for n in key.split(",")]
+            for name in names:
+                self.check_name(name, self.key_loc("params", key), "parameter")
+                if name in self.param_names or name in self.mod.inputs:
+                    raise SpecError("E0308", f"`{name}` is declared twice", self.key_loc("params", key))
+                shape = self.resolve_shape(decl.shape, "params", key, "shape")
+                if any(isinstance(d, str) for d in shape):
+                    raise SpecError("E0404", f"parameter `{name}` cannot have a B or T axis", self.loc("params", key),
+                                    found=fmt(shape), hint="parameters are shared over the batch and over time")
+                full = self.prefix + name
+                self.params[full] = Param(full, shape, decl.init, self.key_loc("params", key))  # type: ignore[arg-type]
+                self.param_names[name] = full
+
+    def check_name(self, name: str, loc: Location, what: str) -> None:
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in RESERVED \
+                or name in USER_FUNCTIONS or name in OUTPUT_SELECTORS or name == "chunk":
+            raise SpecError("E0310", f"`{name}` cannot name a {what}", loc,
+                            expected="an identifier: letters, digits and `_`, not starting with `_` or a digit, "
+                                     "not a Python keyword, a function name, B, T or t",
+                            hint="rename it, e.g. `h2` or `hidden`")
+
+
+@dataclass
+class _Value:
+    """What a name in an equation stands for: a node, or a called module's several outputs."""
+
+    node: str | None = None
+    members: dict[str, str] | None = None
+
+
+class _Env:
+    """Name resolution and expression lowering for one graph (a module's graph or a loop body)."""
+
+    def __init__(self, owner: _ModuleLowering, graph: Graph, delays: dict[str, str] | None = None):
+        self.owner, self.graph = owner, graph
+        self.values: dict[str, _Value] = {}
+        self.param_nodes: dict[str, str] = {}
+        self.delays = delays  # state name -> `state` node, inside a recurrent step
+        self.locs: dict[str, Location] = {}
+
+    # ----------------------------------------------------------------------------------------- equations
+
+    def lower_equations(self, equations: dict[str, tuple[str, Path]]) -> None:
+        """Lower a set of equations in dependency order; ``equations`` maps target -> (text, spec path)."""
+        parsed: dict[str, tuple[E.Expr, Location, list[str]]] = {}
+        targets: dict[str, str] = {}
+        for key, (text, path) in equations.items():
+            names = [n.strip() for n in key.split(",")]
+            loc = self.owner.doc.loc(self.owner.unit.path + path)
+            offset = self.owner.doc.value_col_offset(self.owner.unit.path + path)
+            base = loc.shifted(max(offset, 0)) if offset >= 0 else loc
+            for n in names:
+                self.owner.check_name(n, self.owner.doc.key_loc(self.owner.unit.path + path), "value")
+                if n in targets or n in self.values or n in self.owner.param_names:
+                    raise SpecError("E0308", f"`{n}` is defined twice", self.owner.doc.key_loc(self.owner.unit.path + path),
+                                    hint="each name is defined once per module; rename one of them")
+                targets[n] = key
+            parsed[key] = (E.parse_equation(text, base), base, names)
+        order = self.order(parsed, targets)
+        for key in order:
+            expr, base, names = parsed[key]
+            self.lower_equation(names, expr, base)
+
+    def order(self, parsed: dict[str, tuple[E.Expr, Location, list[str]]], targets: dict[str, str]) -> list[str]:
+        deps = nx.DiGraph()
+        index = {key: i for i, key in enumerate(parsed)}
+        for key, (expr, _, _) in parsed.items():
+            deps.add_node(key)
+            for ref in E.names_in(expr):
+                name = ref.id if isinstance(ref, E.Name) else ref.base
+                if name in targets:
+                    deps.add_edge(targets[name], key)
+        try:
+            cycle = nx.find_cycle(deps)
+        except nx.NetworkXNoCycle:
+            return list(nx.lexicographical_topological_sort(deps, key=lambda k: index[k]))
+        chain = [a for a, _ in cycle] + [cycle[0][0]]
+        first = parsed[chain[0]][1]
+        hint = "break the loop, or read a state's previous value with `name[t-1]`"
+        if self.delays is None:
+            hint = "equations outside a recurrent block cannot depend on themselves; use a `recurrent:` module"
+        raise SpecError("E0402", "cycle that does not pass through a delay: " + " -> ".join(chain), first,
+                        hint=hint, notes=[(parsed[k][1], f"`{k}` is defined here") for k in chain[1:-1]])
+
+    def lower_equation(self, names: list[str], expr: E.Expr, base: Location) -> None:
+        if len(names) > 1:
+            if not (isinstance(expr, E.Call) and expr.func == "chunk"):
+                raise SpecError("E0311", "several names on the left need `chunk(x, n)` on the right", base,
+                                hint=f"write `{', '.join(names)}: chunk(value, {len(names)})`")
+            for name, node in zip(names, self.chunk(expr, base, len(names))):
+                self.rename(node, name)
+                self.values[name] = _Value(node)
+            return
+        name = names[0]
+        if isinstance(expr, E.Call) and expr.func in self.owner.unit.modules:
+            self.values[name] = self.call_module(name, expr, base)
+            return
+        node = self.lower(expr, base, eq=name)
+        node = self.rename(node, name)
+        self.values[name] = _Value(node)
+        self.locs[name] = base
+
+    def rename(self, node: str, name: str) -> str:
+        """Give the node computing an equation the equation's name (when it is a fresh node of this graph)."""
+        full = self.owner.prefix + name
+        n = self.graph.nodes.get(node)
+        if n is None or node == full or n.op in ("input", "param", "state", "step_input", "capture", "const") \
+                or full in self.graph.nodes or n.attrs.get("eq_root"):
+            return node  # an alias of an existing value: `y: x` names the same node
+        # move the node under its new name, keeping order
+        nodes = list(self.graph.nodes.items())
+        self.graph.nodes = {(full if k == node else k): v for k, v in nodes}
+        n.name = full
+        n.attrs["eq_root"] = True
+        return full
+
+    def output(self, name: str, text: str) -> str:
+        loc = self.owner.loc("outputs", name)
+        expr = E.parse_equation(text, loc.shifted(max(self.owner.doc.value_col_offset(self.owner.unit.path + ("outputs", name)), 0)))
+        return self.lower(expr, loc, eq=name)
+
+    # ----------------------------------------------------------------------------------------- expressions
+
+    def at(self, base: Location, e: Any) -> Location:
+        return base.shifted(e.col, e.length)
+
+    def add(self, op: str, inputs: list[str], base: Location, e: Any, eq: str | None = None,
+            **attrs: Any) -> str:
+        loc = self.at(base, e)
+        shapes = [self.graph[i].shape for i in inputs]
+        dtypes = [self.graph[i].dtype for i in inputs]
+        try:
+            shape, dtype = infer(op, shapes, dtypes, attrs)
+        except ShapeError as err:
+            notes = [(self.graph[i].loc, f"`{self.pretty(i)}` has shape {fmt(self.graph[i].shape)}")
+                     for i in inputs if self.graph[i].loc.line]
+            raise SpecError("E0403", err.message, loc, expected=err.expected, found=err.found, hint=err.hint,
+                            notes=notes[:3]) from None
+        name = self.graph.fresh(self.owner.prefix + (f"{eq}_{op}" if eq else op))
+        self.graph.add(Node(name, op, inputs, attrs, shape, dtype, loc))
+        return name
+
+    def pretty(self, node: str) -> str:
+        return node.removeprefix(self.owner.prefix)
+
+    def const(self, value: float, loc: Location) -> str:
+        name = self.graph.fresh(self.owner.prefix + "const")
+        self.graph.add(Node(name, "const", attrs={"value": float(value)}, shape=(), loc=loc))
+        return name
+
+    def lower(self, e: E.Expr, base: Location, eq: str | None = None) -> str:
+        if isinstance(e, E.Number):
+            return self.const(e.value, self.at(base, e))
+        if isinstance(e, E.Name):
+            return self.resolve(e, base)
+        if isinstance(e, E.Delay):
+            if self.delays is None:
+                raise SpecError("E0305", f"`{e.id}[t-1]` is only meaningful inside a recurrent step", self.at(base, e),
+                                hint="put this equation under `recurrent: step:`")
+            if e.id not in self.delays:
+                raise SpecError("E0312", f"`{e.id}` is not a state, so it has no previous value", self.at(base, e),
+                                expected="one of the states: " + ", ".join(self.delays),
+                                hint=did_you_mean(e.id, self.delays) or f"declare `{e.id}` under `state:`")
+            return self.delays[e.id]
+        if isinstance(e, E.Member):
+            value = self.values.get(e.base)
+            if value is None or value.members is None:
+                raise SpecError("E0301", f"`{e.base}` is not a module call, so `.{e.attr}` means nothing",
+                                self.at(base, e), hint=did_you_mean(e.base, self.values))
+            if e.attr not in value.members:
+                raise SpecError("E0301", f"`{e.base}` has no output `{e.attr}`", self.at(base, e),
+                                expected="one of " + ", ".join(value.members),
+                                hint=did_you_mean(e.attr, value.members))
+            return value.members[e.attr]
+        if isinstance(e, E.Neg):
+            return self.add("neg", [self.lower(e.operand, base)], base, e, eq)
+        if isinstance(e, E.BinOp):
+            left, right = self.lower(e.left, base), self.lower(e.right, base)
+            if e.op == "@":
+                ln = self.graph[left]
+                if ln.op == "param" and len(ln.shape) == 2:
+                    return self.add("linear", [right, left], base, e, eq)
+                return self.add("matmul", [left, right], base, e, eq)
+            op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
+            return self.add(op, [left, right], base, e, eq)
+        assert isinstance(e, E.Call)
+        return self.call(e, base, eq)
+
+    def resolve(self, e: E.Name, base: Location) -> str:
+        value = self.values.get(e.id)
+        if value is not None:
+            if value.node is None:
+                raise SpecError("E0301", f"`{e.id}` is a module call with several outputs", self.at(base, e),
+                                hint="pick one: " + ", ".join(f"`{e.id}.{m}`" for m in value.members or {}))
+            return value.node
+        if e.id in self.owner.param_names:
+            full = self.owner.param_names[e.id]
+            if full not in self.param_nodes:
+                p = self.owner.params[full]
+                node = Node(self.graph.fresh(full), "param", attrs={"name": full, "shape": p.shape},
+                            shape=p.shape, loc=p.loc)
+                self.param_nodes[full] = self.graph.add(node).name
+            return self.param_nodes[full]
+        if e.id in self.owner.sizes:
+            return self.const(self.owner.sizes[e.id], self.at(base, e))
+        if self.delays is not None and e.id in self.delays:
+            raise SpecError("E0301", f"`{e.id}` is a state but no equation in the step computes it", self.at(base, e),
+                            hint=f"use `{e.id}[t-1]` for its previous value, and add an equation `{e.id}: ...`")
+        known = list(self.values) + list(self.owner.param_names) + list(self.owner.sizes)
+        raise SpecError("E0301", f"unknown name `{e.id}`", self.at(base, e),
+                        expected="an input, parameter, size or equation of this module",
+                        hint=did_you_mean(e.id, known) or "declare it under `inputs:`, `params:` or `sizes:`, "
+                                                           "or define it with an equation")
+
+    def call(self, e: E.Call, base: Location, eq: str | None) -> str:
+        if e.func == "chunk":
+            raise SpecError("E0311", "`chunk` returns several values; name them on the left", self.at(base, e),
+                            hint="write `a, b: chunk(x, 2)`")
+        if e.func in self.owner.unit.modules:
+            raise SpecError("E0313", f"a module call must be a whole equation: `name: {e.func}(...)`", self.at(base, e))
+        if e.func not in USER_FUNCTIONS:
+            known = sorted(USER_FUNCTIONS | set(self.owner.unit.modules) | {"chunk"})
+            raise SpecError("E0314", f"unknown function `{e.func}`", self.at(base, e),
+                            expected="one of " + ", ".join(known), hint=did_you_mean(e.func, known))
+        attrs: dict[str, Any] = {}
+        for key, value in e.kwargs:
+            if key != "axis" or not isinstance(value, (E.Number, E.Neg)):
+                raise SpecError("E0315", f"`{e.func}` takes no argument `{key}`" if key != "axis"
+                                else "`axis` must be an integer", self.at(base, value), hint="only `axis=<int>` is allowed")
+            attrs["axis"] = self.int_arg(value, base)
+        args = [self.lower(a, base) for a in e.args]
+        return self.add(e.func, args, base, e, eq, **attrs)
+
+    def int_arg(self, value: E.Expr, base: Location) -> int:
+        if isinstance(value, E.Neg) and isinstance(value.operand, E.Number):
+            number: Any = -value.operand.value
+        elif isinstance(value, E.Number):
+            number = value.value
+        elif isinstance(value, E.Name) and value.id in self.owner.sizes:
+            number = self.owner.sizes[value.id]
+        else:
+            number = None
+        if not isinstance(number, int):
+            raise SpecError("E0315", "expected an integer here", self.at(base, value))
+        return number
+
+    def chunk(self, e: E.Call, base: Location, n_targets: int) -> list[str]:
+        if len(e.args) != 2:
+            raise SpecError("E0311", "`chunk` takes a value and a count: `chunk(x, n)`", self.at(base, e))
+        count = self.int_arg(e.args[1], base)
+        if count != n_targets:
+            raise SpecError("E0311", f"`chunk(x, {count})` gives {count} values but {n_targets} names are on the left",
+                            self.at(base, e))
+        x = self.lower(e.args[0], base)
+        axis = -1
+        width = self.graph[x].shape[axis] if self.graph[x].shape else None
+        if not isinstance(width, int) or width % count:
+            raise SpecError("E0403", f"cannot cut the last axis of {fmt(self.graph[x].shape)} into {count} equal parts",
+                            self.at(base, e))
+        step = width // count
+        return [self.add("slice", [x], base, e, None, axis=axis, start=i * step, stop=(i + 1) * step)
+                for i in range(count)]
+
+    # ----------------------------------------------------------------------------------------- module calls
+
+    def call_module(self, name: str, e: E.Call, base: Location) -> _Value:
+        callee = self.owner.unit.modules[e.func]
+        cmod = callee.module
+        loc = self.at(base, e)
+        inputs = list(cmod.inputs)
+        if len(e.args) > len(inputs):
+            raise SpecError("E0316", f"`{e.func}` takes {len(inputs)} input(s), got {len(e.args)}", loc,
+                            expected=", ".join(inputs))
+        bound = {inputs[i]: self.lower(a, base) for i, a in enumerate(e.args)}
+        sizes: dict[str, int] = {}
+        for key, value in e.kwargs:
+            if key in cmod.inputs:
+                bound[key] = self.lower(value, base)
+            elif key in cmod.sizes:
+                sizes[key] = self.size_arg(value, base)
+            else:
+                raise SpecError("E0316", f"`{e.func}` has no input or size `{key}`", self.at(base, value),
+                                hint=did_you_mean(key, list(cmod.inputs) + list(cmod.sizes)))
+        missing = [k for k in inputs if k not in bound]
+        if missing:
+            raise SpecError("E0316", f"`{e.func}(...)` is missing input(s) " + ", ".join(f"`{m}`" for m in missing), loc)
+        # sizes not given explicitly are read off the arguments' shapes: x: [B, T, d] bound to [B, T, 16] gives d=16
+        for key, decl in cmod.inputs.items():
+            actual = self.graph[bound[key]].shape
+            for dim, got in zip(decl.shape, actual):
+                if isinstance(dim, str) and dim in cmod.sizes and dim not in sizes and isinstance(got, int):
+                    sizes[dim] = got
+        lowering = _ModuleLowering(callee, self.graph, self.owner.params, self.owner.prefix + name + ".",
+                                   sizes, bound, call_loc=loc)
+        outputs = lowering.run()
+        if len(outputs) == 1:
+            return _Value(node=next(iter(outputs.values())), members=outputs)
+        return _Value(members=outputs)
+
+    def size_arg(self, value: E.Expr, base: Location) -> int:
+        if isinstance(value, E.Number) and isinstance(value.value, int):
+            result = value.value
+        elif isinstance(value, E.Name) and value.id in self.owner.sizes:
+            result = self.owner.sizes[value.id]
+        elif isinstance(value, E.BinOp) and value.op in "+-*":
+            a, b = self.size_arg(value.left, base), self.size_arg(value.right, base)
+            result = {"+": a + b, "-": a - b, "*": a * b}[value.op]
+        else:
+            raise SpecError("E0306", "a size argument must be an integer or a size expression", self.at(base, value))
+        if result <= 0:
+            raise SpecError("E0306", "sizes must be positive integers", self.at(base, value), found=str(result))
+        return result
+
+
+
+
+class _RecurrentLowering:
+    """A recurrent module: the loop node in the parent graph, and its step graph as the loop's body."""
+
+    def __init__(self, owner: _ModuleLowering, inputs: dict[str, str]):
+        self.owner, self.inputs = owner, inputs
+        self.rec = owner.mod.recurrent  # type: ignore[union-attr]
+        self.graph = owner.graph
+
+    def run(self) -> dict[str, str]:
+        owner, rec = self.owner, self.rec
+        decls = owner.mod.inputs
+        over = rec.over if rec.over is not None else [k for k, d in decls.items() if d.shape[:2] == ["B", "T"]]
+        for name in over:
+            if name not in decls:
+                raise SpecError("E0301", f"`over` names `{name}`, which is not an input", owner.loc("recurrent", "over"),
+                                hint=did_you_mean(name, decls))
+            if self.graph[self.inputs[name]].shape[:2] != ("B", "T"):
+                raise SpecError("E0404", f"`{name}` is iterated over but is not a sequence", owner.loc("recurrent", "over"),
+                                expected="shape [B, T, ...]", found=fmt(self.graph[self.inputs[name]].shape))
+        captures = [k for k in decls if k not in over]
+        body = Graph()
+        states = list(rec.state)
+        state_shapes: dict[str, Shape] = {}
+        delays: dict[str, str] = {}
+        for i, key in enumerate(states):
+            owner.check_name(key, owner.key_loc("recurrent", "state", key), "state")
+            shape = owner.resolve_shape(rec.state[key].shape, "recurrent", "state", key, "shape")
+            if not shape or shape[0] != "B" or "T" in shape:
+                raise SpecError("E0404", f"state `{key}` must have a batch axis first and no time axis",
+                                owner.loc("recurrent", "state", key), expected="[B, ...]", found=fmt(shape))
+            state_shapes[key] = shape
+            node = Node(body.fresh(owner.prefix + key + "_prev"), "state", attrs={"index": i, "shape": shape},
+                        shape=shape, loc=owner.key_loc("recurrent", "state", key))
+            delays[key] = body.add(node).name
+        env = _Env(owner, body, delays)
+        for i, key in enumerate(over):
+            shape = (self.graph[self.inputs[key]].shape[0], *self.graph[self.inputs[key]].shape[2:])
+            node = body.add(Node(body.fresh(owner.prefix + key), "step_input", attrs={"index": i, "shape": shape},
+                                 shape=shape, dtype=self.graph[self.inputs[key]].dtype, loc=owner.key_loc("inputs", key)))
+            env.values[key] = _Value(node.name)
+        for i, key in enumerate(captures):
+            outer = self.graph[self.inputs[key]]
+            node = body.add(Node(body.fresh(owner.prefix + key), "capture",
+                                 attrs={"index": i, "shape": outer.shape, "dtype": outer.dtype},
+                                 shape=outer.shape, dtype=outer.dtype, loc=owner.key_loc("inputs", key)))
+            env.values[key] = _Value(node.name)
+        equations: dict[str, tuple[str, Path]] = {}
+        for section in ("encoder", "step", "decoder"):
+            for key, text in getattr(rec, section).items():
+                if key in equations:
+                    raise SpecError("E0308", f"`{key}` is defined twice", owner.key_loc("recurrent", section, key))
+                equations[key] = (text, ("recurrent", section, key))
+        env.lower_equations(equations)
+        self.check_sections(env, equations, delays)
+        updates = []
+        for key in states:
+            if key not in env.values or env.values[key].node is None:
+                raise SpecError("E0405", f"state `{key}` has no update: no equation in `step` computes it",
+                                owner.key_loc("recurrent", "state", key),
+                                hint=f"add `{key}: <new value from x and {key}[t-1]>` under `step:`")
+            update = body[env.values[key].node]  # type: ignore[index]
+            if update.shape != state_shapes[key]:
+                raise SpecError("E0403", f"the update of state `{key}` has the wrong shape", env.locs.get(key, update.loc),
+                                expected=fmt(state_shapes[key]), found=fmt(update.shape),
+                                notes=[(owner.loc("recurrent", "state", key), f"`{key}` is declared here")])
+            updates.append(update.name)
+        inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
+        returns, out_names = self.returns(env)
+        loop = Loop(body, len(states), len(over), len(captures), states, updates,
+                    [r for r, _ in returns], reverse=rec.direction == "reverse")
+        loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
+                                        inits + [self.inputs[k] for k in over] + [self.inputs[k] for k in captures],
+                                        {"loop": loop}, loc=owner.loc("recurrent")))
+        outputs: dict[str, str] = {}
+        for i, ((ret, shape), name) in enumerate(zip(returns, out_names)):
+            item = Node(self.graph.fresh(owner.prefix + name), "item", [loop_node.name],
+                        {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
+            outputs[name] = self.graph.add(item).name
+        return outputs
+
+    def check_sections(self, env: _Env, equations: dict[str, tuple[str, Path]], delays: dict[str, str]) -> None:
+        """The encoder reads only the input at step t: it may not use a state (that is G's job)."""
+        state_nodes = set(delays.values())
+        for key, (_, path) in equations.items():
+            if path[1] != "encoder":
+                continue
+            seen, stack = set(), [env.values[key].node]
+            while stack:
+                n = stack.pop()
+                if n in state_nodes:
+                    raise SpecError("E0406", f"encoder equation `{key}` reads a state", self.owner.loc(*path),
+                                    hint="Enc(x(t)) sees the input only; move this equation to `step:`")
+                if n not in seen:
+                    seen.add(n)
+                    stack += env.graph[n].inputs  # type: ignore[index]
+
+    def initial_state(self, key: str, shape: Shape, over: list[str], captures: list[str]) -> str:
+        owner = self.owner
+        init = self.rec.state[key].init
+        loc = owner.loc("recurrent", "state", key)
+        ref = self.inputs[(over or captures)[0]] if (over or captures) else None
+        if init == "zeros" or init == "learned":
+            if ref is None:
+                raise SpecError("E0407", f"state `{key}` needs a batch size, but the module has no input to read it from",
+                                loc, hint="give the module an input, or initialise the state from one")
+            if init == "zeros":
+                name = self.graph.fresh(owner.prefix + key + "_init")
+                return self.graph.add(Node(name, "zeros", [ref], {"shape": shape[1:]}, shape, loc=loc)).name
+            pname = owner.prefix + key + "_0"
+            owner.params[pname] = Param(pname, tuple(shape[1:]), "zeros", loc)  # type: ignore[arg-type]
+            pnode = self.graph.add(Node(self.graph.fresh(pname), "param", attrs={"name": pname, "shape": shape[1:]},
+                                        shape=shape[1:], loc=loc))
+            name = self.graph.fresh(owner.prefix + key + "_init")
+            return self.graph.add(Node(name, "expand_batch", [pnode.name, ref], {}, shape, loc=loc)).name
+        if init not in self.inputs:
+            raise SpecError("E0301", f"initial value `{init}` of state `{key}` is not an input", loc,
+                            expected="zeros, learned, or an input name", hint=did_you_mean(init, self.inputs))
+        node = self.graph[self.inputs[init]]
+        if node.shape != shape:
+            raise SpecError("E0403", f"input `{init}` cannot initialise state `{key}`", loc,
+                            expected=fmt(shape), found=fmt(node.shape))
+        return node.name
+
+    def returns(self, env: _Env) -> tuple[list[tuple[LoopOutput, Shape]], list[str]]:
+        out: list[tuple[LoopOutput, Shape]] = []
+        names = []
+        for name, text in self.owner.mod.outputs.items():
+            loc = self.owner.loc("outputs", name)
+            offset = self.owner.doc.value_col_offset(self.owner.unit.path + ("outputs", name))
+            expr = E.parse_equation(text, loc.shifted(max(offset, 0)))
+            kind = "all"
+            if isinstance(expr, E.Call) and expr.func in OUTPUT_SELECTORS and len(expr.args) == 1:
+                kind, expr = expr.func, expr.args[0]
+            if not isinstance(expr, E.Name) or expr.id not in env.values or env.values[expr.id].node is None:
+                raise SpecError("E0408", "a recurrent module's output names a step value", loc,
+                                expected="`h` (every step, [B, T, ...]), `final(h)` (after the last step) or `last(h)` "
+                                         "(at position T-1)", found=repr(text),
+                                hint=did_you_mean(expr.id, env.values) if isinstance(expr, E.Name) else None)
+            node = env.values[expr.id].node
+            assert node is not None
+            shape = env.graph[node].shape
+            if kind == "all":
+                shape = (shape[0], "T", *shape[1:])
+            out.append((LoopOutput(node, kind), shape))  # type: ignore[arg-type]
+            names.append(name)
+        return out, names

@@ -1,0 +1,229 @@
+"""The op table: for every IR op, its arity and its shape-and-dtype rule. One entry per op.
+
+Backends keep their own tables keyed by the same names (`compilers/torch_codegen.py`, `compilers/onnx_export.py`);
+`tests/test_op_tables.py` checks the three tables name the same ops. Functions that users may call in equations
+(``sigmoid(x)``, ``concat(a, b)``, ...) are the entries with ``user=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .ir import Shape
+
+
+class ShapeError(Exception):
+    """A shape rule's complaint; the lowering adds the location and turns it into a SpecError."""
+
+    def __init__(self, message: str, expected: str | None = None, found: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.expected, self.found, self.hint = message, expected, found, hint
+
+
+Rule = Callable[[list[Shape], list[str], dict[str, Any]], tuple[Shape, str]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    rule: Rule
+    arity: tuple[int, int]  # min, max number of tensor inputs (max -1: any)
+    user: bool = False  # callable by name in equations
+    doc: str = ""
+
+
+def fmt(shape: Shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _float(dtypes: list[str], op: str) -> str:
+    for d in dtypes:
+        if d != "float32":
+            raise ShapeError(f"`{op}` needs floating-point values, but one input holds {d} (token ids?)",
+                             expected="float32", found=d,
+                             hint="turn token ids into vectors first, e.g. `embedding(E, tokens)`")
+    return "float32"
+
+
+def broadcast(a: Shape, b: Shape) -> Shape:
+    """numpy broadcasting, with symbolic dims matching only themselves (or 1)."""
+    out: list[Any] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ShapeError(f"shapes {fmt(a)} and {fmt(b)} do not match on axis -{i}",
+                             expected=f"{fmt(a)} (axis -{i} = {x})", found=f"{fmt(b)} (axis -{i} = {y})",
+                             hint="elementwise operations need equal sizes (or 1) on every axis")
+    return tuple(reversed(out))
+
+
+def _elementwise(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    dtype = _float(dtypes, attrs.get("_op", "op"))
+    out = shapes[0]
+    for s in shapes[1:]:
+        out = broadcast(out, s)
+    return out, dtype
+
+
+def _linear(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    x, w = shapes[0], shapes[1]
+    _float(dtypes, "@")
+    if len(w) != 2:
+        raise ShapeError("the weight of `W @ x` must be a matrix", expected="a 2-d parameter [out, in]", found=fmt(w))
+    if not x or x[-1] != w[1]:
+        raise ShapeError(f"cannot multiply {fmt(w)} by {fmt(x)}: inner sizes differ",
+                         expected=f"a value whose last axis is {w[1]}", found=fmt(x),
+                         hint="for W of shape [out, in], `W @ x` needs x's last axis to be `in`")
+    return (*x[:-1], w[0]), "float32"
+
+
+def _matmul(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    a, b = shapes
+    _float(dtypes, "@")
+    if len(a) < 2 or len(b) < 2:
+        raise ShapeError("`a @ b` between values needs both to have at least 2 axes", found=f"{fmt(a)} @ {fmt(b)}")
+    if a[-1] != b[-2]:
+        raise ShapeError(f"cannot multiply {fmt(a)} by {fmt(b)}: inner sizes differ",
+                         expected=f"b's axis -2 = {a[-1]}", found=str(b[-2]))
+    batch = broadcast(a[:-2], b[:-2])
+    return (*batch, a[-2], b[-1]), "float32"
+
+
+def _axis(shape: Shape, axis: int) -> int:
+    if not -len(shape) <= axis < len(shape):
+        raise ShapeError(f"axis {axis} is out of range for a value of shape {fmt(shape)}")
+    return axis % len(shape)
+
+
+def _softmax(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    _axis(shapes[0], attrs.get("axis", -1))
+    return shapes[0], _float(dtypes, "softmax")
+
+
+def _concat(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    dtype = _float(dtypes, "concat")
+    first = shapes[0]
+    axis = _axis(first, attrs.get("axis", -1))
+    total: Any = 0
+    for s in shapes:
+        if len(s) != len(first) or any(s[i] != first[i] for i in range(len(s)) if i != axis):
+            raise ShapeError("concat needs equal shapes except on the joined axis",
+                             expected=fmt(first), found=fmt(s))
+        if isinstance(s[axis], str) or isinstance(total, str):
+            raise ShapeError("concat cannot join along a symbolic axis (B or T)")
+        total += s[axis]
+    return (*first[:axis], total, *first[axis + 1:]), dtype
+
+
+def _slice(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    shape = shapes[0]
+    axis = _axis(shape, attrs["axis"])
+    if isinstance(shape[axis], str):
+        raise ShapeError("cannot split a symbolic axis (B or T)")
+    return (*shape[:axis], attrs["stop"] - attrs["start"], *shape[axis + 1:]), dtypes[0]
+
+
+def _embedding(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    table, ids = shapes
+    if len(table) != 2:
+        raise ShapeError("an embedding table must be a matrix [vocab, dim]", found=fmt(table))
+    if dtypes[1] != "int64":
+        raise ShapeError("embedding looks up integer token ids", expected="int64 ids", found=dtypes[1],
+                         hint="declare the input as `{shape: [B, T], dtype: int64}`")
+    return (*ids, table[1]), "float32"
+
+
+def _same(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return shapes[0], dtypes[0]
+
+
+def _leaf(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return tuple(attrs["shape"]), attrs.get("dtype", "float32")
+
+
+def _zeros(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return ("B", *attrs["shape"]), "float32"
+
+
+def _expand_batch(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return ("B", *shapes[0]), dtypes[0]
+
+
+def _time_slice(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    shape = shapes[0]
+    if len(shape) < 2 or shape[1] != "T" and not isinstance(shape[1], int):
+        raise ShapeError("this needs a sequence: a value of shape [B, T, ...]", found=fmt(shape))
+    return (shape[0], *shape[2:]), dtypes[0]
+
+
+def _stack(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return (shapes[0][0], len(shapes), *shapes[0][1:]), dtypes[0]
+
+
+def _const(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return (), "float32"
+
+
+def _op(name: str, rule: Rule, arity: tuple[int, int], user: bool = False, doc: str = "") -> OpDef:
+    def tagged(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+        return rule(shapes, dtypes, {**attrs, "_op": name})
+
+    return OpDef(name, tagged, arity, user, doc)
+
+
+OPS: dict[str, OpDef] = {op.name: op for op in [
+    # leaves
+    _op("input", _leaf, (0, 0)),
+    _op("param", _leaf, (0, 0)),
+    _op("const", _const, (0, 0)),
+    _op("step_input", _leaf, (0, 0)),
+    _op("state", _leaf, (0, 0)),
+    _op("capture", _leaf, (0, 0)),
+    # arithmetic
+    _op("add", _elementwise, (2, 2), doc="a + b"),
+    _op("sub", _elementwise, (2, 2), doc="a - b"),
+    _op("mul", _elementwise, (2, 2), doc="a * b (elementwise, the multiplicative module)"),
+    _op("div", _elementwise, (2, 2), doc="a / b"),
+    _op("neg", _elementwise, (1, 1), doc="-a"),
+    _op("linear", _linear, (2, 2), doc="W @ x: x (..., n), W (m, n) -> (..., m)"),
+    _op("matmul", _matmul, (2, 2), doc="a @ b between values, batched"),
+    # user functions
+    _op("sigmoid", _elementwise, (1, 1), user=True, doc="logistic sigmoid, a gate in [0, 1]"),
+    _op("tanh", _elementwise, (1, 1), user=True, doc="hyperbolic tangent"),
+    _op("relu", _elementwise, (1, 1), user=True, doc="max(x, 0)"),
+    _op("exp", _elementwise, (1, 1), user=True, doc="e ** x"),
+    _op("softmax", _softmax, (1, 1), user=True, doc="softmax(x, axis=-1)"),
+    _op("log_softmax", _softmax, (1, 1), user=True, doc="log_softmax(x, axis=-1)"),
+    _op("concat", _concat, (1, -1), user=True, doc="concat(a, b, ..., axis=-1)"),
+    _op("embedding", _embedding, (2, 2), user=True, doc="embedding(E, ids): rows of E (V, d) for int64 ids"),
+    _op("last", _time_slice, (1, 1), user=True, doc="last(x): x[:, T-1] for a sequence (B, T, ...)"),
+    _op("first", _time_slice, (1, 1), user=True, doc="first(x): x[:, 0] for a sequence (B, T, ...)"),
+    # structural
+    _op("slice", _slice, (1, 1), doc="x[..., start:stop] along attrs axis (from chunk/split)"),
+    _op("zeros", _zeros, (1, 1), doc="zeros (B, *shape); input gives B"),
+    _op("expand_batch", _expand_batch, (2, 2), doc="a (...) value repeated over B; second input gives B"),
+    _op("time_slice", _time_slice, (1, 1), doc="x[:, index] (unrolling)"),
+    _op("stack", _stack, (1, -1), doc="stack over a new time axis 1 (unrolling)"),
+    _op("loop", _leaf, (0, -1), doc="a recurrent block; see ir.Loop"),
+    _op("item", _leaf, (1, 1), doc="one returned value of a loop"),
+]}
+
+USER_FUNCTIONS = {name for name, op in OPS.items() if op.user}
+
+
+def infer(op: str, shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    """The output shape and dtype of ``op``; raises ShapeError with expected/found on a mismatch."""
+    opdef = OPS.get(op)
+    if opdef is None:
+        raise KeyError(f"op `{op}` has no entry in seqdsl.ops.OPS")
+    lo, hi = opdef.arity
+    if len(shapes) < lo or (hi >= 0 and len(shapes) > hi):
+        want = f"{lo}" if lo == hi else f"{lo} to {'any' if hi < 0 else hi}"
+        raise ShapeError(f"`{op}` takes {want} argument(s), got {len(shapes)}")
+    return opdef.rule(shapes, dtypes, attrs)

@@ -1,0 +1,276 @@
+"""The shape of a spec file, as pydantic models, and the mapping of pydantic's errors back to file:line:col.
+
+A spec file is one *module* (the model) plus, optionally, modules it defines or imports::
+
+    name: lstm
+    sizes: {d: 16, h: 32}            # named integers; values may be size expressions such as "4 * h"
+    inputs: {x: [B, T, d]}           # B and T stay symbolic
+    params: {"W_f, W_i": [h, d]}     # several names may share one declaration
+    recurrent: {state: ..., step: ...}   # a recurrent module ...
+    graph: {y: "..."}                     # ... or a graph module (exactly one of the two)
+    outputs: {y: h, h_n: final(h)}
+
+Equations stay strings here; `seqdsl.expr` parses them. Nothing in this file evaluates anything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+from .errors import Location, SpecError, did_you_mean
+from .loader import Document
+
+Dim = Union[int, str]
+DType = Literal["float32", "int64"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TensorDecl(_Strict):
+    """An input: ``x: [B, T, d]`` or ``tokens: {shape: [B, T], dtype: int64}``."""
+
+    shape: list[Dim]
+    dtype: DType = "float32"
+
+
+class ParamDecl(_Strict):
+    """A learnable tensor: ``W: [h, d]`` or ``E: {shape: [vocab, d], init: normal}``.
+
+    ``init``: ``uniform`` (default, U(-1/sqrt(n), 1/sqrt(n)) with n the last axis of a matrix or the length of
+    a vector, as torch.nn's recurrent layers do), ``normal`` (N(0, 1), as nn.Embedding), ``zeros`` or ``ones``.
+    """
+
+    shape: list[Dim]
+    init: Literal["uniform", "normal", "zeros", "ones"] = "uniform"
+
+
+class StateDecl(_Strict):
+    """A recurrent state: ``h: [B, h]`` (zeros) or ``h: {shape: [B, h], init: learned}``.
+
+    ``init`` is ``zeros``, ``learned`` (a parameter ``<state>_0`` of the state's shape without B) or the name of
+    a module input holding the initial state (for example an encoder's final state).
+    """
+
+    shape: list[Dim]
+    init: str = "zeros"
+
+
+class Recurrent(_Strict):
+    """z(t) = G(h(t), z(t-1), w): an optional per-step encoder, the step, an optional per-step decoder."""
+
+    over: list[str] | None = None
+    state: dict[str, StateDecl]
+    encoder: dict[str, str] = Field(default_factory=dict)
+    step: dict[str, str]
+    decoder: dict[str, str] = Field(default_factory=dict)
+    direction: Literal["forward", "reverse"] = "forward"
+
+
+def _shorthand_tensor(value: Any) -> Any:
+    """``[B, T, d]`` is short for ``{shape: [B, T, d]}``."""
+    return {"shape": value} if isinstance(value, list) else value
+
+
+class _ModuleBase(_Strict):
+    name: str | None = None
+    doc: str | None = None
+    sizes: dict[str, Union[int, str]] = Field(default_factory=dict)
+    inputs: dict[str, TensorDecl]
+    params: dict[str, ParamDecl] = Field(default_factory=dict)
+    outputs: dict[str, str]
+    modules: dict[str, "Module"] = Field(default_factory=dict)
+
+    @field_validator("inputs", "params", mode="before")
+    @classmethod
+    def _tensor_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _shorthand_tensor(v) for k, v in value.items()}
+        return value
+
+
+class RecurrentModule(_ModuleBase):
+    kind: Literal["recurrent"] = "recurrent"
+    recurrent: Recurrent
+
+    @field_validator("recurrent", mode="before")
+    @classmethod
+    def _state_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("state"), dict):
+            value = dict(value, state={k: _shorthand_tensor(v) for k, v in value["state"].items()})
+        return value
+
+
+class GraphModule(_ModuleBase):
+    kind: Literal["graph"] = "graph"
+    graph: dict[str, str]
+
+
+def _module_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "recurrent" if "recurrent" in value else "graph"
+    return getattr(value, "kind", "graph")
+
+
+Module = Annotated[
+    Union[Annotated[RecurrentModule, Tag("recurrent")], Annotated[GraphModule, Tag("graph")]],
+    Discriminator(_module_kind),
+]
+
+_ModuleBase.model_rebuild()
+RecurrentModule.model_rebuild()
+GraphModule.model_rebuild()
+
+
+class SpecFile(BaseModel):
+    """The root of a spec file: one module (the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: Module = Field(alias="module")
+
+
+def parse_module(doc: Document) -> RecurrentModule | GraphModule:
+    """Validate a loaded document against the schema; errors carry the document's locations."""
+    data = dict(doc.data)
+    data.pop("$schema", None)
+    try:
+        return SpecFile.model_validate({"module": data}).root
+    except ValidationError as exc:
+        raise _to_spec_error(doc, exc.errors()[0]) from None
+
+
+_SECTION_FIELDS: dict[str, type[BaseModel]] = {
+    "recurrent": Recurrent,
+    "inputs": TensorDecl,
+    "params": ParamDecl,
+    "state": StateDecl,
+}
+
+
+def _to_spec_error(doc: Document, err: Any) -> SpecError:
+    """Map one pydantic error to a located SpecError; drop pydantic's own routing entries from the path."""
+    path = tuple(p for p in err["loc"] if p not in ("module", "recurrent", "graph") or False)
+    path = _clean_path(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        allowed = _allowed_keys(path[:-1])
+        return SpecError(
+            "E0201",
+            f"unknown key `{key}`",
+            doc.key_loc(path),
+            expected="one of " + ", ".join(f"`{k}`" for k in allowed) if allowed else None,
+            hint=did_you_mean(key, allowed) or "remove it, or check the spelling against the docs",
+        )
+    if kind == "missing":
+        key = str(path[-1])
+        return SpecError(
+            "E0202",
+            f"missing required key `{key}`",
+            doc.loc(path[:-1]),
+            hint=_MISSING_HINTS.get(key, f"add `{key}:` here"),
+        )
+    found = _describe(err.get("input"))
+    expected = _EXPECTED.get(kind, err["msg"])
+    if kind == "literal_error":
+        expected = err["msg"].removeprefix("Input should be ")
+    return SpecError(
+        "E0203", f"wrong type or value for `{_dotted(path)}`", doc.loc(path),
+        expected=expected, found=found,
+        hint="see `seqdsl schema` for the shape of every section",
+    )
+
+
+def _clean_path(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    """pydantic's loc has the wrapper key `module` and discriminator tags (`recurrent`, `graph`) at module level."""
+    out: list[str | int] = []
+    parts = list(loc)
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p == "module" and i == 0:
+            i += 1
+            if i < len(parts) and parts[i] in ("recurrent", "graph"):
+                i += 1  # the discriminator tag
+            continue
+        if p in ("recurrent", "graph") and out and out[-1] == "modules" and False:
+            i += 1
+            continue
+        if p in ("function-before[_tensor_shorthand()]",) or str(p).startswith("function-"):
+            i += 1
+            continue
+        out.append(p)
+        # inside `modules: {Name: ...}` the next entry is again a discriminator tag
+        if len(out) >= 2 and out[-2] == "modules" and i + 1 < len(parts) and parts[i + 1] in ("recurrent", "graph"):
+            i += 1
+        i += 1
+    return tuple(out)
+
+
+def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
+    last = next((p for p in reversed(parent) if isinstance(p, str)), None)
+    if len(parent) >= 2 and parent[-2] in ("inputs", "params", "state"):
+        model: type[BaseModel] = _SECTION_FIELDS[str(parent[-2])]
+    elif last in _SECTION_FIELDS and last == "recurrent":
+        model = Recurrent
+    else:
+        return sorted(set(RecurrentModule.model_fields) | set(GraphModule.model_fields) - {"kind"})
+    return sorted(model.model_fields)
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "dict_type": "a mapping (key: value lines)",
+    "list_type": "a list such as [B, T, d]",
+    "bool_type": "true or false",
+}
+
+_MISSING_HINTS = {
+    "inputs": "declare the module's inputs, e.g. `inputs: {x: [B, T, d]}`",
+    "outputs": "name what the module returns, e.g. `outputs: {y: h}`",
+    "step": "write the recurrent step as equations, e.g. `step: {h: tanh(W @ x + U @ h[t-1] + b)}`",
+    "state": "declare the state, e.g. `state: {h: [B, h]}`",
+    "graph": "a module needs `graph:` equations or a `recurrent:` block",
+    "shape": "give the shape as a list, e.g. `[B, h]`",
+}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list {value!r}" if len(repr(value)) < 60 else "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) < 60 else "a string"
+    return "nothing" if value is None else type(value).__name__
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file, for editors (`# yaml-language-server: $schema=...`)."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Module).json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "seqdsl spec"
+    return schema
+
+
+__all__ = [
+    "TensorDecl", "ParamDecl", "StateDecl", "Recurrent", "RecurrentModule", "GraphModule", "Module",
+    "parse_module", "json_schema", "Location",
+]
