@@ -195,10 +195,11 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
     finals = [b.name(f"{node.name}_final{i}") for i in range(n_s)]
     stacked = [b.name(f"{node.name}_steps{i}") for i in range(len(scanned))]
     direction = [1 if loop.reverse else 0]
-    b.nodes.append(helper.make_node(
-        "Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g, num_scan_inputs=n_q,
-        scan_input_axes=[1] * n_q, scan_input_directions=direction * n_q,
-        scan_output_axes=[1] * len(scanned), scan_output_directions=direction * len(scanned)))
+    scan_attrs: dict[str, object] = {"scan_input_axes": [1] * n_q, "scan_input_directions": direction * n_q}
+    if scanned:  # onnx.helper cannot type an empty list attribute
+        scan_attrs.update(scan_output_axes=[1] * len(scanned), scan_output_directions=direction * len(scanned))
+    b.nodes.append(helper.make_node("Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g,
+                                    num_scan_inputs=n_q, **scan_attrs))
     for item in (n for n in graph if n.op == "item" and n.inputs == [node.name]):
         r = loop.returns[item.attrs["index"]]
         if from_final_state(r):

@@ -164,7 +164,7 @@ class _Generator:
 
     def write_loop_call(self, writer: _GraphWriter, node: Node) -> None:
         loop = loop_of(node)
-        method = self.method_names("_" + node.name.replace(".", "_"))
+        method = "_" + self.method_names(node.name)  # private: no clash with parameters or nn.Module
         self.methods.append(self.loop_method(method, node, loop))
         args = ", ".join(writer.value(i) for i in node.inputs)
         items = [n for n in writer.graph if n.op == "item" and n.inputs == [node.name]]

@@ -1,0 +1,94 @@
+"""Unrolling: every recurrent ``loop`` becomes T copies of its step graph (LeCun's Figure 2).
+
+The result is a DAG — what backpropagation through time differentiates — for one fixed T. Rewrite rules, for a
+loop over T steps (positions ``p = t`` forward, ``p = T-1-t`` reversed, for t = 0 .. T-1):
+  1. ``step_input[i]`` at step t  ->  ``time_slice(sequence_i, index=p)``;
+  2. ``state[i]`` at step 0  ->  the loop's initial value i; at step t > 0 -> the copy of ``updates[i]`` of step t-1;
+  3. ``capture[i]``  ->  the loop's capture input i (the same node at every step);
+  4. ``param``  ->  one shared ``param`` node per parameter in the parent graph (weights shared by construction);
+  5. every other body node  ->  a copy named ``<name>@<p>``;
+  6. an ``item`` returning every step  ->  ``stack`` of the copies in time order; ``final`` -> the copy of the last
+     step processed; ``last`` -> the copy at position T-1.
+Loops nested in a body are unrolled first. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ir import Graph, Model, Node, loop_of
+
+
+def unroll(model: Model, steps: int) -> tuple[Model, bool]:
+    """A copy of ``model`` with every loop unrolled for sequences of ``steps`` steps; and whether anything changed."""
+    if steps < 1:
+        raise ValueError("unrolling needs at least one step")
+    graph, changed = _unroll_graph(model.graph, steps)
+    out = replace(model, graph=graph)
+    out.verify()
+    return out, changed
+
+
+def _unroll_graph(graph: Graph, steps: int) -> tuple[Graph, bool]:
+    out = Graph()
+    changed = False
+    alias: dict[str, str] = {}  # node of `graph` -> node of `out` holding its value
+    shared_params: dict[str, str] = {}
+    for node in graph:
+        if node.op == "loop":
+            changed = True
+            items = [n for n in graph if n.op == "item" and n.inputs == [node.name]]
+            _expand_loop(out, node, items, [alias[i] for i in node.inputs], steps, alias, shared_params)
+        elif node.op == "item":
+            continue  # bound by _expand_loop
+        else:
+            copy = Node(node.name, node.op, [alias[i] for i in node.inputs], dict(node.attrs), node.shape, node.dtype, node.loc)
+            if node.op == "param":
+                shared_params[node.attrs["name"]] = node.name
+            alias[node.name] = out.add(copy).name
+    out.outputs = {k: alias[v] for k, v in graph.outputs.items()}
+    return out, changed
+
+
+def _expand_loop(out: Graph, node: Node, items: list[Node], args: list[str], steps: int, alias: dict[str, str],
+                 shared_params: dict[str, str]) -> None:
+    loop = loop_of(node)
+    body, _ = _unroll_graph(loop.body, steps)  # nested loops first
+    n_s, n_q = loop.n_states, loop.n_sequences
+    states = args[:n_s]
+    sequences, captures = args[n_s:n_s + n_q], args[n_s + n_q:]
+    per_step: list[dict[str, str]] = []
+    for t in range(steps):
+        pos = steps - 1 - t if loop.reverse else t
+        env: dict[str, str] = {}
+        for b in body:
+            if b.op == "state":
+                env[b.name] = states[b.attrs["index"]]
+            elif b.op == "capture":
+                env[b.name] = captures[b.attrs["index"]]
+            elif b.op == "param":
+                pname = b.attrs["name"]
+                if pname not in shared_params:
+                    shared_params[pname] = out.add(Node(out.fresh(pname), "param", [], dict(b.attrs), b.shape,
+                                                        b.dtype, b.loc)).name
+                env[b.name] = shared_params[pname]
+            elif b.op == "step_input":
+                env[b.name] = out.add(Node(out.fresh(f"{b.name}@{pos}"), "time_slice", [sequences[b.attrs["index"]]],
+                                           {"index": pos}, b.shape, b.dtype, b.loc)).name
+            else:
+                attrs = dict(b.attrs)
+                env[b.name] = out.add(Node(out.fresh(f"{b.name}@{pos}"), b.op, [env[i] for i in b.inputs], attrs,
+                                           b.shape, b.dtype, b.loc)).name
+        states = [env[u] for u in loop.updates]
+        per_step.append(env)
+    by_position = list(reversed(per_step)) if loop.reverse else per_step
+    for item in items:
+        r = loop.returns[item.attrs["index"]]
+        if r.kind == "all":
+            value = out.add(Node(out.fresh(item.name), "stack", [env[r.node] for env in by_position], {},
+                                 (item.shape[0], steps, *item.shape[2:]), item.dtype, item.loc)).name
+        elif r.kind == "final":
+            value = per_step[-1][r.node]
+        else:
+            value = by_position[-1][r.node]
+        alias[item.name] = value
