@@ -66,6 +66,9 @@ _AMBIGUOUS = re.compile(r"[-+]?(0[0-9]+|0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _INF, _NAN = re.compile(r"[-+]?\.(inf|Inf|INF)"), re.compile(r"\.(nan|NaN|NAN)")
 _BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # the line breaks PyYAML counts
+_PREFIX = re.compile(r"(?:[&!]\S*(?:\s|#[^\n\r\x85\u2028\u2029]*)*)*")  # `&anchor !tag # comment` before a value
+_NODE_KIND = {MappingNode: "a mapping", SequenceNode: "a list", ScalarNode: "a scalar"}
+_EMPTY_HINT = "a spec is a YAML mapping, e.g. `sizes: {d: 16}`"
 _BAD_CHAR = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -75,12 +78,6 @@ def _dotted(path: PathT) -> str:
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
     return out
-
-
-def _line_col(text: str, index: int) -> tuple[int, int]:
-    """1-based line and column of ``text[index]``."""
-    breaks = list(_BREAK.finditer(text, 0, index))
-    return len(breaks) + 1, index - (breaks[-1].end() if breaks else 0) + 1
 
 
 class _Alias:
@@ -98,23 +95,17 @@ class _Locator:
         self.starts = [0] + [m.end() for m in _BREAK.finditer(source)]
 
     def span(self, start: int, end: int, path: PathT) -> Location:
+        """The location of ``source[start:end]``, underlined up to the end of its first line."""
         line = bisect_right(self.starts, start)
-        line_end = self.starts[line] - 1 if line < len(self.starts) else len(self.source)
+        line_end = m.start() if (m := _BREAK.search(self.source, start)) else len(self.source)
         length = max(1, min(end, line_end) - start)
         return Location(self.file, line, start - self.starts[line - 1] + 1, _dotted(path), length)
 
     def value_start(self, node: Node) -> int:
         """Index of the node's first character, past any ``&anchor`` / ``!tag`` written before it."""
-        src, i = self.source, node.start_mark.index
         if isinstance(node, ScalarNode) and node.value == "" and node.style is None:
-            return i
-        while src.startswith(("&", "!"), i):
-            while i < len(src) and src[i] not in " \t\r\n\x85\u2028\u2029":
-                i += 1
-            while i < len(src) and (src[i] in " \t\r\n\x85\u2028\u2029" or src[i] == "#"):
-                i = src.find("\n", i) if src[i] == "#" else i + 1
-                i = len(src) if i < 0 else i
-        return i
+            return node.start_mark.index
+        return _PREFIX.match(self.source, node.start_mark.index).end()  # type: ignore[union-attr]
 
     def of(self, node: Node | _Alias, path: PathT) -> Location:
         if isinstance(node, _Alias):
@@ -125,10 +116,9 @@ class _Locator:
     def tag(self, node: Node, path: PathT) -> Location:
         """Where the node's ``!tag`` is written."""
         start = self.source.find("!", node.start_mark.index, max(self.value_start(node), node.start_mark.index + 1))
-        end = start
-        while end < len(self.source) and self.source[end] not in " \t\r\n\x85\u2028\u2029":
-            end += 1
-        return self.span(start, end, path) if start >= 0 else self.of(node, path)
+        if start < 0:
+            return self.of(node, path)
+        return self.span(start, re.compile(r"\S*").match(self.source, start).end(), path)  # type: ignore[union-attr]
 
     def col_offset(self, node: Node | _Alias) -> int:
         """0 plain / 1 quoted when the source holds the value verbatim from loc().col on; else -1."""
@@ -152,16 +142,12 @@ class Document:
     def __post_init__(self) -> None:
         self._locator = _Locator(self.file, self.source)
 
-    def _nearest(self, path: PathT) -> PathT | None:
-        while path not in self._values and path:
-            path = path[:-1]
-        return path if path in self._values else None
-
     def loc(self, path: PathT) -> Location:
         """Where the value at ``path`` starts (or its nearest existing ancestor); ``.path`` names ``path``."""
-        path = tuple(path)
-        found = self._nearest(path)
-        if found is None:
+        found = path = tuple(path)
+        while found and found not in self._values:
+            found = found[:-1]
+        if found not in self._values:
             return Location(self.file, 1, 1, _dotted(path))
         return self._locator.of(self._values[found], found).at_path(_dotted(path))
 
@@ -231,6 +217,7 @@ class _Builder:
         self.at, self.count, self.active = locator, 0, set()  # active: ids of collections being built
         self.values: dict[PathT, Node | _Alias] = {}
         self.keys: dict[PathT, Node | _Alias] = {}
+        self.via: list[tuple[_Alias, PathT]] = []  # aliases being expanded, outermost first
 
     def fail(self, code: str, msg: str, node: Node | _Alias, path: PathT, **kw: Any) -> NoReturn:
         raise SpecError(code, msg, self.at.of(node, path), **kw)
@@ -247,14 +234,26 @@ class _Builder:
         kind = {_Y + "map": MappingNode, _Y + "seq": SequenceNode}.get(tag, ScalarNode)
         if not isinstance(node, kind):
             raise SpecError("E0117", f"`{shown}` cannot tag this value", self.at.tag(node, path),
-                            found=_kind_of_node(node), hint=f"remove `{shown}`")
+                            found=_NODE_KIND[type(node)], hint=f"remove `{shown}`")
+
+    def blame(self, ref: Node | _Alias, path: PathT) -> Location:
+        """The outermost alias being expanded (the place to fix), else ``ref`` itself."""
+        return self.at.of(*(self.via[0] if self.via else (ref, path)))
 
     def value(self, ref: Node | _Alias, path: PathT, depth: int) -> Any:
-        node = ref.target if isinstance(ref, _Alias) else ref
+        if not isinstance(ref, _Alias):
+            return self.build(ref, ref, path, depth)
+        self.via.append((ref, path))
+        try:
+            return self.build(ref.target, ref, path, depth)
+        finally:
+            self.via.pop()
+
+    def build(self, node: Node, ref: Node | _Alias, path: PathT, depth: int) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            self.fail("E0112", "too many nodes after expanding aliases (alias bomb?)", ref, path,
-                      found=f"more than {MAX_NODES:,} nodes", hint="use fewer or smaller aliases")
+            raise SpecError("E0112", "too many nodes after expanding aliases (alias bomb?)", self.blame(ref, path),
+                            found=f"more than {MAX_NODES:,} nodes", hint="use fewer or smaller aliases")
         self.values[path] = ref
         self.check_tag(node, path)
         if isinstance(node, ScalarNode):
@@ -264,8 +263,9 @@ class _Builder:
                       hint="an anchor cannot contain itself",
                       notes=[(self.at.of(node, path), "the anchored node starts here")])
         if depth + 1 > MAX_DEPTH:
-            self.fail("E0114", f"nesting deeper than {MAX_DEPTH} levels (after expanding aliases)", ref, path,
-                      found=f"more than {MAX_DEPTH} nested mappings/lists", hint="flatten the spec")
+            raise SpecError("E0114", f"nesting deeper than {MAX_DEPTH} levels (after expanding aliases)",
+                            self.blame(ref, path), found=f"more than {MAX_DEPTH} nested mappings/lists",
+                            hint="flatten the spec")
         self.active.add(id(node))
         try:
             if isinstance(node, SequenceNode):
@@ -289,7 +289,7 @@ class _Builder:
         self.check_tag(node, parent)
         if not isinstance(node, ScalarNode):
             self.fail("E0111", "mapping keys must be plain strings", ref, parent,
-                      found=_kind_of_node(node), hint="use a name as the key")
+                      found=_NODE_KIND[type(node)], hint="use a name as the key")
         if node.style is None and node.tag == _IMPLICIT and node.value in ("", "<<"):
             if node.value == "<<":
                 self.fail("E0119", "merge keys (`<<`) are not supported", ref, parent,
@@ -347,10 +347,6 @@ class _Builder:
         return None
 
 
-def _kind_of_node(node: Node) -> str:
-    return {MappingNode: "a mapping", SequenceNode: "a list"}.get(type(node), "a scalar")
-
-
 def _kind(value: Any) -> str:
     """A type name for messages, e.g. ``a list``."""
     for typ, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
@@ -362,9 +358,8 @@ def _kind(value: Any) -> str:
 
 def _check_chars(text: str, file: str) -> None:
     if m := _BAD_CHAR.search(text):
-        line, col = _line_col(text, m.start())
         what = "NUL character" if m.group() == "\0" else f"control character U+{ord(m.group()):04X}"
-        raise SpecError("E0102", f"{what} in spec", Location(file, line, col), found=f"U+{ord(m.group()):04X}",
+        raise SpecError("E0102", f"{what} in spec", _Locator(file, text).span(m.start(), m.end(), ()), found=f"U+{ord(m.group()):04X}",
                         hint="remove it; a spec must be UTF-8 text (is this a binary or UTF-16 file?)")
 
 
@@ -381,9 +376,8 @@ def _decode(raw: bytes, file: str) -> str:
     except UnicodeDecodeError as e:
         prefix = raw[: e.start].decode("utf-8").removeprefix("\ufeff")
         _check_chars(prefix, file)  # an earlier NUL wins
-        line, col = _line_col(prefix, len(prefix))
         raise SpecError("E0101", f"spec is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})",
-                        Location(file, line, col), hint="save the file as UTF-8") from None
+                        _Locator(file, prefix).span(len(prefix), len(prefix), ()), hint="save the file as UTF-8") from None
 
 
 def _syntax_error(e: yaml.MarkedYAMLError, file: str, text: str) -> SpecError:
@@ -415,7 +409,7 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
     try:
         loader.get_event()  # stream start
         if loader.check_event(StreamEndEvent):
-            raise SpecError("E0106", "empty spec", Location(file, 1, 1), hint="a spec is a YAML mapping, e.g. `sizes: {d: 16}`")
+            raise SpecError("E0106", "empty spec", Location(file, 1, 1), hint=_EMPTY_HINT)
         root = loader.compose_document()
         if not loader.check_event(StreamEndEvent):
             loader.fail("E0107", "spec has several YAML documents", loader.peek_event().start_mark,
@@ -429,7 +423,7 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
     finally:
         loader.dispose()
     if isinstance(root, ScalarNode) and root.tag == _IMPLICIT and root.style is None and root.value == "":
-        raise SpecError("E0106", "empty spec", Location(file, 1, 1), hint="a spec is a YAML mapping, e.g. `sizes: {d: 16}`")
+        raise SpecError("E0106", "empty spec", Location(file, 1, 1), hint=_EMPTY_HINT)
     builder = _Builder(_Locator(file, text))
     data = builder.value(root, (), 0)
     if not isinstance(data, dict):
@@ -441,22 +435,19 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
 def load_file(path: str | Path) -> Document:
     """Read and parse a spec file; a missing, unreadable or oversized file raises `SpecError`."""
     p, name = Path(path), str(path)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
+    if not p.exists() and not p.is_symlink():
         try:
             hint = did_you_mean(p.name, (c.name for c in p.parent.iterdir()))
         except OSError:
             hint = None
-        raise SpecError("E0118", f"spec file not found: {name}", Location(name), hint=hint or "check the path") from None
-    except OSError as e:
-        raise SpecError("E0120", f"cannot read spec file: {e.strerror or e}", Location(name)) from None
-    if p.is_dir():
-        raise SpecError("E0120", "cannot read spec file: it is a directory", Location(name), hint="name a .yaml file")
-    _size_check(size, name)
+        raise SpecError("E0118", f"spec file not found: {name}", Location(name), hint=hint or "check the path")
     try:
+        if p.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        _size_check(p.stat().st_size, name)  # before reading anything
         with p.open("rb") as f:
-            raw = f.read(MAX_SPEC_BYTES + 1)
+            raw = f.read(MAX_SPEC_BYTES + 1)  # the file may have grown since stat()
     except OSError as e:
-        raise SpecError("E0120", f"cannot read spec file: {e.strerror or e}", Location(name)) from None
+        raise SpecError("E0120", f"cannot read spec file: {e.strerror or e}", Location(name),
+                        hint="check the path and its permissions") from None
     return load_text(raw, name)

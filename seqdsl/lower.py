@@ -220,7 +220,7 @@ class _Env:
             return list(nx.lexicographical_topological_sort(deps, key=lambda k: index[k]))
         chain = [a for a, _ in cycle] + [cycle[0][0]]
         first = parsed[chain[0]][1]
-        hint = "break the loop, or read a state's previous value with `name[t-1]`"
+        hint = f"break the loop, or read the previous step's value with `{chain[0]}[t-1]` (a state)"
         if self.delays is None:
             hint = "equations outside a recurrent block cannot depend on themselves; use a `recurrent:` module"
         raise SpecError("E0402", "cycle that does not pass through a delay: " + " -> ".join(chain), first,
@@ -232,8 +232,8 @@ class _Env:
                 raise SpecError("E0311", "several names on the left need `chunk(x, n)` on the right", base,
                                 hint=f"write `{', '.join(names)}: chunk(value, {len(names)})`")
             for name, node in zip(names, self.chunk(expr, base, len(names))):
-                self.rename(node, name)
-                self.values[name] = _Value(node)
+                self.values[name] = _Value(self.rename(node, name))
+                self.locs[name] = base
             return
         name = names[0]
         if isinstance(expr, E.Call) and expr.func in self.owner.unit.modules:

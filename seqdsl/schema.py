@@ -139,7 +139,9 @@ def parse_module(doc: Document) -> RecurrentModule | GraphModule:
     try:
         return SpecFile.model_validate({"module": data}).root
     except ValidationError as exc:
-        raise _to_spec_error(doc, exc.errors()[0]) from None
+        # a misspelt key also makes the right one "missing": report the unknown key, with its suggestion, first
+        errors = sorted(exc.errors(), key=lambda e: {"extra_forbidden": 0, "missing": 1}.get(e["type"], 2))
+        raise _to_spec_error(doc, errors[0]) from None
 
 
 _SECTION_FIELDS: dict[str, type[BaseModel]] = {
@@ -152,7 +154,6 @@ _SECTION_FIELDS: dict[str, type[BaseModel]] = {
 
 def _to_spec_error(doc: Document, err: Any) -> SpecError:
     """Map one pydantic error to a located SpecError; drop pydantic's own routing entries from the path."""
-    path = tuple(p for p in err["loc"] if p not in ("module", "recurrent", "graph") or False)
     path = _clean_path(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -175,38 +176,26 @@ def _to_spec_error(doc: Document, err: Any) -> SpecError:
         )
     found = _describe(err.get("input"))
     expected = _EXPECTED.get(kind, err["msg"])
+    hint = "see `seqdsl schema` for the shape of every section"
     if kind == "literal_error":
         expected = err["msg"].removeprefix("Input should be ")
-    return SpecError(
-        "E0203", f"wrong type or value for `{_dotted(path)}`", doc.loc(path),
-        expected=expected, found=found,
-        hint="see `seqdsl schema` for the shape of every section",
-    )
+        options = [o.strip(" '") for o in expected.replace(" or ", ", ").split(",")]
+        hint = did_you_mean(str(err.get("input")), options) or hint
+    return SpecError("E0203", f"wrong type or value for `{_dotted(path)}`", doc.loc(path),
+                     expected=expected, found=found, hint=hint)
 
 
 def _clean_path(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
-    """pydantic's loc has the wrapper key `module` and discriminator tags (`recurrent`, `graph`) at module level."""
+    """pydantic's loc without our wrapper key `module` and the union tags (`recurrent`/`graph`) it inserts
+    after every module: at the root and after `modules.<Name>`."""
     out: list[str | int] = []
-    parts = list(loc)
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p == "module" and i == 0:
-            i += 1
-            if i < len(parts) and parts[i] in ("recurrent", "graph"):
-                i += 1  # the discriminator tag
+    for i, part in enumerate(loc):
+        if i == 0 and part == "module":
             continue
-        if p in ("recurrent", "graph") and out and out[-1] == "modules" and False:
-            i += 1
+        at_module = not out or (len(out) >= 2 and out[-2] == "modules")
+        if at_module and part in ("recurrent", "graph") and (i == 1 or loc[i - 2] == "modules"):
             continue
-        if p in ("function-before[_tensor_shorthand()]",) or str(p).startswith("function-"):
-            i += 1
-            continue
-        out.append(p)
-        # inside `modules: {Name: ...}` the next entry is again a discriminator tag
-        if len(out) >= 2 and out[-2] == "modules" and i + 1 < len(parts) and parts[i + 1] in ("recurrent", "graph"):
-            i += 1
-        i += 1
+        out.append(part)
     return tuple(out)
 
 
@@ -217,7 +206,7 @@ def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
     elif last in _SECTION_FIELDS and last == "recurrent":
         model = Recurrent
     else:
-        return sorted(set(RecurrentModule.model_fields) | set(GraphModule.model_fields) - {"kind"})
+        return sorted((set(RecurrentModule.model_fields) | set(GraphModule.model_fields)) - {"kind"})
     return sorted(model.model_fields)
 
 
