@@ -96,7 +96,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     if as_json:
         from dataclasses import asdict
 
-        out.print(json.dumps(asdict(result), indent=2), markup=False)
+        print(json.dumps(asdict(result), indent=2))
         return
     table = Table(title=f"{result.name} → {result.out_dir}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -119,7 +119,7 @@ def schema() -> None:
     """Print the JSON Schema of spec files (for editors: `# yaml-language-server: $schema=...`)."""
     from seqdsl.schema import json_schema
 
-    out.print(json.dumps(json_schema(), indent=2), markup=False)
+    print(json.dumps(json_schema(), indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry point

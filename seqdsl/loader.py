@@ -413,7 +413,7 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
         root = loader.compose_document()
         if not loader.check_event(StreamEndEvent):
             loader.fail("E0107", "spec has several YAML documents", loader.peek_event().start_mark,
-                 hint="remove the second `---` (one spec per file)")
+                        hint="remove the second `---` (one spec per file)")
     except yaml.MarkedYAMLError as e:
         raise _syntax_error(e, file, text) from None
     except yaml.YAMLError as e:

@@ -1,0 +1,65 @@
+"""The command line as a user meets it: summaries on success, one located error block (no traceback) on failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, SPECS
+
+
+def seqdsl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def test_validate_ok():
+    r = seqdsl("validate", str(SPECS / "lstm.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "6,272 parameters" in r.stdout
+
+
+def test_validate_bad_spec_exits_2_with_location_and_no_traceback(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((SPECS / "rnn.yaml").read_text().replace("+ b)", "+ bias)"))
+    r = seqdsl("validate", str(bad))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"{bad}:14:34: error[E0301]: unknown name `bias`")
+    assert "help: did you mean `b`?" in r.stderr
+    assert "^^^^" in r.stderr
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path):
+    r = seqdsl("validate", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "nope.yaml" in r.stderr
+
+
+def test_bad_set_option():
+    r = seqdsl("validate", str(SPECS / "rnn.yaml"), "--set", "h=abc")
+    assert r.returncode == 2 and "NAME=INTEGER" in r.stderr
+    r = seqdsl("validate", str(SPECS / "rnn.yaml"), "--set", "hidden=4")
+    assert r.returncode == 2 and "E0309" in r.stderr
+
+
+def test_build_prints_summary_and_writes_files(tmp_path: Path):
+    out = tmp_path / "gru"
+    r = seqdsl("build", str(SPECS / "gru.yaml"), "-o", str(out), "--set", "h=8", "--seq-len", "4", "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    for words in ["parameters", "input x", "output y", "CPUExecutionProvider", "max abs diff"]:
+        assert words in r.stdout
+    assert "CUDA" not in r.stdout + r.stderr  # no provider noise on a machine without a GPU
+    assert {p.name for p in out.iterdir()} == {"model.py", "weights.safetensors", "model.onnx", "build.json"}
+    r = seqdsl("build", str(SPECS / "gru.yaml"), "-o", str(out), "--json")
+    summary = json.loads(r.stdout)
+    assert summary["param_count"] == 3 * (16 * 32 + 32 * 32 + 32)
+    assert summary["max_abs_diff"]["y"] < 1e-4
+
+
+def test_schema_command_prints_json_schema():
+    r = seqdsl("schema")
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "seqdsl spec"
