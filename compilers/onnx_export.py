@@ -34,7 +34,7 @@ class _Builder:
 
     def name(self, base: str) -> str:
         self.root.counter += 1
-        return f"{self.scope}{base}__{self.root.counter}"
+        return f"{self.scope}{base}#{self.root.counter}"  # `#` never occurs in spec names
 
     def op(self, op_type: str, inputs: list[str], base: str, out: str | None = None, **attrs: object) -> str:
         out = out or self.name(base)
@@ -52,14 +52,14 @@ class _Builder:
         key = ("const", repr(value), dtype)
         if key not in self.root.cache:
             arr = np.array(value, dtype=dtype)
-            self.root.cache[key] = self.initializer(f"const__{len(self.root.cache)}", arr)
+            self.root.cache[key] = self.initializer(f"const#{len(self.root.cache)}", arr)
         return self.root.cache[key]
 
     def transposed(self, weight: str) -> str:
         """Wᵀ for ``x @ Wᵀ``, computed once at the top level, outside every loop."""
         key = ("T", weight)
         if key not in self.root.cache:
-            self.root.cache[key] = self.root.op("Transpose", [weight], f"{weight}.T", out=f"{weight}__T", perm=[1, 0])
+            self.root.cache[key] = self.root.op("Transpose", [weight], f"{weight}.T", out=f"{weight}#T", perm=[1, 0])
         return self.root.cache[key]
 
     def batch_shape(self, ref: str, tail: tuple[int, ...]) -> str:
@@ -238,7 +238,13 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
 
 
 def set_weights(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
-    """Fill the parameter initializers with trained values (names as in the spec)."""
-    for init in proto.graph.initializer:
-        if init.name in weights:
-            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weights[init.name], dtype=np.float32), init.name))
+    """Fill the parameter initializers with trained values; every parameter, by its spec name, exactly once."""
+    params = {i.name: i for i in proto.graph.initializer if "#" not in i.name}
+    unknown, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+    if unknown or missing:
+        raise KeyError(f"weights do not match the model's parameters: unknown {unknown}, missing {missing}")
+    for name, init in params.items():
+        array = np.ascontiguousarray(weights[name], dtype=np.float32)
+        if tuple(array.shape) != tuple(init.dims):
+            raise ValueError(f"weight `{name}` has shape {tuple(array.shape)}, the model expects {tuple(init.dims)}")
+        init.CopyFrom(numpy_helper.from_array(array, name))
