@@ -47,11 +47,14 @@ class BuildResult:
 
 
 def example_inputs(model: Model, batch: int, steps: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for ``model`` with B=batch and T=steps (token ids below the embedding's vocabulary)."""
+    """Random inputs for ``model`` with B=batch and T=steps; other time axes (S, ...) get other lengths so
+    that mixing them up cannot go unnoticed. Token ids stay below the embedding's vocabulary."""
     rng = np.random.default_rng(seed)
+    others = sorted({d for n in model.input_nodes() for d in n.shape if isinstance(d, str)} - {"B", "T"})
+    axes = {"B": batch, "T": steps, **{name: steps + 2 + i for i, name in enumerate(others)}}
     out: dict[str, np.ndarray] = {}
     for node in model.input_nodes():
-        shape = [batch if d == "B" else steps if d == "T" else d for d in node.shape]
+        shape = [axes[d] if isinstance(d, str) else d for d in node.shape]
         if node.dtype == "int64":
             out[node.name] = rng.integers(0, _vocab_for(model, node.name), size=shape, dtype=np.int64)
         else:

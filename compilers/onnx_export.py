@@ -31,6 +31,11 @@ class _Builder:
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.cache: dict[tuple[object, ...], str] = {}
         self.counter = 0
+        self.graph: Graph | None = None  # the IR graph being emitted (for shapes of inputs)
+
+    def shape_of(self, ir_node: str) -> tuple[object, ...]:
+        assert self.graph is not None
+        return self.graph[ir_node].shape
 
     def name(self, base: str) -> str:
         self.root.counter += 1
@@ -111,6 +116,72 @@ def _stack(b: _Builder, node: Node, args: list[str]) -> str:
     return b.op("Concat", parts, node.name, axis=1)
 
 
+def _axes_op(op_type: str, **fixed: object) -> Emit:
+    """Ops that take their axes as a second input (Unsqueeze, Squeeze, ReduceSum since opset 13)."""
+    def emit(b: _Builder, node: Node, args: list[str]) -> str:
+        return b.op(op_type, [args[0], b.const([node.attrs["axis"]], np.int64)], node.name, **fixed)
+    return emit
+
+
+def _contract(b: _Builder, node: Node, args: list[str]) -> str:
+    rank = len(b.shape_of(node.inputs[0]))
+    lead = "abcdefgh"[: rank - 1]
+    return b.op("Einsum", args, node.name, equation=f"{lead}z,mnz->{lead}mn")
+
+
+def _matvec(b: _Builder, node: Node, args: list[str]) -> str:
+    column = b.op("Unsqueeze", [args[1], b.const([-1], np.int64)], node.name)
+    product = b.op("MatMul", [args[0], column], node.name)
+    return b.op("Squeeze", [product, b.const([-1], np.int64)], node.name)
+
+
+def _transpose(b: _Builder, node: Node, args: list[str]) -> str:
+    rank = len(node.shape)
+    return b.op("Transpose", args, node.name, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def _split_heads(b: _Builder, node: Node, args: list[str]) -> str:
+    heads, k = node.shape[1], node.shape[3]
+    split = b.op("Reshape", [args[0], b.const([0, 0, heads, k], np.int64)], node.name)
+    return b.op("Transpose", [split], node.name, perm=[0, 2, 1, 3])
+
+
+def _merge_heads(b: _Builder, node: Node, args: list[str]) -> str:
+    swapped = b.op("Transpose", args, node.name, perm=[0, 2, 1, 3])
+    return b.op("Reshape", [swapped, b.const([0, 0, node.shape[2]], np.int64)], node.name)
+
+
+def _minus_inf_where(b: _Builder, node: Node, condition: str, scores: str) -> str:
+    return b.op("Where", [condition, b.const(float("-inf")), scores], node.name)
+
+
+def _causal(b: _Builder, node: Node, args: list[str]) -> str:
+    last_two = b.op("Shape", [args[0]], node.name, start=-2)
+    ones = b.op("ConstantOfShape", [last_two], node.name, value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+    future = b.op("Trilu", [ones, b.const(1, np.int64)], node.name, upper=1)
+    return _minus_inf_where(b, node, b.op("Cast", [future], node.name, to=TensorProto.BOOL), args[0])
+
+
+def _mask(b: _Builder, node: Node, args: list[str]) -> str:
+    rank = len(node.shape)
+    keep = b.op("Cast", [args[1]], node.name, to=TensorProto.FLOAT)
+    keep = b.op("Unsqueeze", [keep, b.const(list(range(1, rank - 1)), np.int64)], node.name)
+    padding = b.op("Equal", [keep, b.const(0.0)], node.name)
+    return _minus_inf_where(b, node, padding, args[0])
+
+
+def _positions(b: _Builder, node: Node, args: list[str]) -> str:
+    d = node.shape[1]
+    steps = b.op("Squeeze", [b.op("Shape", [args[0]], node.name, start=1, end=2), b.const([0], np.int64)], node.name)
+    pos = b.op("Range", [b.const(0, np.int64), steps, b.const(1, np.int64)], node.name)
+    pos = b.op("Unsqueeze", [b.op("Cast", [pos], node.name, to=TensorProto.FLOAT), b.const([1], np.int64)], node.name)
+    inv_freq = np.power(10000.0, -np.arange(0, d, 2, dtype=np.float32) / d).astype(np.float32)
+    angles = b.op("Mul", [pos, b.const(inv_freq.tolist())], node.name)
+    last = b.const([-1], np.int64)
+    pair = [b.op("Unsqueeze", [b.op(f, [angles], node.name), last], node.name) for f in ("Sin", "Cos")]
+    return b.op("Reshape", [b.op("Concat", pair, node.name, axis=-1), b.const([-1, d], np.int64)], node.name)
+
+
 ONNX_EMIT: dict[str, Emit] = {
     "add": _simple("Add"),
     "sub": _simple("Sub"),
@@ -127,6 +198,22 @@ ONNX_EMIT: dict[str, Emit] = {
     "log_softmax": _simple("LogSoftmax", axis=-1),
     "concat": _simple("Concat", axis=-1),
     "embedding": lambda b, n, a: b.op("Gather", [a[0], a[1]], n.name, axis=0),
+    "contract": _contract,
+    "matvec": _matvec,
+    "sqrt": _simple("Sqrt"),
+    "transpose": _transpose,
+    "unsqueeze": _axes_op("Unsqueeze"),
+    "squeeze": _axes_op("Squeeze"),
+    "sum": _axes_op("ReduceSum", keepdims=0),
+    "mean": lambda b, n, a: b.op("ReduceMean", a, n.name, axes=[n.attrs["axis"]], keepdims=0),  # axes: attribute < 18
+    "argmax": _simple("ArgMax", axis=-1, keepdims=0),
+    "layer_norm": lambda b, n, a: b.op("LayerNormalization", a, n.name, axis=-1, epsilon=1e-5),
+    "dropout": _simple("Identity"),  # inference graph: dropout is the identity
+    "split_heads": _split_heads,
+    "merge_heads": _merge_heads,
+    "causal": _causal,
+    "mask": _mask,
+    "positional_encoding": _positions,
     "last": _time_index(-1),
     "first": _time_index(0),
     "slice": _slice,
@@ -143,6 +230,7 @@ def _value_info(name: str, node: Node) -> onnx.ValueInfoProto:
 
 def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None) -> None:
     """Emit every node of ``graph``; ``outer`` maps capture indices to outer-scope value names."""
+    b.graph = graph
     for node in graph:
         if node.op == "param":
             b.values[node.name] = node.attrs["name"]

@@ -40,6 +40,44 @@ def _slice(node: Node, args: list[str]) -> tuple[str, int]:
     return f"{args[0]}[{lead}{start}:{stop}{trail}]", ATOM
 
 
+def _method(template: str) -> Emit:
+    """``template`` calls a method on (or indexes) its first argument, e.g. ``{0}.sum({axis})``."""
+    def emit(node: Node, args: list[str]) -> tuple[str, int]:
+        return template.format(*args, **node.attrs, shape=node.shape), ATOM
+    return emit
+
+
+def _helper(name: str) -> Emit:
+    """A call of a module-level helper function of model.py (see HELPERS)."""
+    def emit(node: Node, args: list[str]) -> tuple[str, int]:
+        return f"{name}({', '.join(args)})", ATOM
+    return emit
+
+
+HELPERS = {
+    "causal_mask": '''def causal_mask(scores):
+    """-inf where a query (axis -2) would look at a later key (axis -1)."""
+    t, s = scores.shape[-2], scores.shape[-1]
+    future = torch.ones(t, s, dtype=torch.bool, device=scores.device).triu(1)
+    return scores.masked_fill(future, float("-inf"))''',
+    "padding_mask": '''def padding_mask(scores, keep):
+    """-inf where keep (B, S) is 0, for scores (B, ..., S)."""
+    keep = keep.reshape(keep.shape[0], *[1] * (scores.dim() - 2), keep.shape[-1])
+    return scores.masked_fill(keep == 0, float("-inf"))''',
+    "sinusoidal_positions": '''def sinusoidal_positions(x):
+    """Vaswani et al.'s positional encoding (T, d) for x (B, T, d): sin on even, cos on odd features."""
+    t, d = x.shape[1], x.shape[2]
+    inv_freq = torch.pow(10000.0, -torch.arange(0, d, 2, device=x.device, dtype=x.dtype) / d)
+    angles = torch.arange(t, device=x.device, dtype=x.dtype)[:, None] * inv_freq[None, :]
+    return torch.stack([torch.sin(angles), torch.cos(angles)], -1).flatten(-2)''',
+}
+HELPER_OF = {"causal": "causal_mask", "mask": "padding_mask", "positional_encoding": "sinusoidal_positions"}
+
+
+def _contract(node: Node, args: list[str]) -> tuple[str, int]:
+    return f'torch.einsum("...d,mnd->...mn", {args[0]}, {args[1]})', ATOM
+
+
 TORCH_EMIT: dict[str, Emit] = {
     "add": _binary("+", SUM),
     "sub": _binary("-", SUM),
@@ -56,14 +94,33 @@ TORCH_EMIT: dict[str, Emit] = {
     "log_softmax": _call("torch.log_softmax", dim=-1),
     "concat": lambda n, a: (f"torch.cat([{', '.join(a)}], dim={n.attrs.get('axis', -1)})", ATOM),
     "embedding": lambda n, a: (f"F.embedding({a[1]}, {a[0]})", ATOM),
-    "last": lambda n, a: (f"{a[0]}[:, -1]", ATOM),
-    "first": lambda n, a: (f"{a[0]}[:, 0]", ATOM),
+    "contract": _contract,
+    "matvec": lambda n, a: (f"({a[0]} @ {a[1]}.unsqueeze(-1)).squeeze(-1)", ATOM),
+    "sqrt": _call("torch.sqrt"),
+    "transpose": _method("{0}.transpose(-2, -1)"),
+    "unsqueeze": _method("{0}.unsqueeze({axis})"),
+    "squeeze": _method("{0}.squeeze({axis})"),
+    "sum": _method("{0}.sum({axis})"),
+    "mean": _method("{0}.mean({axis})"),
+    "argmax": _method("{0}.argmax({axis})"),
+    "layer_norm": lambda n, a: (f"F.layer_norm({a[0]}, ({n.shape[-1]},), {a[1]}, {a[2]})", ATOM),
+    "dropout": lambda n, a: (f"F.dropout({a[0]}, {n.attrs['p']!r}, self.training)", ATOM),
+    "split_heads": _method("{0}.unflatten(-1, ({heads}, {shape[3]})).transpose(1, 2)"),
+    "merge_heads": _method("{0}.transpose(1, 2).flatten(2)"),
+    "causal": _helper("causal_mask"),
+    "mask": _helper("padding_mask"),
+    "positional_encoding": _helper("sinusoidal_positions"),
+    "last": _method("{0}[:, -1]"),
+    "first": _method("{0}[:, 0]"),
     "slice": _slice,
     "zeros": lambda n, a: (f"{a[0]}.new_zeros(({a[0]}.shape[0], {', '.join(map(str, n.attrs['shape']))}))", ATOM),
     "expand_batch": lambda n, a: (f"{a[0]}.expand({a[1]}.shape[0], {', '.join(map(str, n.shape[1:]))})", ATOM),
-    "time_slice": lambda n, a: (f"{a[0]}[:, {n.attrs['index']}]", ATOM),
+    "time_slice": _method("{0}[:, {index}]"),
     "stack": lambda n, a: (f"torch.stack([{', '.join(a)}], 1)", ATOM),
 }
+# Templates that call a method on, or index, an argument: such arguments must be atoms (parenthesised).
+RECEIVER_OPS = {"transpose", "unsqueeze", "squeeze", "sum", "mean", "argmax", "split_heads", "merge_heads",
+                "last", "first", "slice", "zeros", "expand_batch", "time_slice", "matvec"}
 # Ops handled by the code generator itself rather than by an expression template.
 STRUCTURAL = {"input", "param", "const", "step_input", "state", "capture", "loop", "item"}
 _RESERVED = set(keyword.kwlist) | {"self", "torch", "nn", "F", "t", "T", "Model", "super", "range", "reversed",
@@ -138,9 +195,15 @@ class _GraphWriter:
         emit = TORCH_EMIT.get(node.op)
         if emit is None:
             raise KeyError(f"op `{node.op}` has no entry in compilers.torch_codegen.TORCH_EMIT")
-        prec_of_self = emit(node, ["a"] * len(node.inputs))[1]
-        args = [self.operand(i, prec_of_self, right=(k > 0)) if prec_of_self < ATOM else self.operand(i, 0)
-                for k, i in enumerate(node.inputs)]
+        if node.op in HELPER_OF:
+            self.gen.helpers.add(HELPER_OF[node.op])
+        own = emit(node, ["a"] * len(node.inputs))[1]
+        if node.op in RECEIVER_OPS:  # `x.sum(1)`: the receiver must be an atom
+            args = [self.operand(i, ATOM) for i in node.inputs]
+        elif own < ATOM:  # an operator: parenthesise looser operands
+            args = [self.operand(i, own, right=k > 0) for k, i in enumerate(node.inputs)]
+        else:  # a function call: its arguments need no parentheses
+            args = [self.operand(i, 0) for i in node.inputs]
         text, prec = emit(node, args)
         single_use = len(self.users.get(node.name, [])) == 1 and not node.attrs.get("eq_root")
         if single_use and node.name not in self.keep:
@@ -158,6 +221,7 @@ class _Generator:
         self.model = model
         self.methods: list[list[str]] = []
         self.method_names = _Names({"forward", "reset_parameters", "input_names", "output_names"})
+        self.helpers: set[str] = set()
 
     def param_ref(self, name: str) -> str:
         return "self." + name
@@ -272,6 +336,10 @@ class _Generator:
             "from torch import nn",
             "",
             "",
+        ]
+        for helper in sorted(self.helpers):
+            lines += [HELPERS[helper], "", ""]
+        lines += [
             "class Model(nn.Module):",
             f'    """{in_doc} -> {out_doc}."""',
             "",

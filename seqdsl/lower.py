@@ -13,6 +13,7 @@ Every mistake becomes a `SpecError` at the file:line:col of the offending (sub-)
 from __future__ import annotations
 
 import keyword
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from . import expr as E
 from .errors import Location, SpecError, did_you_mean
 from .ir import Graph, Loop, LoopOutput, Model, Node, Param, Shape
 from .loader import Document
-from .ops import USER_FUNCTIONS, ShapeError, fmt, infer
+from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
 from .schema import GraphModule, RecurrentModule
 
 Module = RecurrentModule | GraphModule
@@ -107,12 +108,15 @@ class _ModuleLowering:
             self.sizes[key] = E.eval_size(value, self.sizes, self.loc("sizes", key), what=f"size `{key}`")
 
     def resolve_shape(self, dims: list[Any], *path: str | int) -> Shape:
+        """Sizes become integers; ``B`` (batch, first) and other upper-case names (time axes such as ``T``
+        or ``S``, not declared as sizes) stay symbolic."""
         out: list[int | str] = []
         for i, dim in enumerate(dims):
-            if dim in ("B", "T"):
-                if (dim == "B") != (i == 0) or (dim == "T" and i != 1):
+            symbolic = isinstance(dim, str) and dim.isidentifier() and dim.isupper() and dim not in self.sizes
+            if symbolic:
+                if (dim == "B") != (i == 0):
                     raise SpecError("E0404", f"axis `{dim}` is in the wrong place", self.loc(*path, i),
-                                    expected="B first, then T (batch-first: [B, T, ...])", found=fmt(tuple(dims)))
+                                    expected="the batch axis B first: [B, T, ...]", found=fmt(tuple(dims)))
                 out.append(dim)
             else:
                 out.append(E.eval_size(dim, self.sizes, self.loc(*path, i), what="a dimension"))
@@ -162,6 +166,12 @@ class _ModuleLowering:
                             expected="an identifier: letters, digits and `_`, not starting with `_` or a digit, "
                                      "not a Python keyword, a function name, B, T or t",
                             hint="rename it, e.g. `h2` or `hidden`")
+
+
+_FOLD = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
+    "neg": lambda a: -a, "sqrt": math.sqrt, "exp": math.exp,
+}
 
 
 @dataclass
@@ -271,6 +281,8 @@ class _Env:
     def add(self, op: str, inputs: list[str], base: Location, e: Any, eq: str | None = None,
             **attrs: Any) -> str:
         loc = self.at(base, e)
+        if op in _FOLD and inputs and all(self.graph[i].op == "const" for i in inputs):
+            return self.fold(op, inputs, loc)
         shapes = [self.graph[i].shape for i in inputs]
         dtypes = [self.graph[i].dtype for i in inputs]
         try:
@@ -283,6 +295,15 @@ class _Env:
         name = self.graph.fresh(self.owner.prefix + (f"{eq}_{op}" if eq else op))
         self.graph.add(Node(name, op, inputs, attrs, shape, dtype, loc))
         return name
+
+    def fold(self, op: str, inputs: list[str], loc: Location) -> str:
+        """Arithmetic on numbers and sizes (``1 / sqrt(d_k)``) is done here, once, not at every step."""
+        values = [self.graph[i].attrs["value"] for i in inputs]
+        try:
+            value = _FOLD[op](*values)
+        except (ZeroDivisionError, ValueError, OverflowError) as exc:
+            raise SpecError("E0403", f"cannot compute `{op}` of {values}: {exc}", loc) from None
+        return self.const(value, loc)
 
     def pretty(self, node: str) -> str:
         return node.removeprefix(self.owner.prefix)
@@ -321,14 +342,22 @@ class _Env:
         if isinstance(e, E.BinOp):
             left, right = self.lower(e.left, base), self.lower(e.right, base)
             if e.op == "@":
-                ln = self.graph[left]
-                if ln.op == "param" and len(ln.shape) == 2:
-                    return self.add("linear", [right, left], base, e, eq)
-                return self.add("matmul", [left, right], base, e, eq)
+                return self.add(*self.product(left, right), base, e, eq)
             op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
             return self.add(op, [left, right], base, e, eq)
         assert isinstance(e, E.Call)
         return self.call(e, base, eq)
+
+    def product(self, left: str, right: str) -> tuple[str, list[str]]:
+        """Which op `left @ right` is: the paper's W x for a weight W, else a batched product of values."""
+        a, b = self.graph[left], self.graph[right]
+        if a.op == "param" and len(a.shape) == 2:
+            return "linear", [right, left]  # W (m, n) @ x (..., n)
+        if a.op == "param" and len(a.shape) == 3:
+            return "contract", [right, left]  # U (m, n, d) @ z (..., d): a hypernetwork's W(z)
+        if len(a.shape) == len(b.shape) + 1:
+            return "matvec", [left, right]  # A (..., m, n) @ v (..., n)
+        return "matmul", [left, right]
 
     def resolve(self, e: E.Name, base: Location) -> str:
         value = self.values.get(e.id)
@@ -366,14 +395,36 @@ class _Env:
             known = sorted(USER_FUNCTIONS | set(self.owner.unit.modules) | {"chunk"})
             raise SpecError("E0314", f"unknown function `{e.func}`", self.at(base, e),
                             expected="one of " + ", ".join(known), hint=did_you_mean(e.func, known))
-        attrs: dict[str, Any] = {}
+        opdef = OPS[e.func]
+        n_tensors = opdef.arity[1] if opdef.arity[1] >= 0 else len(e.args)
+        given = dict(zip((a[0] for a in opdef.attrs), e.args[n_tensors:]))
+        if len(e.args) > n_tensors + len(opdef.attrs):
+            raise SpecError("E0315", f"`{e.func}` takes at most {n_tensors + len(opdef.attrs)} arguments",
+                            self.at(base, e), hint=opdef.doc)
         for key, value in e.kwargs:
-            if key != "axis" or not isinstance(value, (E.Number, E.Neg)):
-                raise SpecError("E0315", f"`{e.func}` takes no argument `{key}`" if key != "axis"
-                                else "`axis` must be an integer", self.at(base, value), hint="only `axis=<int>` is allowed")
-            attrs["axis"] = self.int_arg(value, base)
-        args = [self.lower(a, base) for a in e.args]
+            if key not in {a[0] for a in opdef.attrs} or key in given:
+                raise SpecError("E0315", f"`{e.func}` takes no argument `{key}`" if key not in given
+                                else f"`{key}` is given twice", self.at(base, value), hint=opdef.doc)
+            given[key] = value
+        attrs: dict[str, Any] = {}
+        for key, kind, default in opdef.attrs:
+            if key in given:
+                attrs[key] = self.number_arg(given[key], base, kind)
+            elif default is REQUIRED:
+                raise SpecError("E0315", f"`{e.func}` needs the argument `{key}`", self.at(base, e), hint=opdef.doc)
+            else:
+                attrs[key] = default
+        args = [self.lower(a, base) for a in e.args[:n_tensors]]
         return self.add(e.func, args, base, e, eq, **attrs)
+
+    def number_arg(self, value: E.Expr, base: Location, kind: type) -> Any:
+        if kind is int:
+            return self.int_arg(value, base)
+        number = -value.operand.value if isinstance(value, E.Neg) and isinstance(value.operand, E.Number) else (
+            value.value if isinstance(value, E.Number) else None)
+        if number is None:
+            raise SpecError("E0315", "expected a number here", self.at(base, value))
+        return float(number)
 
     def int_arg(self, value: E.Expr, base: Location) -> int:
         if isinstance(value, E.Neg) and isinstance(value.operand, E.Number):
@@ -474,9 +525,17 @@ class _RecurrentLowering:
             if name not in decls:
                 raise SpecError("E0301", f"`over` names `{name}`, which is not an input", owner.loc("recurrent", "over"),
                                 hint=did_you_mean(name, decls))
-            if self.graph[self.inputs[name]].shape[:2] != ("B", "T"):
+            shape = self.graph[self.inputs[name]].shape
+            if len(shape) < 2 or shape[0] != "B" or not isinstance(shape[1], str):
                 raise SpecError("E0404", f"`{name}` is iterated over but is not a sequence", owner.loc("recurrent", "over"),
-                                expected="shape [B, T, ...]", found=fmt(self.graph[self.inputs[name]].shape))
+                                expected="shape [B, T, ...]", found=fmt(shape))
+        times = {self.graph[self.inputs[name]].shape[1] for name in over}
+        if len(times) > 1:
+            raise SpecError("E0404", "the sequences of one recurrent block must have the same time axis",
+                            owner.loc("recurrent"), found=", ".join(sorted(map(str, times))),
+                            hint="iterate over one time axis per block; a decoder over T reads an encoder over S "
+                                 "as a whole (non-sequence) input")
+        self.time = times.pop() if times else "T"
         captures = [k for k in decls if k not in over]
         body = Graph()
         states = list(rec.state)
@@ -600,7 +659,7 @@ class _RecurrentLowering:
             assert node is not None
             shape = env.graph[node].shape
             if kind == "all":
-                shape = (shape[0], "T", *shape[1:])
+                shape = (shape[0], self.time, *shape[1:])
             out.append((LoopOutput(node, kind), shape))  # type: ignore[arg-type]
             names.append(name)
         return out, names

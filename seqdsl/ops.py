@@ -24,6 +24,9 @@ class ShapeError(Exception):
 Rule = Callable[[list[Shape], list[str], dict[str, Any]], tuple[Shape, str]]
 
 
+REQUIRED = object()
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
@@ -31,6 +34,7 @@ class OpDef:
     arity: tuple[int, int]  # min, max number of tensor inputs (max -1: any)
     user: bool = False  # callable by name in equations
     doc: str = ""
+    attrs: tuple[tuple[str, type, Any], ...] = ()  # non-tensor arguments: (name, int|float, default or REQUIRED)
 
 
 def fmt(shape: Shape) -> str:
@@ -166,15 +170,125 @@ def _stack(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tup
     return (shapes[0][0], len(shapes), *shapes[0][1:]), dtypes[0]
 
 
+def _unary_axis(shape: Shape, attrs: dict[str, Any], default: int = -1) -> int:
+    return _axis(shape, attrs.get("axis", default))
+
+
+def _transpose(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError("transpose swaps the last two axes and needs at least 2", found=fmt(s))
+    return (*s[:-2], s[-1], s[-2]), dtypes[0]
+
+
+def _unsqueeze(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    axis = attrs.get("axis", -1)
+    if not -len(s) - 1 <= axis <= len(s):
+        raise ShapeError(f"axis {axis} is out of range for unsqueeze of {fmt(s)}")
+    axis = axis % (len(s) + 1)
+    return (*s[:axis], 1, *s[axis:]), dtypes[0]
+
+
+def _squeeze(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    axis = _unary_axis(s, attrs)
+    if s[axis] != 1:
+        raise ShapeError(f"squeeze removes an axis of size 1, but axis {attrs.get('axis', -1)} has size {s[axis]}",
+                         found=fmt(s))
+    return (*s[:axis], *s[axis + 1:]), dtypes[0]
+
+
+def _reduce(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    axis = _unary_axis(s, attrs)
+    return (*s[:axis], *s[axis + 1:]), _float(dtypes, attrs["_op"])
+
+
+def _argmax(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    axis = _unary_axis(s, attrs)
+    _float(dtypes, "argmax")
+    return (*s[:axis], *s[axis + 1:]), "int64"
+
+
+def _layer_norm(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    x, gamma, beta = shapes
+    _float(dtypes, "layer_norm")
+    if gamma != (x[-1],) or beta != (x[-1],):
+        raise ShapeError("layer_norm(x, gamma, beta) needs gamma and beta of the size of x's last axis",
+                         expected=f"[{x[-1]}] and [{x[-1]}]", found=f"{fmt(gamma)} and {fmt(beta)}")
+    return x, "float32"
+
+
+def _split_heads(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s, n = shapes[0], attrs["heads"]
+    if len(s) != 3 or not isinstance(s[2], int) or s[2] % n:
+        raise ShapeError(f"split_heads(x, {n}) needs x of shape [B, T, d] with d divisible by {n}", found=fmt(s))
+    return (s[0], n, s[1], s[2] // n), _float(dtypes, "split_heads")
+
+
+def _merge_heads(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    if len(s) != 4 or not isinstance(s[1], int) or not isinstance(s[3], int):
+        raise ShapeError("merge_heads(x) needs x of shape [B, heads, T, k]", found=fmt(s))
+    return (s[0], s[2], s[1] * s[3]), dtypes[0]
+
+
+def _causal(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError("causal(scores) needs scores [..., T, S]", found=fmt(s))
+    return s, _float(dtypes, "causal")
+
+
+def _mask(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    scores, keep = shapes
+    if len(keep) != 2 or len(scores) < 3 or keep[0] != scores[0] or keep[1] != scores[-1]:
+        raise ShapeError("mask(scores, keep) needs scores [B, ..., S] and keep [B, S] (1 = attend, 0 = padding)",
+                         expected=f"keep of shape [{scores[0]}, {scores[-1]}]" if scores else None, found=fmt(keep))
+    return scores, _float(dtypes[:1], "mask")
+
+
+def _positions(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s = shapes[0]
+    if len(s) != 3 or not isinstance(s[2], int) or s[2] % 2:
+        raise ShapeError("positional_encoding(x) needs x of shape [B, T, d] with d even", found=fmt(s))
+    return (s[1], s[2]), "float32"
+
+
+def _contract(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    x, u = shapes
+    _float(dtypes, "@")
+    if not x or x[-1] != u[-1]:
+        raise ShapeError(f"cannot contract {fmt(u)} with {fmt(x)}: last axes differ",
+                         expected=f"a value whose last axis is {u[-1]}", found=fmt(x),
+                         hint="for U of shape [m, n, d], `U @ z` needs z's last axis to be d: W(z)_ij = u_ijᵀ z")
+    return (*x[:-1], *u[:-1]), "float32"
+
+
+def _matvec(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    a, v = shapes
+    _float(dtypes, "@")
+    if a[-1] != v[-1]:
+        raise ShapeError(f"cannot multiply {fmt(a)} by {fmt(v)}: inner sizes differ",
+                         expected=f"a vector of size {a[-1]}", found=fmt(v))
+    return (*broadcast(a[:-2], v[:-1]), a[-2]), "float32"
+
+
 def _const(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     return (), "float32"
 
 
-def _op(name: str, rule: Rule, arity: tuple[int, int], user: bool = False, doc: str = "") -> OpDef:
+def _op(name: str, rule: Rule, arity: tuple[int, int], user: bool = False, doc: str = "",
+        attrs: tuple[tuple[str, type, Any], ...] = ()) -> OpDef:
     def tagged(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
         return rule(shapes, dtypes, {**attrs, "_op": name})
 
-    return OpDef(name, tagged, arity, user, doc)
+    return OpDef(name, tagged, arity, user, doc, attrs)
+
+
+AXIS = (("axis", int, -1),)
 
 
 OPS: dict[str, OpDef] = {op.name: op for op in [
@@ -193,14 +307,32 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("neg", _elementwise, (1, 1), doc="-a"),
     _op("linear", _linear, (2, 2), doc="W @ x: x (..., n), W (m, n) -> (..., m)"),
     _op("matmul", _matmul, (2, 2), doc="a @ b between values, batched"),
+    _op("contract", _contract, (2, 2), doc="U @ z for a parameter U (m, n, d): W(z) with w_ij = u_ijᵀz, (..., m, n)"),
+    _op("matvec", _matvec, (2, 2), doc="A @ v for values A (..., m, n), v (..., n) -> (..., m)"),
     # user functions
     _op("sigmoid", _elementwise, (1, 1), user=True, doc="logistic sigmoid, a gate in [0, 1]"),
     _op("tanh", _elementwise, (1, 1), user=True, doc="hyperbolic tangent"),
     _op("relu", _elementwise, (1, 1), user=True, doc="max(x, 0)"),
     _op("exp", _elementwise, (1, 1), user=True, doc="e ** x"),
-    _op("softmax", _softmax, (1, 1), user=True, doc="softmax(x, axis=-1)"),
-    _op("log_softmax", _softmax, (1, 1), user=True, doc="log_softmax(x, axis=-1)"),
-    _op("concat", _concat, (1, -1), user=True, doc="concat(a, b, ..., axis=-1)"),
+    _op("sqrt", _elementwise, (1, 1), user=True, doc="square root (of a size too: sqrt(d_k))"),
+    _op("transpose", _transpose, (1, 1), user=True, doc="swap the last two axes: transpose(K) is Kᵀ"),
+    _op("unsqueeze", _unsqueeze, (1, 1), user=True, doc="unsqueeze(x, axis): a new axis of size 1", attrs=AXIS),
+    _op("squeeze", _squeeze, (1, 1), user=True, doc="squeeze(x, axis): drop an axis of size 1", attrs=AXIS),
+    _op("sum", _reduce, (1, 1), user=True, doc="sum(x, axis=-1)", attrs=AXIS),
+    _op("mean", _reduce, (1, 1), user=True, doc="mean(x, axis=-1)", attrs=AXIS),
+    _op("argmax", _argmax, (1, 1), user=True, doc="argmax(x, axis=-1): int64 ids (greedy decoding)", attrs=AXIS),
+    _op("layer_norm", _layer_norm, (3, 3), user=True, doc="layer_norm(x, gamma, beta) over the last axis, eps 1e-5"),
+    _op("dropout", _elementwise, (1, 1), user=True, doc="dropout(x, p=0.1): only while training",
+        attrs=(("p", float, 0.1),)),
+    _op("split_heads", _split_heads, (1, 1), user=True, doc="split_heads(x, heads): (B, T, d) -> (B, heads, T, d/heads)",
+        attrs=(("heads", int, REQUIRED),)),
+    _op("merge_heads", _merge_heads, (1, 1), user=True, doc="merge_heads(x): (B, heads, T, k) -> (B, T, heads*k)"),
+    _op("causal", _causal, (1, 1), user=True, doc="causal(scores): -inf where key position > query position"),
+    _op("mask", _mask, (2, 2), user=True, doc="mask(scores, keep): -inf where keep (B, S) is 0"),
+    _op("positional_encoding", _positions, (1, 1), user=True, doc="sinusoidal positions (T, d) for x (B, T, d)"),
+    _op("softmax", _softmax, (1, 1), user=True, doc="softmax(x, axis=-1)", attrs=AXIS),
+    _op("log_softmax", _softmax, (1, 1), user=True, doc="log_softmax(x, axis=-1)", attrs=AXIS),
+    _op("concat", _concat, (1, -1), user=True, doc="concat(a, b, ..., axis=-1)", attrs=AXIS),
     _op("embedding", _embedding, (2, 2), user=True, doc="embedding(E, ids): rows of E (V, d) for int64 ids"),
     _op("last", _time_slice, (1, 1), user=True, doc="last(x): x[:, T-1] for a sequence (B, T, ...)"),
     _op("first", _time_slice, (1, 1), user=True, doc="first(x): x[:, 0] for a sequence (B, T, ...)"),
