@@ -279,15 +279,28 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
             out = inner.op("Identity", [inner.values[r.node]], f"step_out{len(scanned)}")
             body_outputs.append(_value_info(out, body[r.node]))
             scanned.append(r)
-    g = helper.make_graph(inner.nodes, f"{node.name}_step", body_inputs, body_outputs)
     finals = [b.name(f"{node.name}_final{i}") for i in range(n_s)]
     stacked = [b.name(f"{node.name}_steps{i}") for i in range(len(scanned))]
-    direction = [1 if loop.reverse else 0]
-    scan_attrs: dict[str, object] = {"scan_input_axes": [1] * n_q, "scan_input_directions": direction * n_q}
-    if scanned:  # onnx.helper cannot type an empty list attribute
-        scan_attrs.update(scan_output_axes=[1] * len(scanned), scan_output_directions=direction * len(scanned))
-    b.nodes.append(helper.make_node("Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g,
-                                    num_scan_inputs=n_q, **scan_attrs))
+    if loop.steps is None:
+        g = helper.make_graph(inner.nodes, f"{node.name}_step", body_inputs, body_outputs)
+        direction = [1 if loop.reverse else 0]
+        scan_attrs: dict[str, object] = {"scan_input_axes": [1] * n_q, "scan_input_directions": direction * n_q}
+        if scanned:  # onnx.helper cannot type an empty list attribute
+            scan_attrs.update(scan_output_axes=[1] * len(scanned), scan_output_directions=direction * len(scanned))
+        b.nodes.append(helper.make_node("Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g,
+                                        num_scan_inputs=n_q, **scan_attrs))
+    else:  # no sequence to scan: a Loop of fixed trip count; its per-step outputs stack on axis 0
+        step_no = helper.make_tensor_value_info(f"{scope}step", TensorProto.INT64, [])
+        cond_in = helper.make_tensor_value_info(f"{scope}cond", TensorProto.BOOL, [])
+        cond_out = inner.op("Identity", [f"{scope}cond"], "cond_out")
+        g = helper.make_graph(inner.nodes, f"{node.name}_step", [step_no, cond_in, *body_inputs],
+                              [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), *body_outputs])
+        time_first = [b.name(f"{node.name}_steps_time_first{i}") for i in range(len(scanned))]
+        b.nodes.append(helper.make_node("Loop", [b.const(loop.steps, np.int64), b.const(True, np.bool_), *args[:n_s]],
+                                        finals + time_first, name=f"{scope}Loop", body=g))
+        for out, tf, r in zip(stacked, time_first, scanned):
+            rank = len(body[r.node].shape) + 1
+            b.op("Transpose", [tf], out, out=out, perm=[1, 0, *range(2, rank)])
     for item in (n for n in graph if n.op == "item" and n.inputs == [node.name]):
         r = loop.returns[item.attrs["index"]]
         if from_final_state(r):

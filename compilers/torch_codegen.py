@@ -263,9 +263,7 @@ class _Generator:
                "",
                "        Carries " + ", ".join(f"{c} {dims(s.shape)}" for c, s in zip(carried, states)) + ".",
                '        """']
-        if time_ref is None:
-            raise NotImplementedError("a recurrent block without a sequence input is not supported yet")
-        out.append(f"        T = {time_ref}.shape[1]")
+        out.append(f"        T = {time_ref}.shape[1]" if time_ref else f"        T = {loop.steps}  # fixed: no sequence input")
         collect = {}
         for i, r in enumerate(loop.returns):
             if r.kind == "all":

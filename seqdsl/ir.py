@@ -63,6 +63,7 @@ class Loop:
     updates: list[str]  # body node computing each state's new value
     returns: list[LoopOutput]
     reverse: bool = False
+    steps: int | None = None  # fixed number of steps of a loop over no sequence (n_sequences == 0)
 
 
 @dataclass
@@ -164,6 +165,7 @@ def _verify_loop(node: Node) -> None:
     loop = loop_of(node)
     assert len(node.inputs) == loop.n_states + loop.n_sequences + loop.n_captures, f"loop `{node.name}` arity"
     assert len(loop.updates) == loop.n_states == len(loop.state_names)
+    assert (loop.steps is None) == (loop.n_sequences > 0), f"loop `{node.name}`: steps xor sequences"
     loop.body.verify()
     for name in loop.updates + [r.node for r in loop.returns]:
         assert name in loop.body.nodes, f"loop `{node.name}` refers to missing body node `{name}`"

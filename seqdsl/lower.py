@@ -466,11 +466,11 @@ class _Env:
         if len(e.args) > len(inputs):
             raise SpecError("E0316", f"`{e.func}` takes {len(inputs)} input(s), got {len(e.args)}", loc,
                             expected=", ".join(inputs))
-        bound = {inputs[i]: self.lower(a, base) for i, a in enumerate(e.args)}
+        bound = {inputs[i]: self.rename(self.lower(a, base), f"{name}.{inputs[i]}") for i, a in enumerate(e.args)}
         sizes: dict[str, int] = {}
         for key, value in e.kwargs:
             if key in cmod.inputs:
-                bound[key] = self.lower(value, base)
+                bound[key] = self.rename(self.lower(value, base), f"{name}.{key}")
             elif key in cmod.sizes:
                 sizes[key] = self.size_arg(value, base)
             else:
@@ -535,7 +535,20 @@ class _RecurrentLowering:
                             owner.loc("recurrent"), found=", ".join(sorted(map(str, times))),
                             hint="iterate over one time axis per block; a decoder over T reads an encoder over S "
                                  "as a whole (non-sequence) input")
-        self.time = times.pop() if times else "T"
+        self.time: str | int = times.pop() if times else "T"
+        self.steps = None
+        if rec.steps is not None:
+            if over:
+                raise SpecError("E0409", "`steps` is for a block without a sequence input, but this one iterates over "
+                                + ", ".join(f"`{o}`" for o in over), owner.loc("recurrent", "steps"),
+                                hint="remove `steps:` (the sequence sets the length), or set `over: []`")
+            self.steps = E.eval_size(rec.steps, owner.sizes, owner.loc("recurrent", "steps"), what="`steps`")
+            self.time = self.steps
+        elif not over:
+            raise SpecError("E0409", "this recurrent block has no sequence to iterate over", owner.loc("recurrent"),
+                            hint="give the module a [B, T, ...] input, or a fixed number of steps: `steps: L`")
+        if self.steps is not None and rec.direction != "forward":
+            raise SpecError("E0409", "a block without a sequence input runs forward only", owner.loc("recurrent", "direction"))
         captures = [k for k in decls if k not in over]
         body = Graph()
         states = list(rec.state)
@@ -586,7 +599,7 @@ class _RecurrentLowering:
         inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
         returns, out_names = self.returns(env)
         loop = Loop(body, len(states), len(over), len(captures), states, updates,
-                    [r for r, _ in returns], reverse=rec.direction == "reverse")
+                    [r for r, _ in returns], reverse=rec.direction == "reverse", steps=self.steps)
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
                                         inits + [self.inputs[k] for k in over] + [self.inputs[k] for k in captures],
                                         {"loop": loop}, loc=owner.loc("recurrent")))

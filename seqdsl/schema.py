@@ -63,6 +63,7 @@ class Recurrent(_Strict):
     """z(t) = G(h(t), z(t-1), w): an optional per-step encoder, the step, an optional per-step decoder."""
 
     over: list[str] | None = None
+    steps: Union[int, str, None] = None  # a block with no sequence input runs this many steps
     state: dict[str, StateDecl]
     encoder: dict[str, str] = Field(default_factory=dict)
     step: dict[str, str]

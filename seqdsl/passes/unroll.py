@@ -54,6 +54,7 @@ def _expand_loop(out: Graph, node: Node, items: list[Node], args: list[str], ste
                  shared_params: dict[str, str]) -> None:
     loop = loop_of(node)
     body, _ = _unroll_graph(loop.body, steps)  # nested loops first
+    steps = loop.steps or steps  # a loop over no sequence has its own fixed length
     n_s, n_q = loop.n_states, loop.n_sequences
     states = args[:n_s]
     sequences, captures = args[n_s:n_s + n_q], args[n_s + n_q:]
