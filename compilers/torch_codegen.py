@@ -14,7 +14,7 @@ import keyword
 import re
 from typing import Any, Callable
 
-from seqdsl.ir import Graph, Loop, Model, Node, loop_of
+from seqdsl.ir import Graph, Loop, Model, Node, Param, loop_of
 
 Emit = Callable[[Node, list[str]], tuple[str, int]]  # (source, precedence)
 ATOM, UNARY, PRODUCT, SUM = 4, 3, 2, 1
@@ -224,7 +224,7 @@ class _Generator:
         self.helpers: set[str] = set()
 
     def param_ref(self, name: str) -> str:
-        return "self." + name
+        return attribute_path(name)
 
     def write_loop_call(self, writer: _GraphWriter, node: Node) -> None:
         loop = loop_of(node)
@@ -347,17 +347,10 @@ class _Generator:
             "    def __init__(self):",
             "        super().__init__()",
         ]
-        made: set[str] = set()
+        lines += _containers(m.params)
         for p in m.params.values():
-            parts = p.name.split(".")
-            for k in range(1, len(parts)):
-                owner = ".".join(parts[:k])
-                if owner not in made:
-                    made.add(owner)
-                    lines.append(f"        self.{owner} = nn.Module()")
-            lines.append(f"        self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))}))"
-                         f"  # {p.loc.file}:{p.loc.line}" if p.loc.line else
-                         f"        self.{p.name} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))}))")
+            where = f"  # {p.loc.file}:{p.loc.line}" if p.loc.line else ""
+            lines.append(f"        {attribute_path(p.name)} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))})){where}")
         lines += ["        self.reset_parameters()", "",
                   "    def reset_parameters(self):",
                   '        """uniform: U(-1/sqrt(n), 1/sqrt(n)), n the last axis (as torch.nn\'s RNNs); normal: N(0, 1)."""']
@@ -373,12 +366,37 @@ class _Generator:
         return "\n".join(lines) + "\n"
 
 
+def attribute_path(name: str) -> str:
+    """``deep.0.W`` -> ``self.deep[0].W``: dotted parameter names are submodules, numbered ones a ModuleList."""
+    return "self" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in name.split("."))
+
+
+def _containers(params: dict[str, Param]) -> list[str]:
+    """Statements creating the submodules that hold a called module's parameters (state_dict keys = spec names)."""
+    owners: dict[str, set[str]] = {}
+    for name in params:
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            owners.setdefault(".".join(parts[:k]), set()).add(parts[k])
+    lines = []
+    for owner, children in owners.items():
+        if owner.split(".")[-1].isdigit():
+            continue  # made by its parent's ModuleList
+        numbered = sorted(int(c) for c in children if c.isdigit())
+        if numbered and len(numbered) == len(children) and numbered == list(range(len(numbered))):
+            lines.append(f"        {attribute_path(owner)} = nn.ModuleList(nn.Module() for _ in range({len(numbered)}))")
+        else:
+            lines.append(f"        {attribute_path(owner)} = nn.Module()")
+    return lines
+
+
 def _init(name: str, init: str, shape: tuple[int, ...]) -> str:
+    ref = attribute_path(name)
     if init == "uniform":
-        return f"nn.init.uniform_(self.{name}, -1 / math.sqrt({shape[-1]}), 1 / math.sqrt({shape[-1]}))"
+        return f"nn.init.uniform_({ref}, -1 / math.sqrt({shape[-1]}), 1 / math.sqrt({shape[-1]}))"
     if init == "normal":
-        return f"nn.init.normal_(self.{name})"
-    return f"nn.init.{init}_(self.{name})"
+        return f"nn.init.normal_({ref})"
+    return f"nn.init.{init}_({ref})"
 
 
 def generate(model: Model) -> str:

@@ -67,8 +67,10 @@ class _ModuleLowering:
     """Lowers one module instance into ``graph`` (the model's graph, or a loop body for calls inside a step)."""
 
     def __init__(self, unit: Unit, graph: Graph, params: dict[str, Param], prefix: str,
-                 sizes_in: dict[str, int], bound: dict[str, str], call_loc: Location | None = None):
+                 sizes_in: dict[str, int], bound: dict[str, str], call_loc: Location | None = None,
+                 direction: str | None = None):
         self.unit, self.mod, self.doc = unit, unit.module, unit.doc
+        self.direction = direction  # a caller's override of a recurrent block's direction
         self.graph, self.params, self.prefix = graph, params, prefix
         self.sizes_in, self.bound, self.call_loc = sizes_in, bound, call_loc
         self.sizes: dict[str, int] = {}
@@ -459,6 +461,12 @@ class _Env:
     # ----------------------------------------------------------------------------------------- module calls
 
     def call_module(self, name: str, e: E.Call, base: Location) -> _Value:
+        """``name: Callee(args, size=..., repeat=N, direction=both)``: the callee inlined under ``name.``.
+
+        ``repeat=N`` stacks N copies (parameters under ``name.0.``, ``name.1.``, ...), each reading the previous
+        one's first output; ``direction=both`` runs a recurrent callee forwards (``name.fw.``) and backwards
+        (``name.bw.``) and joins every output on its last axis.
+        """
         callee = self.owner.unit.modules[e.func]
         cmod = callee.module
         loc = self.at(base, e)
@@ -468,29 +476,57 @@ class _Env:
                             expected=", ".join(inputs))
         bound = {inputs[i]: self.rename(self.lower(a, base), f"{name}.{inputs[i]}") for i, a in enumerate(e.args)}
         sizes: dict[str, int] = {}
+        repeat, direction = 1, None
         for key, value in e.kwargs:
             if key in cmod.inputs:
                 bound[key] = self.rename(self.lower(value, base), f"{name}.{key}")
             elif key in cmod.sizes:
                 sizes[key] = self.size_arg(value, base)
+            elif key == "repeat":
+                repeat = self.size_arg(value, base)
+            elif key == "direction":
+                direction = self.direction_arg(value, base, cmod)
             else:
                 raise SpecError("E0316", f"`{e.func}` has no input or size `{key}`", self.at(base, value),
-                                hint=did_you_mean(key, list(cmod.inputs) + list(cmod.sizes)))
+                                hint=did_you_mean(key, list(cmod.inputs) + list(cmod.sizes) + ["repeat", "direction"]))
         missing = [k for k in inputs if k not in bound]
         if missing:
             raise SpecError("E0316", f"`{e.func}(...)` is missing input(s) " + ", ".join(f"`{m}`" for m in missing), loc)
-        # sizes not given explicitly are read off the arguments' shapes: x: [B, T, d] bound to [B, T, 16] gives d=16
-        for key, decl in cmod.inputs.items():
-            actual = self.graph[bound[key]].shape
-            for dim, got in zip(decl.shape, actual):
-                if isinstance(dim, str) and dim in cmod.sizes and dim not in sizes and isinstance(got, int):
-                    sizes[dim] = got
-        lowering = _ModuleLowering(callee, self.graph, self.owner.params, self.owner.prefix + name + ".",
-                                   sizes, bound, call_loc=loc)
-        outputs = lowering.run()
+        outputs: dict[str, str] = {}
+        for layer in range(repeat):
+            prefix = self.owner.prefix + name + (f".{layer}." if repeat > 1 else ".")
+            if layer:
+                bound = {**bound, inputs[0]: next(iter(outputs.values()))}
+            if direction == "both":
+                fw = self.instance(callee, prefix + "fw.", bound, sizes, loc, "forward")
+                bw = self.instance(callee, prefix + "bw.", bound, sizes, loc, "reverse")
+                outputs = {k: self.add("concat", [fw[k], bw[k]], base, e, None, axis=-1) for k in fw}
+            else:
+                outputs = self.instance(callee, prefix, bound, sizes, loc, direction)
         if len(outputs) == 1:
             return _Value(node=next(iter(outputs.values())), members=outputs)
         return _Value(members=outputs)
+
+    def instance(self, callee: Unit, prefix: str, bound: dict[str, str], explicit: dict[str, int], loc: Location,
+                 direction: str | None) -> dict[str, str]:
+        """One inlined copy of ``callee``; sizes not given explicitly are read off the arguments' shapes
+        (x: [B, T, d] bound to a [B, T, 16] value gives d=16)."""
+        sizes = dict(explicit)
+        for key, decl in callee.module.inputs.items():
+            for dim, got in zip(decl.shape, self.graph[bound[key]].shape):
+                if isinstance(dim, str) and dim in callee.module.sizes and dim not in sizes and isinstance(got, int):
+                    sizes[dim] = got
+        lowering = _ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, call_loc=loc,
+                                   direction=direction)
+        return lowering.run()
+
+    def direction_arg(self, value: E.Expr, base: Location, cmod: Module) -> str:
+        if not isinstance(cmod, RecurrentModule):
+            raise SpecError("E0316", "`direction` applies to a recurrent module", self.at(base, value))
+        if not isinstance(value, E.Name) or value.id not in ("forward", "reverse", "both"):
+            raise SpecError("E0316", "`direction` is forward, reverse or both", self.at(base, value),
+                            found=repr(getattr(value, "id", "?")))
+        return value.id
 
     def size_arg(self, value: E.Expr, base: Location) -> int:
         if isinstance(value, E.Number) and isinstance(value.value, int):
@@ -599,7 +635,7 @@ class _RecurrentLowering:
         inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
         returns, out_names = self.returns(env)
         loop = Loop(body, len(states), len(over), len(captures), states, updates,
-                    [r for r, _ in returns], reverse=rec.direction == "reverse", steps=self.steps)
+                    [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps)
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
                                         inits + [self.inputs[k] for k in over] + [self.inputs[k] for k in captures],
                                         {"loop": loop}, loc=owner.loc("recurrent")))
