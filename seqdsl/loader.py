@@ -390,12 +390,11 @@ def _syntax_error(e: yaml.MarkedYAMLError, file: str, text: str) -> SpecError:
             return SpecError("E0104", "tab character where YAML expects a space", loc, hint="use spaces, not tabs")
         return SpecError("E0104", "tab character used for indentation", loc, hint="indent with spaces")
     hint = e.context
-    if e.context in ("while parsing a flow mapping", "while parsing a flow sequence"):
-        return SpecError("E0105", f"invalid YAML: {problem}", loc,
-                         hint="inside `{...}` or `[...]`, an equation containing `[`, `]`, `{`, `}` or `,` must be "
-                              "quoted (`{h: \"tanh(U @ h[t-1])\"}`), or written one key per line")
     if e.context and e.context_mark and mark and e.context_mark.line != mark.line:
         hint = f"{e.context} that starts at line {e.context_mark.line + 1}"
+    if e.context in ("while parsing a flow mapping", "while parsing a flow sequence"):
+        hint += ("; inside `{...}` or `[...]` an equation containing `[`, `]`, `{`, `}` or `,` must be quoted "
+                 "(`{h: \"tanh(U @ h[t-1])\"}`), or written one key per line")
     return SpecError("E0105", f"invalid YAML: {problem}", loc, hint=hint)
 
 
