@@ -84,6 +84,7 @@ class _ModuleBase(_Strict):
     params: dict[str, ParamDecl] = Field(default_factory=dict)
     outputs: dict[str, str]
     modules: dict[str, "Module"] = Field(default_factory=dict)
+    imports: dict[str, str] = Field(default_factory=dict)  # Name: path.yaml[#Module] or std:path.yaml
 
     @field_validator("inputs", "params", mode="before")
     @classmethod

@@ -1,0 +1,122 @@
+"""Modules and where they come from: defined in the same file, imported from another spec file, or from the
+standard library (the specs that ship with seqdsl).
+
+    imports:
+      LSTM: lstm.yaml                 # the root module of lstm.yaml, next to this file
+      Additive: lib/attention.yaml#Additive   # a module under that file's `modules:`
+      GRU: std:gru.yaml               # from the standard library
+
+A relative path is read from the importing file's folder and may not leave the tree of the spec being built
+(no absolute paths, no `..` past the root, no symlinks out). Import cycles are reported with the chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Location, SpecError, did_you_mean
+from .loader import Document, load_file
+from .lower import Unit
+from .schema import GraphModule, RecurrentModule, parse_module
+
+STD_ROOT = Path(__file__).resolve().parent.parent / "specs"
+MAX_IMPORT_DEPTH = 16
+
+
+@dataclass
+class _Session:
+    """One build's imports: the tree files may come from, files already loaded, and the chain being loaded."""
+
+    root: Path
+    loaded: dict[Path, tuple[Document, RecurrentModule | GraphModule]] = field(default_factory=dict)
+    chain: list[Path] = field(default_factory=list)
+
+
+def unit_for(doc: Document, module: RecurrentModule | GraphModule, root: Path | None) -> Unit:
+    """The top-level module of ``doc``, with every module it may call resolved (files under ``root``)."""
+    session = _Session(root.resolve() if root else Path.cwd().resolve())
+    if root is not None:
+        session.chain.append(Path(doc.file).resolve())
+    return _unit(session, module, doc, (), {})
+
+
+def _unit(session: _Session, module: RecurrentModule | GraphModule, doc: Document, path: tuple[str | int, ...],
+          visible: dict[str, Unit]) -> Unit:
+    unit = Unit(module, doc, path, dict(visible))
+    for name, target in module.imports.items():
+        key = path + ("imports", name)
+        _check_module_name(name, doc, key)
+        unit.modules[name] = _import(session, target, doc, key)
+    for name, sub in module.modules.items():
+        key = path + ("modules", name)
+        _check_module_name(name, doc, key)
+        if name in module.imports:
+            raise SpecError("E0501", f"module `{name}` is both imported and defined here", doc.key_loc(key))
+        unit.modules[name] = _unit(session, sub, doc, key, unit.modules)
+    return unit
+
+
+def _check_module_name(name: str, doc: Document, key: tuple[str | int, ...]) -> None:
+    if not name.isidentifier() or name.startswith("_"):
+        raise SpecError("E0310", f"`{name}` cannot name a module", doc.key_loc(key),
+                        hint="module names are identifiers such as `LSTM` or `Attention`")
+
+
+def _import(session: _Session, target: str, doc: Document, key: tuple[str | int, ...]) -> Unit:
+    loc = doc.loc(key)
+    file_part, _, inner = target.partition("#")
+    path = _resolve(session, file_part, Path(doc.file), loc)
+    if path in session.chain:
+        chain = session.chain[session.chain.index(path):] + [path]
+        raise SpecError("E0503", "import cycle: " + " -> ".join(p.name for p in chain), loc,
+                        hint="a module cannot import, directly or not, the file that imports it")
+    if len(session.chain) >= MAX_IMPORT_DEPTH:
+        raise SpecError("E0504", f"imports nested deeper than {MAX_IMPORT_DEPTH} files", loc)
+    if path not in session.loaded:
+        session.chain.append(path)
+        try:
+            sub_doc = load_file(path)
+            session.loaded[path] = (sub_doc, parse_module(sub_doc))
+        finally:
+            session.chain.pop()
+    sub_doc, root_module = session.loaded[path]
+    session.chain.append(path)
+    try:
+        unit = _unit(session, root_module, sub_doc, (), {})
+    finally:
+        session.chain.pop()
+    if not inner:
+        return unit
+    if inner not in unit.modules:
+        raise SpecError("E0505", f"`{file_part}` defines no module `{inner}`", loc,
+                        expected="one of " + ", ".join(unit.modules) if unit.modules else "a module under `modules:`",
+                        hint=did_you_mean(inner, unit.modules))
+    return unit.modules[inner]
+
+
+def _resolve(session: _Session, target: str, importer: Path, loc: Location) -> Path:
+    """The real path of an import, refused when it is absolute or leaves the allowed tree."""
+    if target.startswith("std:"):
+        base, rel, tree = STD_ROOT, target[4:], STD_ROOT
+    else:
+        base, rel = importer.resolve().parent, target
+        tree = STD_ROOT if _inside(importer.resolve(), STD_ROOT) and not _inside(importer.resolve(), session.root) \
+            else session.root
+    if not rel or Path(rel).is_absolute() or rel.startswith("~") or "\\" in rel:
+        raise SpecError("E0502", f"import path `{target}` must be relative to this file", loc,
+                        hint="write a path such as `lstm.yaml` or `lib/attention.yaml`, or `std:lstm.yaml`")
+    path = (base / rel).resolve()
+    if not _inside(path, tree):
+        raise SpecError("E0502", f"import `{target}` leaves the spec's folder", loc,
+                        expected=f"a file under {tree}", found=str(path),
+                        hint="imports stay inside the folder of the spec being built (symlinks are followed)")
+    if not path.is_file():
+        raise SpecError("E0506", f"imported file `{target}` does not exist", loc, found=str(path),
+                        hint=did_you_mean(Path(rel).name, [p.name for p in path.parent.glob("*.yaml")])
+                        if path.parent.is_dir() else None)
+    return path
+
+
+def _inside(path: Path, tree: Path) -> bool:
+    return path == tree or tree in path.parents
