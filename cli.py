@@ -115,6 +115,29 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
 
 
 @app.command()
+def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
+            debug: bool = DEBUG) -> None:
+    """Show a spec's inputs, outputs and parameters per module, without building anything."""
+    import seqdsl
+    from seqdsl.summary import params_by_module
+
+    sizes = _parse_sets(sets)
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+    g = model.graph
+    out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
+    for n in model.input_nodes():
+        out.print(f"  input  {n.name}: {_shape([*n.shape, n.dtype])}")
+    for name, ref in g.outputs.items():
+        out.print(f"  output {name}: {_shape([*g[ref].shape, g[ref].dtype])}")
+    table = Table("module", "parameters", "count", title_justify="left")
+    for group in params_by_module(model):
+        shapes = ", ".join(f"{n} {list(s)}" for n, s in group.params)
+        table.add_row(group.module or "(top)", shapes, f"{group.count:,}")
+    table.add_row("[bold]total[/bold]", "", f"[bold]{model.param_count:,}[/bold]")
+    out.print(table)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of spec files (for editors: `# yaml-language-server: $schema=...`)."""
     from seqdsl.schema import json_schema

@@ -353,7 +353,7 @@ class _Generator:
             lines.append(f"        {attribute_path(p.name)} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))})){where}")
         lines += ["        self.reset_parameters()", "",
                   "    def reset_parameters(self):",
-                  '        """uniform: U(-1/sqrt(n), 1/sqrt(n)), n the last axis (as torch.nn\'s RNNs); normal: N(0, 1)."""']
+                  '        """uniform: U(-1/sqrt(n), 1/sqrt(n)) with n the fan-in (last axis; a vector\'s length), as nn.Linear; normal: N(0, 1)."""']
         for p in m.params.values():
             lines.append(f"        {_init(p.name, p.init, p.shape)}")
         if not m.params:

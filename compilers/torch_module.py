@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +44,7 @@ def import_source(path: Path) -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.modules[name] = module  # so that pickle / torch.save of a whole module finds its class
     return module
 
 
@@ -55,7 +58,10 @@ def module_class(model: Model, source_path: Path | None = None) -> type[nn.Modul
         cache.mkdir(parents=True, exist_ok=True)
         source_path = cache / f"{model.name}_{digest}.py"
     if not source_path.exists() or source_path.read_text() != source:
-        source_path.write_text(source)
+        # write whole or not at all: another process may be importing the same cached file
+        tmp = source_path.with_name(f".{source_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(source)
+        os.replace(tmp, source_path)
     return import_source(source_path).Model
 
 

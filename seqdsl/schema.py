@@ -40,8 +40,8 @@ class TensorDecl(_Strict):
 class ParamDecl(_Strict):
     """A learnable tensor: ``W: [h, d]`` or ``E: {shape: [vocab, d], init: normal}``.
 
-    ``init``: ``uniform`` (default, U(-1/sqrt(n), 1/sqrt(n)) with n the last axis of a matrix or the length of
-    a vector, as torch.nn's recurrent layers do), ``normal`` (N(0, 1), as nn.Embedding), ``zeros`` or ``ones``.
+    ``init``: ``uniform`` (default, U(-1/sqrt(n), 1/sqrt(n)) with n the fan-in: the last axis of a matrix or the
+    length of a vector, as nn.Linear), ``normal`` (N(0, 1), as nn.Embedding), ``zeros`` or ``ones``.
     """
 
     shape: list[Dim]

@@ -63,3 +63,9 @@ def test_schema_command_prints_json_schema():
     r = seqdsl("schema")
     schema = json.loads(r.stdout)
     assert schema["title"] == "seqdsl spec"
+
+
+def test_inspect_counts_parameters_per_module():
+    r = seqdsl("inspect", str(SPECS / "classifier.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "lstm" in r.stdout and "6,272" in r.stdout and "8,037" in r.stdout
