@@ -634,6 +634,7 @@ class _RecurrentLowering:
             updates.append(update.name)
         inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
         returns, out_names = self.returns(env)
+        captures = self.drop_unread_captures(body, captures)
         loop = Loop(body, len(states), len(over), len(captures), states, updates,
                     [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps)
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
@@ -645,6 +646,20 @@ class _RecurrentLowering:
                         {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
             outputs[name] = self.graph.add(item).name
         return outputs
+
+    @staticmethod
+    def drop_unread_captures(body: Graph, captures: list[str]) -> list[str]:
+        """Inputs that no step reads (an initial state, say) are not passed into the loop."""
+        read = {i for n in body for i in n.inputs}
+        kept: list[str] = []
+        for node in sorted((n for n in body if n.op == "capture"), key=lambda n: n.attrs["index"]):
+            key = captures[node.attrs["index"]]
+            if node.name in read:
+                node.attrs["index"] = len(kept)
+                kept.append(key)
+            else:
+                del body.nodes[node.name]
+        return kept
 
     def check_sections(self, env: _Env, equations: dict[str, tuple[str, Path]], delays: dict[str, str]) -> None:
         """The encoder reads only the input at step t: it may not use a state (that is G's job)."""
