@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,12 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides or {}), bound={})
     _check_overrides(unit, overrides or {})
     lowering.run()
-    model = Model(name=name or unit.module.name or "model", graph=graph, params=params,
+    name = name or unit.module.name or "model"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", name):
+        raise SpecError("E0310", f"`{name}` cannot name a model", unit.doc.loc(unit.path + ("name",)),
+                        expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
+                        hint="for example `name: my_lstm`")
+    model = Model(name=name, graph=graph, params=params,
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
     model.verify()
     return model

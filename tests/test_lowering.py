@@ -152,3 +152,9 @@ def test_module_call_infers_sizes_and_prefixes_parameters():
 def test_every_spec_verifies():
     for path in sorted(SPECS.glob("*.yaml")):
         seqdsl.load(path).verify()
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "x" * 100, "con sole"])
+def test_model_name_cannot_escape_the_output_folder(name):
+    err = spec_error(f"name: {name!r}\n" + RNN)
+    assert err.code == "E0310" and err.loc.line == 1
