@@ -62,6 +62,11 @@ def _parse_sets(sets: Optional[list[str]]) -> dict[str, int]:
     return sizes
 
 
+def _warn(warnings: list[str]) -> None:
+    for text in warnings:
+        print(text, file=sys.stderr)
+
+
 def _shape(dims: list[Any]) -> str:
     *shape, dtype = dims
     return f"[{', '.join(map(str, shape))}] {dtype}"
@@ -75,6 +80,7 @@ def validate(spec: Path = typer.Argument(..., help="The spec file."), sets: Opti
 
     sizes = _parse_sets(sets)
     model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+    _warn([w.format() for w in model.warnings])
     out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
               f"{model.graph.count()} IR nodes")
 
@@ -87,12 +93,16 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
           batch: int = typer.Option(3, "--batch", min=1, help="B used to check ONNX against PyTorch."),
           provider: str = typer.Option("auto", "--provider", help="onnxruntime provider: auto, cpu, cuda, tensorrt."),
           as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON."),
+          max_params: int = typer.Option(100_000_000, "--max-params", min=1,
+                                         help="Refuse models with more parameters (checked before allocating)."),
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import build as run_build
 
     sizes = _parse_sets(sets)
-    result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider))
+    result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
+                                             max_params=max_params))
+    _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
 
@@ -135,6 +145,18 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
         table.add_row(group.module or "(top)", shapes, f"{group.count:,}")
     table.add_row("[bold]total[/bold]", "", f"[bold]{model.param_count:,}[/bold]")
     out.print(table)
+
+
+@app.command()
+def explain(code: str = typer.Argument(..., help="An error code such as E0402.")) -> None:
+    """Print the longer story behind an error code."""
+    from seqdsl.codes import CODES
+    from seqdsl.codes import explain as story
+
+    text = story(code)
+    if text is None:
+        _fail(f"error: no such code {code!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
+    print(text)
 
 
 @app.command()

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 import seqdsl
+from seqdsl.errors import SpecError
 from seqdsl.ir import Model
 
 TOLERANCE = 1e-4  # fp32: onnxruntime vs PyTorch, largest absolute difference allowed
+MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a size should not fill the memory
 
 
 class ParityError(Exception):
@@ -44,6 +46,7 @@ class BuildResult:
     max_abs_diff: dict[str, float]
     check_shape: dict[str, int] = field(default_factory=dict)
     onnx_nodes: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def example_inputs(model: Model, batch: int, steps: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -71,6 +74,15 @@ def _vocab_for(model: Model, input_name: str) -> int:
     return int(min(sizes)) if sizes else 2
 
 
+def check_size(model: Model, max_params: int) -> None:
+    """Refuse a model above ``max_params`` parameters before anything is allocated (E0410)."""
+    if model.param_count > max_params:
+        biggest = max(model.params.values(), key=lambda p: p.size)
+        raise SpecError("E0410", f"the model has {model.param_count:,} parameters, above the limit of {max_params:,}",
+                        biggest.loc, found=f"largest: `{biggest.name}` {list(biggest.shape)} ({biggest.size:,})",
+                        hint="check the sizes; to build it anyway, raise --max-params")
+
+
 def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
@@ -82,7 +94,7 @@ def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
-          provider: str | None = None) -> BuildResult:
+          provider: str | None = None, max_params: int = MAX_PARAMS) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec."""
     import onnx
     import torch
@@ -93,6 +105,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .torch_module import module_class
 
     model = seqdsl.load(spec, sizes)
+    check_size(model, max_params)
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -121,7 +134,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             inputs={n.name: [*n.shape, n.dtype] for n in model.input_nodes()},
             outputs={k: [*g[v].shape, g[v].dtype] for k, v in g.outputs.items()},
             provider=got.provider, max_abs_diff=diff, check_shape={"B": batch, "T": steps},
-            onnx_nodes=len(proto.graph.node))
+            onnx_nodes=len(proto.graph.node), warnings=[w.format() for w in model.warnings])
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         _publish(staging, out)
         return result

@@ -63,8 +63,12 @@ class SpecError(Exception):
     def __str__(self) -> str:
         return self.format()
 
+    @property
+    def severity(self) -> str:
+        return "warning" if self.code.startswith("W") else "error"
+
     def format(self, source: str | None = None) -> str:
-        lines = [f"{self.loc}: error[{self.code}]: {self.message}"]
+        lines = [f"{self.loc}: {self.severity}[{self.code}]: {self.message}"]
         lines += _excerpt(self.loc, source)
         if self.loc.path:
             lines.append(f"   = in: {self.loc.path}")

@@ -185,6 +185,7 @@ class Model:
     inputs: list[str]  # graph nodes with op `input`, in signature order
     sizes: dict[str, int]
     source: str = "<spec>"
+    warnings: list[Any] = field(default_factory=list)  # SpecErrors with W codes: builds, but probably not as meant
 
     def verify(self) -> None:
         self.graph.verify()

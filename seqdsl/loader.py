@@ -26,28 +26,7 @@ from yaml.scanner import Scanner
 
 from .errors import Location, SpecError, did_you_mean
 
-CODES: dict[str, str] = {
-    "E0101": "spec is not valid UTF-8",
-    "E0102": "NUL or control character in spec",
-    "E0103": "spec file too large",
-    "E0104": "tab character in indentation",
-    "E0105": "YAML syntax error",
-    "E0106": "empty spec",
-    "E0107": "several YAML documents in one spec",
-    "E0108": "spec root is not a mapping",
-    "E0109": "duplicate key",
-    "E0110": "YAML tags are not allowed",
-    "E0111": "mapping key is not a plain string",
-    "E0112": "too many nodes (alias bomb?)",
-    "E0113": "alias used inside its own anchor",
-    "E0114": "nesting too deep",
-    "E0115": "ambiguous number",
-    "E0116": "number out of range",
-    "E0117": "value does not fit its explicit tag",
-    "E0118": "spec file not found",
-    "E0119": "merge keys (<<) are not supported",
-    "E0120": "cannot read spec file",
-}
+# Codes E0101-E0120 are documented in seqdsl/codes.py.
 
 MAX_SPEC_BYTES = 1_000_000
 MAX_NODES = 100_000

@@ -22,7 +22,7 @@ import networkx as nx
 
 from . import expr as E
 from .errors import Location, SpecError, did_you_mean
-from .ir import Graph, Loop, LoopOutput, Model, Node, Param, Shape
+from .ir import Graph, Loop, LoopOutput, Model, Node, Param, Shape, loop_of
 from .loader import Document
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
 from .schema import GraphModule, RecurrentModule
@@ -58,7 +58,33 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     model = Model(name=name, graph=graph, params=params,
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
     model.verify()
+    model.warnings = unused_values(graph)
     return model
+
+
+def unused_values(graph: Graph) -> list[SpecError]:
+    """Equations and inputs that no output depends on (W0401), in this graph and the loop bodies in it."""
+    found: list[SpecError] = []
+    users = graph.users()
+    keep = set(graph.outputs.values())
+    for node in graph:
+        if node.op == "loop":
+            loop = loop_of(node)
+            body_keep = set(loop.updates) | {r.node for r in loop.returns}
+            body_users = loop.body.users()
+            for b in loop.body:
+                if b.attrs.get("eq_root") and not body_users.get(b.name) and b.name not in body_keep:
+                    found.append(_unused(b))
+    for node in graph:
+        if (node.attrs.get("eq_root") or node.op == "input") and not users.get(node.name) and node.name not in keep:
+            found.append(_unused(node))
+    return found
+
+
+def _unused(node: Node) -> SpecError:
+    what = "input" if node.op == "input" else "value"
+    return SpecError("W0401", f"{what} `{node.name}` is never used", node.loc,
+                     hint="remove it, or name it under `outputs:`")
 
 
 def _check_overrides(unit: Unit, overrides: dict[str, int]) -> None:

@@ -69,3 +69,17 @@ def test_inspect_counts_parameters_per_module():
     r = seqdsl("inspect", str(SPECS / "classifier.yaml"))
     assert r.returncode == 0, r.stderr
     assert "lstm" in r.stdout and "6,272" in r.stdout and "8,037" in r.stdout
+
+
+def test_too_large_model_is_refused_before_allocation(tmp_path: Path):
+    r = seqdsl("build", str(SPECS / "lstm.yaml"), "-o", str(tmp_path / "big"), "--set", "h=100000")
+    assert r.returncode == 2 and "E0410" in r.stderr and "--max-params" in r.stderr
+    assert not (tmp_path / "big").exists()
+
+
+def test_unused_equation_is_a_warning(tmp_path: Path):
+    spec = tmp_path / "w.yaml"
+    spec.write_text((SPECS / "rnn.yaml").read_text().replace("    h: tanh", "    junk: tanh(W @ x)\n    h: tanh"))
+    r = seqdsl("validate", str(spec))
+    assert r.returncode == 0
+    assert "warning[W0401]: value `junk` is never used" in r.stderr

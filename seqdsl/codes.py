@@ -1,0 +1,120 @@
+"""Every error code seqdsl reports, with a title and the longer story `seqdsl explain CODE` prints.
+
+Codes are stable: a code keeps its meaning for good; new mistakes get new codes. Ranges:
+E01xx reading the YAML, E02xx the schema, E03xx names and expressions, E04xx the graph (shapes, cycles,
+states), E05xx imports, E06xx building. W0xxx are warnings: the spec builds, but probably not as meant.
+"""
+
+from __future__ import annotations
+
+CODES: dict[str, tuple[str, str]] = {
+    # -- E01xx: the YAML text
+    "E0101": ("spec is not valid UTF-8", "Spec files are UTF-8 text. Re-save the file as UTF-8."),
+    "E0102": ("NUL or control character in spec",
+              "The file holds a NUL byte or another control character, which YAML does not allow. It is often a "
+              "binary file given by mistake, or a copy-paste from a terminal."),
+    "E0103": ("spec file too large", "Spec files are capped at 1 MB; a spec describes a network, not its data."),
+    "E0104": ("tab character in indentation",
+              "YAML indents with spaces only. Configure your editor to insert spaces in .yaml files."),
+    "E0105": ("YAML syntax error",
+              "The text is not valid YAML. A common case: an equation inside a flow mapping `{...}` that contains "
+              "`[`, `]` or `,` (as `h[t-1]` does) must be quoted, or the mapping written one key per line."),
+    "E0106": ("empty spec", "The file holds nothing but comments or whitespace."),
+    "E0107": ("several YAML documents in one spec", "A spec file holds one document: remove the second `---`."),
+    "E0108": ("spec root is not a mapping", "A spec is a mapping of sections: `sizes:`, `inputs:`, `params:`, ..."),
+    "E0109": ("duplicate key",
+              "A key appears twice in one mapping. YAML loaders usually keep the last one silently; seqdsl refuses, "
+              "since one of the two is a mistake."),
+    "E0110": ("YAML tags are not allowed",
+              "Tags such as `!!python/object` can make YAML loaders construct objects or run code. Specs are "
+              "untrusted text: seqdsl never constructs anything from a tag and refuses them all."),
+    "E0111": ("mapping key is not a plain string", "Keys are names: write them as plain text."),
+    "E0112": ("too many nodes after expanding aliases",
+              "Aliases (`*name`) repeat a subtree; nested ones can grow exponentially (the 'billion laughs' bomb). "
+              "seqdsl stops at 100,000 nodes."),
+    "E0113": ("alias used inside its own anchor", "An anchor refers to itself, which would make an infinite value."),
+    "E0114": ("nesting too deep", "Specs nest at most 64 levels deep."),
+    "E0115": ("ambiguous number",
+              "`010`, `0x1F`, `0o17` or `1_000` mean different numbers in YAML 1.1 and 1.2. Write the decimal "
+              "number (`10`), or quote it to keep a string."),
+    "E0116": ("number out of range", "Integers are limited to 10**18 in size; floats must be finite."),
+    "E0117": ("value does not fit its explicit tag", "`!!int abc` and the like: the value cannot have that type."),
+    "E0118": ("spec file not found", "Check the path; the hint names a similar file when there is one."),
+    "E0119": ("merge keys (<<) are not supported", "Write the keys out, or define a module and call it."),
+    "E0120": ("cannot read spec file", "The path is a directory, or the file cannot be read."),
+    # -- E02xx: the schema
+    "E0201": ("unknown key", "The key is not part of the spec schema (`seqdsl schema` prints it). Misspellings get "
+                             "a suggestion; seqdsl never ignores a key it does not know."),
+    "E0202": ("missing required key", "The section needs this key; the hint shows an example."),
+    "E0203": ("wrong type or value", "The value has the wrong type (a list where a mapping is expected, a number "
+                                     "where a name is expected) or is not one of the allowed words."),
+    # -- E03xx: names and expressions
+    "E0301": ("unknown name", "An equation refers to a name that is not an input, parameter, size, state or "
+                              "equation of the module. Names are case-sensitive."),
+    "E0302": ("expression too large", "Equations are at most 2,000 characters and 50 levels deep; numbers are "
+                                      "bounded. Split long equations into several."),
+    "E0303": ("syntax error in expression", "The equation does not parse. Allowed: names, numbers, + - * / @, "
+                                            "function calls, `h[t-1]`, `call.output`."),
+    "E0304": ("construct not allowed in an equation",
+              "Equations are parsed with an allow-list and never evaluated as Python: comprehensions, lambdas, "
+              "attribute access beyond `call.output`, strings and the like are refused."),
+    "E0305": ("bad use of a delay", "Only `name[t-1]`, the previous step's value of a state, may be indexed, and "
+                                    "only inside a recurrent step."),
+    "E0306": ("bad size", "Sizes are positive integers: `0`, `-4`, `3 / 2` (not whole) and `h / 0` are refused."),
+    "E0307": ("unknown size", "A size expression names a size that is not declared (or declared later)."),
+    "E0308": ("name defined twice", "Each name is defined once per module: input, parameter, or equation."),
+    "E0309": ("unknown size override", "`--set NAME=VALUE` (or `sizes=` in the API) names no size of the spec."),
+    "E0310": ("bad name", "Names are identifiers: letters, digits and `_`, not a Python keyword, not a function "
+                          "name, not `B`, `T` or `t`, and not an attribute torch.nn.Module already uses."),
+    "E0311": ("bad chunk", "`a, b: chunk(x, 2)`: as many names on the left as pieces, and an axis that divides."),
+    "E0312": ("delay of a non-state", "`x[t-1]` needs `x` to be declared under `state:`."),
+    "E0313": ("module call inside an expression", "Call a module as a whole equation: `enc: LSTM(x)`, then use "
+                                                  "`enc.y`."),
+    "E0314": ("unknown function", "The function is not one of seqdsl's primitives nor a module in scope."),
+    "E0315": ("bad function argument", "A function got an argument it does not take, or a non-number where a "
+                                       "number (an axis, a head count, a probability) is needed."),
+    "E0316": ("bad module call", "A module call has too many or missing inputs, or an argument that is neither an "
+                                 "input, a size, `repeat` nor `direction`."),
+    # -- E04xx: the graph
+    "E0401": ("argument of the wrong shape", "A module call passes a value whose shape or dtype does not match the "
+                                             "callee's input declaration."),
+    "E0402": ("cycle without a delay", "Equations depend on each other in a loop that does not pass through a "
+                                       "previous step's state (`h[t-1]`): the value could never be computed."),
+    "E0403": ("shape or dtype mismatch", "An operation got values whose shapes do not fit; the message gives both "
+                                         "shapes and the axis, and notes say where the values come from."),
+    "E0404": ("bad axis", "`B` (batch) comes first and only first; a sequence is [B, T, ...]; parameters have no "
+                          "B or T axis; a recurrent block iterates over one time axis."),
+    "E0405": ("state without an update", "Every state needs an equation under `step:` computing its new value."),
+    "E0406": ("encoder reads the state", "Enc(x(t)) sees only the input: equations under `encoder:` may not read "
+                                         "a state; move them to `step:`."),
+    "E0407": ("no batch size for a state", "A zero or learned initial state takes B from a module input; give the "
+                                           "module an input, or initialise the state from one."),
+    "E0408": ("bad recurrent output", "A recurrent module returns step values: `h` (every step), `final(h)` or "
+                                      "`last(h)`."),
+    "E0409": ("nothing to iterate over", "A recurrent block iterates over a [B, T, ...] input, or runs a fixed "
+                                         "`steps: L` when it has none (never both)."),
+    "E0410": ("model too large", "The parameter count, computed before anything is allocated, is above "
+                                 "`--max-params`. Raise the limit if the size is intended."),
+    # -- E05xx: imports
+    "E0501": ("module imported and defined", "A module name is both under `imports:` and `modules:`."),
+    "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder (no "
+                                         "absolute paths, no `..` past it, no symlinks out), or `std:` paths."),
+    "E0503": ("import cycle", "Files import each other in a loop; the message shows the chain."),
+    "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
+    "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
+    "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    # -- warnings
+    "W0401": ("unused value", "An equation or input is never used by any output. Remove it, or output it."),
+}
+
+
+def title(code: str) -> str:
+    return CODES[code][0]
+
+
+def explain(code: str) -> str | None:
+    """The longer story of ``code``, or None when there is no such code."""
+    entry = CODES.get(code.upper())
+    if entry is None:
+        return None
+    return f"{code.upper()}: {entry[0]}\n\n{entry[1]}"
