@@ -64,7 +64,7 @@ class Recurrent(_Strict):
 
     over: list[str] | None = None
     steps: Union[int, str, None] = None  # a block with no sequence input runs this many steps
-    state: dict[str, StateDecl]
+    state: dict[str, Union[StateDecl, list[Dim]]]  # a list is expanded by RecurrentModule's validator
     encoder: dict[str, str] = Field(default_factory=dict)
     step: dict[str, str]
     decoder: dict[str, str] = Field(default_factory=dict)
@@ -80,8 +80,9 @@ class _ModuleBase(_Strict):
     name: str | None = None
     doc: str | None = None
     sizes: dict[str, Union[int, str]] = Field(default_factory=dict)
-    inputs: dict[str, TensorDecl]
-    params: dict[str, ParamDecl] = Field(default_factory=dict)
+    # `Union[..., list[Dim]]` only tells editors (JSON Schema) about the shorthand; the validator expands it.
+    inputs: dict[str, Union[TensorDecl, list[Dim]]]
+    params: dict[str, Union[ParamDecl, list[Dim]]] = Field(default_factory=dict)
     outputs: dict[str, str]
     modules: dict[str, "Module"] = Field(default_factory=dict)
     imports: dict[str, str] = Field(default_factory=dict)  # Name: path.yaml[#Module] or std:path.yaml
@@ -194,11 +195,16 @@ def _clean_path(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     for i, part in enumerate(loc):
         if i == 0 and part == "module":
             continue
+        if part in _UNION_TAGS or (isinstance(part, str) and "[" in part):
+            continue  # which branch of `TensorDecl | [shape]` pydantic tried
         at_module = not out or (len(out) >= 2 and out[-2] == "modules")
         if at_module and part in ("recurrent", "graph") and (i == 1 or loc[i - 2] == "modules"):
             continue
         out.append(part)
     return tuple(out)
+
+
+_UNION_TAGS = {"TensorDecl", "ParamDecl", "StateDecl"}
 
 
 def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
@@ -213,6 +219,7 @@ def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
 
 
 _EXPECTED = {
+    "model_type": "a mapping such as {shape: [B, T, d]}, or a shape list such as [B, T, d]",
     "string_type": "a string",
     "int_type": "an integer",
     "dict_type": "a mapping (key: value lines)",
