@@ -86,6 +86,7 @@ def check_size(model: Model, max_params: int) -> None:
 def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
+    net.eval()  # dropout off: the ONNX graph is the inference graph
     with torch.no_grad():
         out = net(*(torch.from_numpy(inputs[n]) for n in net.input_names))
     out = out if isinstance(out, tuple) else (out,)

@@ -172,23 +172,6 @@ class _Converter:
         return Delay(node.value.id, col, length)  # type: ignore[union-attr]
 
 
-def names_in(expr: Expr) -> list[Name | Member]:
-    """Every same-step reference in ``expr`` (delays excluded: they point at the previous step)."""
-    out: list[Name | Member] = []
-    stack = [expr]
-    while stack:
-        e = stack.pop()
-        if isinstance(e, (Name, Member)):
-            out.append(e)
-        elif isinstance(e, BinOp):
-            stack += [e.right, e.left]
-        elif isinstance(e, Neg):
-            stack.append(e.operand)
-        elif isinstance(e, Call):
-            stack += [v for _, v in reversed(e.kwargs)] + list(reversed(e.args))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- sizes
 
 def eval_size(text: int | str, sizes: dict[str, int], loc: Location, what: str = "size") -> int:

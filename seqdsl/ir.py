@@ -64,6 +64,7 @@ class Loop:
     returns: list[LoopOutput]
     reverse: bool = False
     steps: int | None = None  # fixed number of steps of a loop over no sequence (n_sequences == 0)
+    time: str = "T"  # the symbolic time axis of its sequences
 
 
 @dataclass

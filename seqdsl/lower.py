@@ -158,14 +158,18 @@ class _ModuleLowering:
 
     def declare_inputs(self) -> dict[str, str]:
         nodes: dict[str, str] = {}
+        axes: dict[str, Any] = {}  # a callee's symbolic axis -> the caller's axis bound to it (T -> S, say)
         for key, decl in self.mod.inputs.items():
             self.check_name(key, self.key_loc("inputs", key), "input")
             shape = self.resolve_shape(decl.shape, "inputs", key, "shape")
             if self.prefix:  # a call: the caller bound a node to this input
                 node = self.graph[self.bound[key]]
-                if node.dtype != decl.dtype or len(node.shape) != len(shape) or any(
+                clash = next((a for a, b in zip(shape, node.shape) if isinstance(a, str) and axes.setdefault(a, b) != b),
+                             None)
+                if node.dtype != decl.dtype or len(node.shape) != len(shape) or clash or any(
                         isinstance(a, int) and a != b for a, b in zip(shape, node.shape)):
-                    raise SpecError("E0401", f"argument for input `{key}` has the wrong shape",
+                    why = f" (axis {clash} is {axes[clash]} in an earlier argument)" if clash else ""
+                    raise SpecError("E0401", f"argument for input `{key}` has the wrong shape{why}",
                                     self.call_loc or self.loc("inputs", key),
                                     expected=f"{decl.dtype}{fmt(shape)}", found=f"{node.dtype}{fmt(node.shape)}",
                                     notes=[(self.loc("inputs", key), f"input `{key}` is declared here")])
@@ -238,6 +242,8 @@ class _Env:
             offset = self.owner.doc.value_col_offset(self.owner.unit.path + path)
             base = loc.shifted(max(offset, 0)) if offset >= 0 else loc
             for n in names:
+                if n == "_" and len(names) > 1:
+                    continue  # `_, b: chunk(x, 2)` discards a piece
                 self.owner.check_name(n, self.owner.doc.key_loc(self.owner.unit.path + path), "value")
                 if n in targets or n in self.values or n in self.owner.param_names:
                     raise SpecError("E0308", f"`{n}` is defined twice", self.owner.doc.key_loc(self.owner.unit.path + path),
@@ -254,7 +260,7 @@ class _Env:
         index = {key: i for i, key in enumerate(parsed)}
         for key, (expr, _, _) in parsed.items():
             deps.add_node(key)
-            for ref in E.names_in(expr):
+            for ref in self.value_refs(expr):
                 name = ref.id if isinstance(ref, E.Name) else ref.base
                 if name in targets:
                     deps.add_edge(targets[name], key)
@@ -270,12 +276,29 @@ class _Env:
         raise SpecError("E0402", "cycle that does not pass through a delay: " + " -> ".join(chain), first,
                         hint=hint, notes=[(parsed[k][1], f"`{k}` is defined here") for k in chain[1:-1]])
 
+    def value_refs(self, expr: E.Expr) -> list[E.Name | E.Member]:
+        """The names ``expr`` reads as values: keyword arguments that are sizes (`repeat=n`, `h=h`, `axis=k`) are
+        not references to equations, even when an equation has the same name."""
+        if isinstance(expr, E.Call):
+            callee = self.owner.unit.modules.get(expr.func)
+            inputs = callee.module.inputs if callee else {}
+            kwargs = [v for k, v in expr.kwargs if k in inputs]
+            return [r for a in [*expr.args, *kwargs] for r in self.value_refs(a)]
+        if isinstance(expr, E.BinOp):
+            return self.value_refs(expr.left) + self.value_refs(expr.right)
+        if isinstance(expr, E.Neg):
+            return self.value_refs(expr.operand)
+        return [expr] if isinstance(expr, (E.Name, E.Member)) else []
+
     def lower_equation(self, names: list[str], expr: E.Expr, base: Location) -> None:
         if len(names) > 1:
             if not (isinstance(expr, E.Call) and expr.func == "chunk"):
                 raise SpecError("E0311", "several names on the left need `chunk(x, n)` on the right", base,
                                 hint=f"write `{', '.join(names)}: chunk(value, {len(names)})`")
             for name, node in zip(names, self.chunk(expr, base, len(names))):
+                if name == "_":
+                    del self.graph.nodes[node]  # nothing reads a discarded piece
+                    continue
                 self.values[name] = _Value(self.rename(node, name))
                 self.locs[name] = base
             return
@@ -283,16 +306,21 @@ class _Env:
         if isinstance(expr, E.Call) and expr.func in self.owner.unit.modules:
             self.values[name] = self.call_module(name, expr, base)
             return
-        node = self.lower(expr, base, eq=name)
-        node = self.rename(node, name)
+        node = self.lower_named(expr, base, name)
         self.values[name] = _Value(node)
         self.locs[name] = base
 
+    def lower_named(self, e: E.Expr, base: Location, name: str) -> str:
+        """Lower ``e`` and give the node computing it ``name``, if that node is new (not an alias `y: x`)."""
+        before = len(self.graph)
+        node = self.lower(e, base, eq=name)
+        return self.rename(node, name) if node in list(self.graph.nodes)[before:] else node
+
     def rename(self, node: str, name: str) -> str:
-        """Give the node computing an equation the equation's name (when it is a fresh node of this graph)."""
+        """Give a node just made for an equation the equation's name."""
         full = self.owner.prefix + name
         n = self.graph.nodes.get(node)
-        if n is None or node == full or n.op in ("input", "param", "state", "step_input", "capture", "const") \
+        if n is None or node == full or n.op in ("input", "param", "state", "step_input", "capture", "const", "item") \
                 or full in self.graph.nodes or n.attrs.get("eq_root"):
             return node  # an alias of an existing value: `y: x` names the same node
         # move the node under its new name, keeping order
@@ -389,8 +417,8 @@ class _Env:
             return "linear", [right, left]  # W (m, n) @ x (..., n)
         if a.op == "param" and len(a.shape) == 3:
             return "contract", [right, left]  # U (m, n, d) @ z (..., d): a hypernetwork's W(z)
-        if len(a.shape) == len(b.shape) + 1:
-            return "matvec", [left, right]  # A (..., m, n) @ v (..., n)
+        if len(a.shape) == len(b.shape) + 1 or (len(b.shape) == 1 and len(a.shape) > 1):
+            return "matvec", [left, right]  # A (..., m, n) @ v (..., n), or a vector v (n): vᵀ applied to each row
         return "matmul", [left, right]
 
     def resolve(self, e: E.Name, base: Location) -> str:
@@ -506,16 +534,16 @@ class _Env:
         if len(e.args) > len(inputs):
             raise SpecError("E0316", f"`{e.func}` takes {len(inputs)} input(s), got {len(e.args)}", loc,
                             expected=", ".join(inputs))
-        bound = {inputs[i]: self.rename(self.lower(a, base), f"{name}.{inputs[i]}") for i, a in enumerate(e.args)}
+        bound = {inputs[i]: self.lower_named(a, base, f"{name}.{inputs[i]}") for i, a in enumerate(e.args)}
         sizes: dict[str, int] = {}
-        repeat, direction = 1, None
+        repeat, direction, numbered = 1, None, False
         for key, value in e.kwargs:
             if key in cmod.inputs:
-                bound[key] = self.rename(self.lower(value, base), f"{name}.{key}")
+                bound[key] = self.lower_named(value, base, f"{name}.{key}")
             elif key in cmod.sizes:
                 sizes[key] = self.size_arg(value, base)
             elif key == "repeat":
-                repeat = self.size_arg(value, base)
+                repeat, numbered = self.size_arg(value, base), True
             elif key == "direction":
                 direction = self.direction_arg(value, base, cmod)
             else:
@@ -526,7 +554,7 @@ class _Env:
             raise SpecError("E0316", f"`{e.func}(...)` is missing input(s) " + ", ".join(f"`{m}`" for m in missing), loc)
         outputs: dict[str, str] = {}
         for layer in range(repeat):
-            prefix = self.owner.prefix + name + (f".{layer}." if repeat > 1 else ".")
+            prefix = self.owner.prefix + name + (f".{layer}." if numbered else ".")
             if layer:
                 bound = {**bound, inputs[0]: next(iter(outputs.values()))}
             if direction == "both":
@@ -668,7 +696,8 @@ class _RecurrentLowering:
         returns, out_names = self.returns(env)
         captures = self.drop_unread_captures(body, captures)
         loop = Loop(body, len(states), len(over), len(captures), states, updates,
-                    [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps)
+                    [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps,
+                    time=self.time if isinstance(self.time, str) else "T")
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
                                         inits + [self.inputs[k] for k in over] + [self.inputs[k] for k in captures],
                                         {"loop": loop}, loc=owner.loc("recurrent")))

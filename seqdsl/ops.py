@@ -90,6 +90,10 @@ def _linear(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tu
 def _matmul(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     a, b = shapes
     _float(dtypes, "@")
+    if a[:1] == ("B",) and b[:1] == ("B",) and len(a) != len(b):
+        raise ShapeError(f"cannot multiply {fmt(a)} by {fmt(b)}: both are batches, of different ranks",
+                         hint="a [B, n] value is a batch of vectors, not a matrix; use unsqueeze(x, 1) to make "
+                              "[B, 1, n], or sum(unsqueeze(a, -1) * b, axis=1) for a weighted sum")
     if len(a) < 2 or len(b) < 2:
         raise ShapeError("`a @ b` between values needs both to have at least 2 axes", found=f"{fmt(a)} @ {fmt(b)}")
     if a[-1] != b[-2]:
@@ -161,7 +165,7 @@ def _expand_batch(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any])
 
 def _time_slice(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     shape = shapes[0]
-    if len(shape) < 2 or shape[1] != "T" and not isinstance(shape[1], int):
+    if len(shape) < 2 or shape[0] != "B":
         raise ShapeError("this needs a sequence: a value of shape [B, T, ...]", found=fmt(shape))
     return (shape[0], *shape[2:]), dtypes[0]
 

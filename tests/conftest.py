@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -21,3 +22,13 @@ def spec_error(text: str, sizes: dict[str, int] | None = None) -> SpecError:
 
 def load_text(text: str, sizes: dict[str, int] | None = None) -> seqdsl.Model:
     return seqdsl.loads(textwrap.dedent(text), sizes, file="x.yaml")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="run the property tests with many more examples (minutes)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long"):
+        os.environ["SEQDSL_LONG_TESTS"] = "1"  # read by the property tests when they are imported

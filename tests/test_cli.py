@@ -28,7 +28,7 @@ def test_validate_bad_spec_exits_2_with_location_and_no_traceback(tmp_path: Path
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     first = r.stderr.splitlines()[0]
-    assert first.startswith(f"{bad}:14:34: error[E0301]: unknown name `bb`")
+    assert first.startswith(f"{bad}:15:34: error[E0301]: unknown name `bb`")
     assert "help: did you mean `b`?" in r.stderr
     assert "^^" in r.stderr
 

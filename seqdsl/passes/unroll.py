@@ -16,20 +16,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Graph, Model, Node, loop_of
+from ..ir import Graph, Model, Node, all_nodes, loop_of
 
 
-def unroll(model: Model, steps: int) -> tuple[Model, bool]:
-    """A copy of ``model`` with every loop unrolled for sequences of ``steps`` steps; and whether anything changed."""
-    if steps < 1:
-        raise ValueError("unrolling needs at least one step")
-    graph, changed = _unroll_graph(model.graph, steps)
+def unroll(model: Model, steps: int | dict[str, int]) -> tuple[Model, bool]:
+    """A copy of ``model`` with every loop unrolled, and whether anything changed.
+
+    ``steps`` is the length of each time axis (``{"T": 4, "S": 6}``); a single number is accepted when the model
+    has one time axis. Loops of a fixed number of steps (no sequence input) keep theirs.
+    """
+    axes = sorted({loop_of(n).time for n in all_nodes(model.graph) if n.op == "loop" and loop_of(n).steps is None})
+    lengths = steps if isinstance(steps, dict) else {}
+    if isinstance(steps, int):
+        if len(axes) > 1:
+            raise ValueError(f"the model has several time axes {axes}: give one length each, e.g. {{'T': 4, 'S': 6}}")
+        lengths = {a: steps for a in axes}
+    missing = [a for a in axes if a not in lengths]
+    if missing or any(v < 1 for v in lengths.values()):
+        raise ValueError(f"unrolling needs a length of at least 1 for every time axis {axes}, got {lengths}")
+    graph, changed = _unroll_graph(model.graph, lengths)
     out = replace(model, graph=graph)
     out.verify()
     return out, changed
 
 
-def _unroll_graph(graph: Graph, steps: int) -> tuple[Graph, bool]:
+def _unroll_graph(graph: Graph, lengths: dict[str, int]) -> tuple[Graph, bool]:
     out = Graph()
     changed = False
     alias: dict[str, str] = {}  # node of `graph` -> node of `out` holding its value
@@ -38,7 +49,7 @@ def _unroll_graph(graph: Graph, steps: int) -> tuple[Graph, bool]:
         if node.op == "loop":
             changed = True
             items = [n for n in graph if n.op == "item" and n.inputs == [node.name]]
-            _expand_loop(out, node, items, [alias[i] for i in node.inputs], steps, alias, shared_params)
+            _expand_loop(out, node, items, [alias[i] for i in node.inputs], lengths, alias, shared_params)
         elif node.op == "item":
             continue  # bound by _expand_loop
         else:
@@ -50,11 +61,11 @@ def _unroll_graph(graph: Graph, steps: int) -> tuple[Graph, bool]:
     return out, changed
 
 
-def _expand_loop(out: Graph, node: Node, items: list[Node], args: list[str], steps: int, alias: dict[str, str],
+def _expand_loop(out: Graph, node: Node, items: list[Node], args: list[str], lengths: dict[str, int], alias: dict[str, str],
                  shared_params: dict[str, str]) -> None:
     loop = loop_of(node)
-    body, _ = _unroll_graph(loop.body, steps)  # nested loops first
-    steps = loop.steps or steps  # a loop over no sequence has its own fixed length
+    body, _ = _unroll_graph(loop.body, lengths)  # nested loops first
+    steps = loop.steps or lengths[loop.time]  # a loop over no sequence has its own fixed length
     n_s, n_q = loop.n_states, loop.n_sequences
     states = args[:n_s]
     sequences, captures = args[n_s:n_s + n_q], args[n_s + n_q:]

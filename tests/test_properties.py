@@ -1,0 +1,145 @@
+"""Property tests: random valid specs always build and their backends agree; random damage to valid specs always
+ends in a located seqdsl error or a successful load — never another exception, never slow or huge.
+
+`pytest --long` runs many more examples (see README for the last long run's figures).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SPECS
+
+import seqdsl
+from compilers.build import example_inputs, run_torch
+from compilers.onnx_export import export, set_weights
+from compilers.onnx_runtime import run
+from compilers.torch_module import to_module
+from seqdsl.errors import SpecError
+
+LONG = os.environ.get("SEQDSL_LONG_TESTS") == "1"
+UNARY = ["sigmoid", "tanh", "relu", "exp"]
+BINARY = ["+", "-", "*"]
+
+
+@st.composite
+def random_cells(draw: st.DrawFn) -> str:
+    """A random recurrent cell: equations over the step input x, the previous state and earlier equations.
+
+    Every value is (B, k) for a k from a small set; `W @ v` changes k (its parameter is declared to fit),
+    elementwise ops join values of equal k, concat joins two, and the state's update is brought to (B, h).
+    """
+    d, h = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    values: dict[str, int] = {"x": d, "h[t-1]": h}
+    params: dict[str, list[int]] = {}
+    step: list[tuple[str, str]] = []
+    for i in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["linear", "unary", "binary", "concat", "const"]))
+        name, src = f"v{i}", draw(st.sampled_from(sorted(values)))
+        if kind == "linear":
+            k = draw(st.integers(1, 4))
+            params[f"W{i}"] = [k, values[src]]
+            expr, width = f"W{i} @ {src}", k
+        elif kind == "unary":
+            expr, width = f"{draw(st.sampled_from(UNARY))}({src})", values[src]
+        elif kind == "binary":
+            same = sorted(v for v, k in values.items() if k == values[src])
+            other = draw(st.sampled_from(same))
+            expr, width = f"{src} {draw(st.sampled_from(BINARY))} {other}", values[src]
+        elif kind == "concat":
+            other = draw(st.sampled_from(sorted(values)))
+            expr, width = f"concat({src}, {other})", values[src] + values[other]
+        else:
+            expr, width = f"1 - tanh({src})", values[src]
+        step.append((name, expr))
+        values[name] = width
+    last = step[-1][0]
+    params["U"] = [h, values[last]]
+    params["b"] = [h]
+    step.append(("h", f"tanh(U @ {last} + b)"))
+    lines = [f"sizes: {{d: {d}, h: {h}}}", "inputs:", "  x: [B, T, d]", "params:"]
+    lines += [f"  {p}: {shape}" for p, shape in params.items()]
+    lines += ["recurrent:", "  state:", "    h: [B, h]", "  step:"]
+    lines += [f"    {n}: {e}" for n, e in step]
+    lines += ["outputs:", "  y: h", "  h_n: final(h)"]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=1000 if LONG else 25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=random_cells(), steps=st.integers(1, 5), batch=st.integers(1, 3))
+def test_random_valid_cells_build_and_backends_agree(spec: str, steps: int, batch: int):
+    model = seqdsl.loads(spec)
+    net = to_module(model)
+    proto = export(model)
+    set_weights(proto, {k: v.detach().numpy() for k, v in net.state_dict().items()})
+    inputs = example_inputs(model, batch, steps)
+    want = run_torch(net, inputs)
+    got = run(proto.SerializeToString(), inputs).outputs
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-4, rtol=1e-4, err_msg=f"{name}\n{spec}")
+
+
+SEEDS = [p.read_text() for p in sorted(SPECS.glob("*.yaml"))]
+
+
+@st.composite
+def damaged_specs(draw: st.DrawFn) -> str | bytes:
+    """A shipped spec with one random kind of damage."""
+    text = draw(st.sampled_from(SEEDS))
+    lines = text.splitlines(keepends=True)
+    kind = draw(st.sampled_from(["delete_line", "swap_words", "number", "truncate", "bytes", "duplicate_line"]))
+    if kind == "delete_line":
+        del lines[draw(st.integers(0, len(lines) - 1))]
+        return "".join(lines)
+    if kind == "duplicate_line":
+        i = draw(st.integers(0, len(lines) - 1))
+        lines.insert(i, lines[i])
+        return "".join(lines)
+    if kind == "swap_words":
+        words = sorted(set(text.replace("(", " ").replace(")", " ").split()))
+        a, b = draw(st.sampled_from(words)), draw(st.sampled_from(words))
+        return text.replace(a, "\0").replace(b, a).replace("\0", b)
+    if kind == "number":
+        digits = [i for i, c in enumerate(text) if c.isdigit()]
+        if not digits:
+            return text
+        i = draw(st.sampled_from(digits))
+        return text[:i] + draw(st.sampled_from(["0", "-1", "999999999", "1e9", "3/2", "h*h*h*h*h"])) + text[i + 1:]
+    if kind == "truncate":
+        return text[: draw(st.integers(0, len(text)))]
+    raw = bytearray(text.encode())
+    for _ in range(draw(st.integers(1, 5))):
+        raw.insert(draw(st.integers(0, len(raw))), draw(st.integers(0, 255)))
+    return bytes(raw)
+
+
+@settings(max_examples=5000 if LONG else 150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged=damaged_specs())
+def test_damaged_specs_end_in_a_located_error_or_a_model(damaged: str | bytes):
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        if isinstance(damaged, bytes):
+            from seqdsl.api import _lower
+            from seqdsl.loader import load_text
+
+            _lower(load_text(damaged, "damaged.yaml"), None)
+        else:
+            seqdsl.loads(damaged, file="damaged.yaml")
+    except SpecError as err:
+        assert err.code and err.message
+        text = err.format()
+        assert text.startswith("damaged.yaml") or text.startswith("<spec>")
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 2.0
+    assert peak < 512 * 2**20
+
