@@ -159,7 +159,7 @@ def _to_spec_error(doc: Document, err: Any) -> SpecError:
     """Map one pydantic error to a located SpecError; drop pydantic's own routing entries from the path."""
     path = _clean_path(err["loc"])
     kind = err["type"]
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and path:
         key = str(path[-1])
         allowed = _allowed_keys(path[:-1])
         return SpecError(
@@ -169,7 +169,7 @@ def _to_spec_error(doc: Document, err: Any) -> SpecError:
             expected="one of " + ", ".join(f"`{k}`" for k in allowed) if allowed else None,
             hint=did_you_mean(key, allowed) or "remove it, or check the spelling against the docs",
         )
-    if kind == "missing":
+    if kind == "missing" and path:
         key = str(path[-1])
         return SpecError(
             "E0202",
@@ -195,7 +195,7 @@ def _clean_path(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     for i, part in enumerate(loc):
         if i == 0 and part == "module":
             continue
-        if part in _UNION_TAGS or (isinstance(part, str) and "[" in part):
+        if part in _UNION_TAGS or (isinstance(part, str) and part.startswith("list[") and out and i > 1):
             continue  # which branch of `TensorDecl | [shape]` pydantic tried
         at_module = not out or (len(out) >= 2 and out[-2] == "modules")
         if at_module and part in ("recurrent", "graph") and (i == 1 or loc[i - 2] == "modules"):
