@@ -106,3 +106,21 @@ def test_rebuild_replaces_output(tmp_path: Path):
     build(SPECS / "rnn.yaml", out, sizes={"h": 6})
     assert load_file(str(out / "weights.safetensors"))["U"].shape == (6, 6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rnn"]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")],
+                         ids=["ctrl-c", "disk-full"])
+def test_interrupted_or_failed_write_leaves_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           failure: BaseException):
+    out = tmp_path / "rnn"
+    build(SPECS / "rnn.yaml", out)
+    before = _snapshot(out)
+
+    def broken_save(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(onnx, "save", broken_save)
+    with pytest.raises(type(failure)):
+        build(SPECS / "rnn.yaml", out, sizes={"h": 4})
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rnn"]

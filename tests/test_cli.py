@@ -83,3 +83,19 @@ def test_unused_equation_is_a_warning(tmp_path: Path):
     r = seqdsl("validate", str(spec))
     assert r.returncode == 0
     assert "warning[W0401]: value `junk` is never used" in r.stderr
+
+
+def test_internal_failure_exits_1_and_says_it_is_a_bug(monkeypatch, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    import cli
+    import compilers.build
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(compilers.build, "build", broken)
+    result = CliRunner().invoke(cli.app, ["build", str(SPECS / "rnn.yaml"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: boom" in result.output and "bug in seqdsl" in result.output
+    assert "Traceback" not in result.output
