@@ -61,11 +61,14 @@ class _Builder:
         return self.root.cache[key]
 
     def transposed(self, weight: str) -> str:
-        """Wᵀ for ``x @ Wᵀ``, computed once at the top level, outside every loop."""
+        """Wᵀ for ``x @ Wᵀ``: computed once at the top level when W lives there (a parameter, or a fused
+        concatenation of parameters), outside every loop; else where W is."""
+        at_root = weight in self.root.initializers or weight in self.root.values.values()
+        owner = self.root if at_root else self
         key = ("T", weight)
-        if key not in self.root.cache:
-            self.root.cache[key] = self.root.op("Transpose", [weight], f"{weight}.T", out=f"{weight}#T", perm=[1, 0])
-        return self.root.cache[key]
+        if key not in owner.cache:
+            owner.cache[key] = owner.op("Transpose", [weight], f"{weight}.T", out=owner.name(f"{weight}.T"), perm=[1, 0])
+        return owner.cache[key]
 
     def batch_shape(self, ref: str, tail: tuple[int, ...]) -> str:
         """The 1-d shape (B, *tail), with B read from the first axis of ``ref``."""
@@ -313,10 +316,16 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
         b.values[item.name] = value
 
 
-def export(model: Model, opset: int | None = None, ir_version: int | None = None) -> onnx.ModelProto:
-    """An ONNX model computing ``model``; inputs and outputs carry the spec's names, B and T are symbolic."""
+def export(model: Model, opset: int | None = None, ir_version: int | None = None,
+           optimize: bool = True) -> onnx.ModelProto:
+    """An ONNX model computing ``model``; inputs and outputs carry the spec's names, B and T are symbolic.
+    ``optimize`` runs seqdsl's default passes first (fusion, hoisting)."""
+    from seqdsl.passes import optimize as run_passes
+
     from .onnx_runtime import target_versions
 
+    if optimize:
+        model = run_passes(model)
     max_ir, max_opset = target_versions()
     opset = min(opset or OPSET, max_opset)
     b = _Builder()

@@ -19,6 +19,7 @@ from types import ModuleType
 
 from torch import nn
 
+from seqdsl import passes
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
 
@@ -48,10 +49,13 @@ def import_source(path: Path) -> ModuleType:
     return module
 
 
-def module_class(model: Model, source_path: Path | None = None) -> type[nn.Module]:
-    """The generated ``Model`` class for ``model``; its source goes to ``source_path`` or a cache file."""
+def module_class(model: Model, source_path: Path | None = None, optimize: bool = True) -> type[nn.Module]:
+    """The generated ``Model`` class for ``model``; its source goes to ``source_path`` or a cache file.
+
+    ``optimize`` runs seqdsl's default passes first (fusion, hoisting): same numbers, same parameter names.
+    """
     check_param_names(model)
-    source = generate(model)
+    source = generate(passes.optimize(model) if optimize else model)
     if source_path is None:
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         cache = Path(tempfile.gettempdir()) / "seqdsl-modules"
@@ -65,6 +69,6 @@ def module_class(model: Model, source_path: Path | None = None) -> type[nn.Modul
     return import_source(source_path).Model
 
 
-def to_module(model: Model) -> nn.Module:
+def to_module(model: Model, optimize: bool = True) -> nn.Module:
     """A freshly initialised nn.Module computing ``model``."""
-    return module_class(model)()
+    return module_class(model, optimize=optimize)()

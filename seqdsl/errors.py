@@ -60,6 +60,9 @@ class SpecError(Exception):
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # copy and pickle with every field
+        return (type(self), (self.code, self.message, self.loc, self.expected, self.found, self.hint, self.notes))
+
     def __str__(self) -> str:
         return self.format()
 

@@ -400,9 +400,9 @@ class _Env:
                                 hint=did_you_mean(e.attr, value.members))
             return value.members[e.attr]
         if isinstance(e, E.Neg):
-            return self.add("neg", [self.lower(e.operand, base)], base, e, eq)
+            return self.add("neg", [self.lower(e.operand, base, eq)], base, e, eq)
         if isinstance(e, E.BinOp):
-            left, right = self.lower(e.left, base), self.lower(e.right, base)
+            left, right = self.lower(e.left, base, eq), self.lower(e.right, base, eq)
             if e.op == "@":
                 return self.add(*self.product(left, right), base, e, eq)
             op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
@@ -476,7 +476,7 @@ class _Env:
                 raise SpecError("E0315", f"`{e.func}` needs the argument `{key}`", self.at(base, e), hint=opdef.doc)
             else:
                 attrs[key] = default
-        args = [self.lower(a, base) for a in e.args[:n_tensors]]
+        args = [self.lower(a, base, eq) for a in e.args[:n_tensors]]
         return self.add(e.func, args, base, e, eq, **attrs)
 
     def number_arg(self, value: E.Expr, base: Location, kind: type) -> Any:

@@ -1,5 +1,30 @@
-"""IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one."""
+"""IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
+`optimize` is the default pipeline the backends run: fusion first (so a fused product can then leave the loop
+whole), then hoisting.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..ir import Model
+from .fuse import fuse_linears
+from .hoist import hoist
 from .unroll import unroll
 
-__all__ = ["unroll"]
+Pass = Callable[[Model], tuple[Model, bool]]
+DEFAULT_PIPELINE: tuple[Pass, ...] = (fuse_linears, hoist)
+
+
+def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE) -> Model:
+    """Run ``passes`` in order, each until it changes nothing more."""
+    for one in passes:
+        for _ in range(8):  # every pass here reaches its fixpoint in one or two rounds
+            model, changed = one(model)
+            if not changed:
+                break
+    return model
+
+
+__all__ = ["optimize", "fuse_linears", "hoist", "unroll", "DEFAULT_PIPELINE"]
