@@ -560,7 +560,8 @@ class _Env:
             if direction == "both":
                 fw = self.instance(callee, prefix + "fw.", bound, sizes, loc, "forward")
                 bw = self.instance(callee, prefix + "bw.", bound, sizes, loc, "reverse")
-                outputs = {k: self.add("concat", [fw[k], bw[k]], base, e, None, axis=-1) for k in fw}
+                outputs = {k: self.rename(self.add("concat", [fw[k], bw[k]], base, e, None, axis=-1),
+                                          f"{name}.{layer}.{k}" if numbered else f"{name}.{k}") for k in fw}
             else:
                 outputs = self.instance(callee, prefix, bound, sizes, loc, direction)
         if len(outputs) == 1:
