@@ -8,6 +8,7 @@ Graph inputs and outputs carry the spec's names; ``B`` and ``T`` are symbolic di
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -227,6 +228,61 @@ ONNX_EMIT: dict[str, Emit] = {
 }
 
 
+@dataclass(frozen=True)
+class OnnxCell:
+    """How ONNX's op for a standard cell takes its weights: spec parameters stacked in ONNX's gate order
+    (W, R, and the bias B = [Wb ; Rb]); Rb None is a zero bias the spec does not have."""
+
+    op: str
+    states: tuple[str, ...]
+    w: tuple[str, ...]
+    r: tuple[str, ...]
+    wb: tuple[str, ...]
+    rb: tuple[str, ...] | None
+    attrs: tuple[tuple[str, int], ...] = ()
+
+
+ONNX_CELLS: dict[str, OnnxCell] = {
+    "rnn": OnnxCell("RNN", ("h",), ("W",), ("U",), ("b",), None),
+    "lstm": OnnxCell("LSTM", ("h", "c"), ("W_i", "W_o", "W_f", "W_c"), ("U_i", "U_o", "U_f", "U_c"),
+                     ("b_i", "b_o", "b_f", "b_c"), None),
+    "gru": OnnxCell("GRU", ("h",), ("W_z", "W_r", "W_h"), ("U_z", "U_r", "U_h"), ("b_z", "b_r", "b_h"), None,
+                    (("linear_before_reset", 0),)),
+    "gru_torch": OnnxCell("GRU", ("h",), ("W_z", "W_r", "W_n"), ("U_z", "U_r", "U_n"), ("b_iz", "b_ir", "b_in"),
+                          ("b_hz", "b_hr", "b_hn"), (("linear_before_reset", 1),)),
+}
+
+
+def _emit_cell(b: _Builder, node: Node, graph: Graph) -> None:
+    """A recognised standard cell as ONNX's own RNN/LSTM/GRU op (time-major inside, batch-first outside)."""
+    layout = ONNX_CELLS[node.attrs["cell"]]
+    x, *rest = [b.values[i] for i in node.inputs]
+    n_states = len(layout.states)
+    states, weights = rest[:n_states], dict(zip(node.attrs["params"], rest[n_states:]))
+    hidden = node.attrs["hidden"]
+    first = b.const([0], np.int64)
+
+    def stacked(names: tuple[str, ...]) -> str:
+        joined = b.op("Concat", [weights[n] for n in names], node.name, axis=0) if len(names) > 1 else weights[names[0]]
+        return b.op("Unsqueeze", [joined, first], node.name)
+
+    wb = [weights[n] for n in layout.wb]
+    rb = [weights[n] for n in layout.rb] if layout.rb else [b.const([0.0] * hidden * len(layout.wb))]
+    bias = b.op("Unsqueeze", [b.op("Concat", wb + rb, node.name, axis=0), first], node.name)
+    time_major = b.op("Transpose", [x], node.name, perm=[1, 0, 2])
+    inits = [b.op("Unsqueeze", [s, first], node.name) for s in states]
+    outs = [b.name(f"{node.name}_Y"), *(b.name(f"{node.name}_{s}_n") for s in layout.states)]
+    b.nodes.append(helper.make_node(
+        layout.op, [time_major, stacked(layout.w), stacked(layout.r), bias, "", *inits], outs,
+        name=f"{node.name}:{layout.op}", hidden_size=hidden,
+        direction="reverse" if node.attrs["reverse"] else "forward", **dict(layout.attrs)))
+    y = b.op("Transpose", [b.op("Squeeze", [outs[0], b.const([1], np.int64)], node.name)], node.name, perm=[1, 0, 2])
+    value = {"y": lambda: y, "y_last": lambda: b.op("Gather", [y, b.const(-1, np.int64)], node.name, axis=1),
+             **{f"{s}_n": (lambda o=o: b.op("Squeeze", [o, first], node.name)) for s, o in zip(layout.states, outs[1:])}}
+    for item in (n for n in graph if n.op == "item" and n.inputs == [node.name]):
+        b.values[item.name] = value[node.attrs["returns"][item.attrs["index"]]]()
+
+
 def _value_info(name: str, node: Node) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, DTYPES[node.dtype], list(node.shape))
 
@@ -248,6 +304,8 @@ def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None) 
             b.values[node.name] = outer[node.attrs["index"]]
         elif node.op == "loop":
             _emit_scan(b, node, graph)
+        elif node.op == "cell":
+            _emit_cell(b, node, graph)
         elif node.op == "item":
             pass  # bound by _emit_scan
         else:
@@ -317,15 +375,17 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
 
 
 def export(model: Model, opset: int | None = None, ir_version: int | None = None,
-           optimize: bool = True) -> onnx.ModelProto:
+           optimize: bool = True, native_cells: bool = True) -> onnx.ModelProto:
     """An ONNX model computing ``model``; inputs and outputs carry the spec's names, B and T are symbolic.
-    ``optimize`` runs seqdsl's default passes first (fusion, hoisting)."""
+
+    ``optimize`` runs seqdsl's default passes first (fusion, hoisting); ``native_cells`` turns blocks that are a
+    standard cell into ONNX's own LSTM / GRU / RNN op, the rest into Scan / Loop."""
     from seqdsl.passes import optimize as run_passes
 
     from .onnx_runtime import target_versions
 
     if optimize:
-        model = run_passes(model)
+        model = run_passes(model, cells=frozenset(ONNX_CELLS) if native_cells else frozenset())
     max_ir, max_opset = target_versions()
     opset = min(opset or OPSET, max_opset)
     b = _Builder()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,6 +120,26 @@ TORCH_EMIT: dict[str, Emit] = {
     "time_slice": _method("{0}[:, {index}]"),
     "stack": lambda n, a: (f"torch.stack([{', '.join(a)}], 1)", ATOM),
 }
+@dataclass(frozen=True)
+class TorchCell:
+    """How torch's kernel for a standard cell takes its weights: groups of spec parameters stacked in torch's
+    gate order (w_ih, w_hh, b_ih, b_hh); None is a zero bias the spec does not have."""
+
+    fn: str
+    title: str
+    states: tuple[str, ...]
+    weights: tuple[tuple[str, ...] | None, ...]
+
+
+TORCH_CELLS: dict[str, TorchCell] = {
+    "rnn": TorchCell("torch.rnn_tanh", "Elman RNN", ("h",), (("W",), ("U",), ("b",), None)),
+    "lstm": TorchCell("torch.lstm", "LSTM", ("h", "c"), (("W_i", "W_f", "W_c", "W_o"), ("U_i", "U_f", "U_c", "U_o"),
+                                                         ("b_i", "b_f", "b_c", "b_o"), None)),
+    "gru_torch": TorchCell("torch.gru", "GRU (PyTorch's form)", ("h",),
+                           (("W_r", "W_z", "W_n"), ("U_r", "U_z", "U_n"), ("b_ir", "b_iz", "b_in"),
+                            ("b_hr", "b_hz", "b_hn"))),
+}
+
 # Templates that call a method on, or index, an argument: such arguments must be atoms (parenthesised).
 RECEIVER_OPS = {"transpose", "unsqueeze", "squeeze", "sum", "mean", "argmax", "split_heads", "merge_heads",
                 "last", "first", "slice", "zeros", "expand_batch", "time_slice", "matvec"}
@@ -193,6 +214,9 @@ class _GraphWriter:
         if node.op == "loop":
             self.gen.write_loop_call(self, node)
             return
+        if node.op == "cell":
+            self.gen.write_cell(self, node)
+            return
         emit = TORCH_EMIT.get(node.op)
         if emit is None:
             raise KeyError(f"op `{node.op}` has no entry in compilers.torch_codegen.TORCH_EMIT")
@@ -226,6 +250,42 @@ class _Generator:
 
     def param_ref(self, name: str) -> str:
         return attribute_path(name)
+
+    def write_cell(self, writer: _GraphWriter, node: Node) -> None:
+        """A recognised standard cell: one call of torch's own kernel (oneDNN / cuDNN), weights stacked in
+        torch's gate order from the spec's parameters."""
+        layout = TORCH_CELLS[node.attrs["cell"]]
+        x, *rest = [writer.value(i) for i in node.inputs]
+        n_states = len(layout.states)
+        states, weights = rest[:n_states], dict(zip(node.attrs["params"], rest[n_states:]))
+        stacked = []
+        for k, group in enumerate(layout.weights):
+            if group is None:  # torch's second bias, which the spec does not have
+                rows = len(layout.weights[k - 1] or ()) * node.attrs["hidden"]
+                stacked.append(f"{x}.new_zeros({rows})")
+            else:
+                parts = [weights[p] for p in group]
+                stacked.append(parts[0] if len(parts) == 1 else f"torch.cat([{', '.join(parts)}])")
+        hx = f"{states[0]}[None]" if n_states == 1 else f"({', '.join(f'{s}[None]' for s in states)})"
+        reverse = node.attrs["reverse"]
+        seq = f"{x}.flip(1)" if reverse else x
+        owner = node.name.rsplit(".", 1)[0] + "_" if "." in node.name else ""
+        base = writer.names.fresh(owner + layout.fn.split(".")[-1])
+        outs = [f"{base}_y", *(f"{base}_{s}_n" for s in layout.states)]
+        where = f"{Path(node.loc.file).name}:{node.loc.line}" if node.loc.line else self.model.name
+        ind = writer.indent
+        writer.lines += [
+            f"{ind}# {where}: a standard {layout.title}, run by {layout.fn} (oneDNN on the CPU, cuDNN on the GPU)",
+            f"{ind}{', '.join(outs)} = {layout.fn}(",
+            f"{ind}    {seq}, {hx},",
+            f"{ind}    [{(',' + chr(10) + ind + '     ').join(stacked)}],",
+            f"{ind}    True, 1, 0.0, self.training, False, True)  # biases, layers, dropout, train, bidirectional, batch_first",
+        ]
+        y = f"{outs[0]}.flip(1)" if reverse else outs[0]
+        value = {"y": y, "y_last": f"{y}[:, -1]", **{f"{s}_n": f"{o}[0]" for s, o in zip(layout.states, outs[1:])}}
+        for item in (n for n in writer.graph if n.op == "item" and n.inputs == [node.name]):
+            which = node.attrs["returns"][item.attrs["index"]]
+            writer.lines.append(f"{writer.indent}{writer.var(item.name)} = {value[which]}  # {dims(item.shape)}")
 
     def write_loop_call(self, writer: _GraphWriter, node: Node) -> None:
         loop = loop_of(node)

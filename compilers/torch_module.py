@@ -23,7 +23,7 @@ from seqdsl import passes
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
 
-from .torch_codegen import generate
+from .torch_codegen import TORCH_CELLS, generate
 
 # Attributes of nn.Module a parameter must not shadow (`self.training = nn.Parameter(...)` would break it).
 _MODULE_ATTRS = set(dir(nn.Module())) | {"input_names", "output_names"}
@@ -49,13 +49,17 @@ def import_source(path: Path) -> ModuleType:
     return module
 
 
-def module_class(model: Model, source_path: Path | None = None, optimize: bool = True) -> type[nn.Module]:
+def module_class(model: Model, source_path: Path | None = None, optimize: bool = True,
+                 native_cells: bool = True) -> type[nn.Module]:
     """The generated ``Model`` class for ``model``; its source goes to ``source_path`` or a cache file.
 
-    ``optimize`` runs seqdsl's default passes first (fusion, hoisting): same numbers, same parameter names.
+    ``optimize`` runs seqdsl's default passes first (fusion, hoisting): same numbers, same parameter names;
+    ``native_cells`` runs blocks that are a standard cell on torch's own kernels (torch.lstm, torch.gru, ...).
+    With neither, model.py computes the spec's equations exactly as written.
     """
     check_param_names(model)
-    source = generate(passes.optimize(model) if optimize else model)
+    cells = frozenset(TORCH_CELLS) if native_cells else frozenset()
+    source = generate(passes.optimize(model, cells=cells) if optimize else model)
     if source_path is None:
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         cache = Path(tempfile.gettempdir()) / "seqdsl-modules"
@@ -69,6 +73,6 @@ def module_class(model: Model, source_path: Path | None = None, optimize: bool =
     return import_source(source_path).Model
 
 
-def to_module(model: Model, optimize: bool = True) -> nn.Module:
-    """A freshly initialised nn.Module computing ``model``."""
-    return module_class(model, optimize=optimize)()
+def to_module(model: Model, optimize: bool = True, native_cells: bool = True) -> nn.Module:
+    """A freshly initialised nn.Module computing ``model`` (see `module_class` for the flags)."""
+    return module_class(model, optimize=optimize, native_cells=native_cells)()

@@ -347,6 +347,7 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("time_slice", _time_slice, (1, 1), doc="x[:, index] (unrolling)"),
     _op("stack", _stack, (1, -1), doc="stack over a new time axis 1 (unrolling)"),
     _op("loop", _leaf, (0, -1), doc="a recurrent block; see ir.Loop"),
+    _op("cell", _leaf, (0, -1), doc="a recognised standard cell run by the runtime's kernel; see passes.recognize"),
     _op("item", _leaf, (1, 1), doc="one returned value of a loop"),
 ]}
 

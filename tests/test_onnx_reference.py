@@ -193,10 +193,10 @@ def bundle(spec: str) -> Bundle:
         case = CASES[spec]
         model = seqdsl.load(SPECS / f"{spec}.yaml", sizes=SIZES)
         torch.manual_seed(SEED)
-        net = to_module(model).eval()
+        net = to_module(model, native_cells=False).eval()  # the spec's own equations, not torch's kernel
         weights = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
         proto = op_model(case, weights)
-        exported = export(model)
+        exported = export(model, native_cells=False)  # the equations as a Scan, not ONNX's own op
         set_weights(exported, weights)
         _BUNDLES[spec] = Bundle(case, net, weights, proto, ReferenceEvaluator(proto), exported.SerializeToString())
     return _BUNDLES[spec]
@@ -325,3 +325,15 @@ def test_exported_reference_evaluator_matches_onnx_op(spec: str, T: int, B: int)
     evaluator = ReferenceEvaluator(b.exported, new_ops=[_ScanAnyAxis])
     got = dict(zip(b.case.outputs, evaluator.run(None, {"x": x_for(T, B)}), strict=True))
     assert_close(got, reference(b, T, B), f"{spec} exported/reference vs ONNX {b.case.op} T={T} B={B}")
+
+
+@pytest.mark.parametrize("spec", list(CASES))
+def test_native_op_export_matches_the_reference(spec: str) -> None:
+    """By default a standard cell is exported as ONNX's own op, weights in ONNX's gate order."""
+    b = bundle(spec)
+    native = export(seqdsl.load(SPECS / f"{spec}.yaml", sizes=SIZES))
+    assert [n.op_type for n in native.graph.node if n.op_type in ("LSTM", "GRU", "Scan")] == [b.case.op]
+    set_weights(native, b.weights)
+    for T, B in [(1, 1), (7, 3)]:
+        got = dict(zip(b.case.outputs, rt.run(native.SerializeToString(), {"x": x_for(T, B)}).outputs.values()))
+        assert_close(got, reference(b, T, B), f"{spec} native export vs ONNX {b.case.op} T={T} B={B}")

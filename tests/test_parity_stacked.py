@@ -79,11 +79,12 @@ CASES = {
 
 
 @functools.cache
-def _compiled(name: str) -> type[nn.Module]:
+def _compiled(name: str, native: bool = False) -> type[nn.Module]:
+    """The case's module class: the spec's equations, or (native) standard cells on torch's kernels."""
     case = CASES[name]
     if case.spec is None:
-        return module_class(seqdsl.loads(case.text(), file="<stacked>"))
-    return module_class(seqdsl.load(ROOT / case.spec, sizes=case.sizes))
+        return module_class(seqdsl.loads(case.text(), file="<stacked>"), native_cells=native)
+    return module_class(seqdsl.load(ROOT / case.spec, sizes=case.sizes), native_cells=native)
 
 
 def _torch_layout(layer: nn.RNNBase) -> dict[str, list[str]]:
@@ -109,10 +110,11 @@ def _torch_outputs(layer: nn.RNNBase, x: torch.Tensor) -> tuple[torch.Tensor, ..
 
 @pytest.mark.parametrize(("B", "T"), SHAPES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_outputs_and_gradients_match_torch(name: str, B: int, T: int) -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["equations", "native"])
+def test_outputs_and_gradients_match_torch(name: str, B: int, T: int, native: bool) -> None:
     case = CASES[name]
     torch.manual_seed(10 * T + B)
-    net, layer = _compiled(name)(), case.layer()
+    net, layer = _compiled(name, native)(), case.layer()
     load_from_torch(net, layer, prefix=case.prefix)
 
     x = torch.randn(B, T, D)

@@ -8,6 +8,7 @@ wrong table there cannot confirm itself.
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 
 import pytest
@@ -51,14 +52,15 @@ TORCH_LAYOUT: dict[type[nn.RNNBase], dict[str, list[str]]] = {
 
 
 @functools.cache
-def _compiled(spec: str, sizes: tuple[tuple[str, int], ...]) -> type[nn.Module]:
-    """The generated module class for ``spec`` at ``sizes``, compiled once per test session."""
-    return module_class(seqdsl.load(ROOT / spec, sizes=dict(sizes)))
+def _compiled(spec: str, sizes: tuple[tuple[str, int], ...], native: bool) -> type[nn.Module]:
+    """The generated module class for ``spec`` at ``sizes``, compiled once per test session: the spec's own
+    equations (native=False), or recognised as a standard cell and run by torch's kernel (native=True)."""
+    return module_class(seqdsl.load(ROOT / spec, sizes=dict(sizes)), native_cells=native)
 
 
-def _module(spec: str, sizes: dict[str, int] = SIZES) -> nn.Module:
+def _module(spec: str, sizes: dict[str, int] = SIZES, native: bool = False) -> nn.Module:
     """A fresh instance of the compiled ``spec``."""
-    return _compiled(spec, tuple(sorted(sizes.items())))()
+    return _compiled(spec, tuple(sorted(sizes.items())), native)()
 
 
 def _torch_outputs(layer: nn.RNNBase, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -88,10 +90,14 @@ def _close_grad(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("T", [1, 7, 50])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_outputs_and_gradients_match_torch(cell: str, T: int, B: int) -> None:
+@pytest.mark.parametrize("path", ["equations", "native"])
+def test_outputs_and_gradients_match_torch(cell: str, T: int, B: int, path: str) -> None:
     layer_cls, spec = CELLS[cell]
     torch.manual_seed(100 * T + B)
-    net = _module(spec)
+    net = _module(spec, native=path == "native")
+    source = inspect.getsource(type(net))
+    kernel = {"rnn": "torch.rnn_tanh", "lstm": "torch.lstm", "gru": "torch.gru"}[cell]
+    assert (kernel in source) == (path == "native"), "the path under test is the one that runs"
     layer = layer_cls(D, H, batch_first=True)
     load_from_torch(net, layer)
 

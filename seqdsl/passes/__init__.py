@@ -1,7 +1,7 @@
 """IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
-`optimize` is the default pipeline the backends run: fusion first (so a fused product can then leave the loop
-whole), then hoisting.
+`optimize` is the default pipeline the backends run: recognition of standard cells (for the kernels the backend
+has), fusion (so a fused product can then leave the loop whole), then hoisting.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ from typing import Callable
 from ..ir import Model
 from .fuse import fuse_linears
 from .hoist import hoist
+from .recognize import CELLS, recognize
 from .unroll import unroll
 
 Pass = Callable[[Model], tuple[Model, bool]]
 DEFAULT_PIPELINE: tuple[Pass, ...] = (fuse_linears, hoist)
 
 
-def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE) -> Model:
-    """Run ``passes`` in order, each until it changes nothing more."""
+def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
+             cells: frozenset[str] = frozenset()) -> Model:
+    """Run ``passes`` in order, each until it changes nothing more; first, loops that are one of the standard
+    ``cells`` the backend has a kernel for (see `recognize`) become cells."""
+    if cells:
+        model, _ = recognize(model, cells)
     for one in passes:
         for _ in range(8):  # every pass here reaches its fixpoint in one or two rounds
             model, changed = one(model)
@@ -27,4 +32,4 @@ def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE) -> Model
     return model
 
 
-__all__ = ["optimize", "fuse_linears", "hoist", "unroll", "DEFAULT_PIPELINE"]
+__all__ = ["optimize", "fuse_linears", "hoist", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
