@@ -186,6 +186,19 @@ def _positions(b: _Builder, node: Node, args: list[str]) -> str:
     return b.op("Reshape", [b.op("Concat", pair, node.name, axis=-1), b.const([-1, d], np.int64)], node.name)
 
 
+def _sequence_mask(b: _Builder, node: Node, args: list[str]) -> str:
+    steps = b.op("Squeeze", [b.op("Shape", [args[1]], node.name, start=1, end=2), b.const([0], np.int64)], node.name)
+    positions = b.op("Range", [b.const(0, np.int64), steps, b.const(1, np.int64)], node.name)
+    row = b.op("Unsqueeze", [positions, b.const([0], np.int64)], node.name)
+    lengths = b.op("Unsqueeze", [args[0], b.const([1], np.int64)], node.name)
+    return b.op("Cast", [b.op("Less", [row, lengths], node.name)], node.name, to=TensorProto.FLOAT)
+
+
+def _select(b: _Builder, node: Node, args: list[str]) -> str:
+    keep = b.op("Greater", [args[0], b.const(0.0)], node.name)
+    return b.op("Where", [keep, args[1], args[2]], node.name)
+
+
 ONNX_EMIT: dict[str, Emit] = {
     "add": _simple("Add"),
     "sub": _simple("Sub"),
@@ -224,6 +237,8 @@ ONNX_EMIT: dict[str, Emit] = {
     "zeros": _zeros,
     "expand_batch": _expand_batch,
     "time_slice": _time_index(0),
+    "sequence_mask": _sequence_mask,
+    "select": _select,
     "stack": _stack,
 }
 

@@ -118,6 +118,9 @@ TORCH_EMIT: dict[str, Emit] = {
     "zeros": lambda n, a: (f"{a[0]}.new_zeros(({a[0]}.shape[0], {', '.join(map(str, n.attrs['shape']))}))", ATOM),
     "expand_batch": lambda n, a: (f"{a[0]}.expand({a[1]}.shape[0], {', '.join(map(str, n.shape[1:]))})", ATOM),
     "time_slice": _method("{0}[:, {index}]"),
+    "sequence_mask": lambda n, a: (f"(torch.arange({a[1]}.shape[1], device={a[1]}.device)[None, :] < "
+                                   f"{a[0]}[:, None]).float()", ATOM),
+    "select": lambda n, a: (f"torch.where({a[0]} > 0, {a[1]}, {a[2]})", ATOM),
     "stack": lambda n, a: (f"torch.stack([{', '.join(a)}], 1)", ATOM),
 }
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ TORCH_CELLS: dict[str, TorchCell] = {
 }
 
 # Templates that call a method on, or index, an argument: such arguments must be atoms (parenthesised).
-RECEIVER_OPS = {"transpose", "unsqueeze", "squeeze", "sum", "mean", "argmax", "split_heads", "merge_heads",
+RECEIVER_OPS = {"sequence_mask", "transpose", "unsqueeze", "squeeze", "sum", "mean", "argmax", "split_heads", "merge_heads",
                 "last", "first", "slice", "zeros", "expand_batch", "time_slice", "matvec"}
 # Ops handled by the code generator itself rather than by an expression template.
 STRUCTURAL = {"input", "param", "const", "step_input", "state", "capture", "loop", "item"}

@@ -695,12 +695,15 @@ class _RecurrentLowering:
             updates.append(update.name)
         inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
         returns, out_names = self.returns(env)
+        sequences = [self.inputs[k] for k in over]
+        if rec.lengths is not None:
+            sequences = self.mask_padding(env, sequences, updates, returns, [delays[k] for k in states])
         captures = self.drop_unread_captures(body, captures)
-        loop = Loop(body, len(states), len(over), len(captures), states, updates,
+        loop = Loop(body, len(states), len(sequences), len(captures), states, updates,
                     [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps,
                     time=self.time if isinstance(self.time, str) else "T")
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
-                                        inits + [self.inputs[k] for k in over] + [self.inputs[k] for k in captures],
+                                        inits + sequences + [self.inputs[k] for k in captures],
                                         {"loop": loop}, loc=owner.loc("recurrent")))
         outputs: dict[str, str] = {}
         for i, ((ret, shape), name) in enumerate(zip(returns, out_names)):
@@ -708,6 +711,53 @@ class _RecurrentLowering:
                         {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
             outputs[name] = self.graph.add(item).name
         return outputs
+
+    def mask_padding(self, env: _Env, sequences: list[str], updates: list[str],
+                     returns: list[tuple[LoopOutput, Shape]], previous: list[str]) -> list[str]:
+        """``lengths: n``: at a padded step (t >= n[b]) every state keeps its value and every per-step output is 0,
+        so padding changes nothing (as PyTorch's packed sequences and ONNX's sequence_lens). The mask is one more
+        sequence read by the step; ``updates`` and ``returns`` are rewritten in place."""
+        owner, key = self.owner, self.rec.lengths
+        loc = owner.loc("recurrent", "lengths")
+        if key not in self.inputs:
+            raise SpecError("E0301", f"`lengths` names `{key}`, which is not an input", loc,
+                            hint=did_you_mean(str(key), self.inputs) or "declare it: `n: {shape: [B], dtype: int64}`")
+        if not sequences:
+            raise SpecError("E0409", "`lengths` needs a sequence to measure", loc)
+        body, graph = env.graph, self.graph
+        lengths = graph[self.inputs[key]]
+        try:
+            shape, dtype = infer("sequence_mask", [lengths.shape, graph[sequences[0]].shape], [lengths.dtype, "float32"], {})
+        except ShapeError as err:
+            raise SpecError("E0403", err.message, loc, expected=err.expected, found=err.found) from None
+        mask = graph.add(Node(graph.fresh(owner.prefix + "mask"), "sequence_mask", [lengths.name, sequences[0]], {},
+                              shape, dtype, loc))
+        m = body.add(Node(body.fresh(owner.prefix + "mask"), "step_input", [], {"index": len(sequences), "shape": ("B",)},
+                          ("B",), "float32", loc))
+        by_rank: dict[int, str] = {1: m.name}
+
+        def mask_of_rank(rank: int) -> str:
+            while rank not in by_rank:
+                r = max(by_rank)
+                by_rank[r + 1] = body.add(Node(body.fresh(owner.prefix + "mask"), "unsqueeze", [by_rank[r]], {"axis": -1},
+                                               ("B", *([1] * r)), "float32", loc)).name
+            return by_rank[rank]
+
+        masked: dict[str, str] = {}
+        for i, (new, old) in enumerate(zip(updates, previous)):
+            node = body[new]
+            masked[new] = body.add(Node(body.fresh(new + "_kept"), "select", [mask_of_rank(len(node.shape)), new, old],
+                                        {}, node.shape, node.dtype, node.loc)).name
+            updates[i] = masked[new]
+        zero = env.const(0.0, loc)
+        for i, (ret, shape) in enumerate(returns):
+            node = masked.get(ret.node, ret.node)
+            if ret.kind == "all":
+                n = body[node]
+                node = body.add(Node(body.fresh(ret.node + "_or_0"), "select", [mask_of_rank(len(n.shape)), node, zero],
+                                     {}, n.shape, n.dtype, n.loc)).name
+            returns[i] = (LoopOutput(node, ret.kind), shape)
+        return [*sequences, mask.name]
 
     @staticmethod
     def drop_unread_captures(body: Graph, captures: list[str]) -> list[str]:

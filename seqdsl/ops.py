@@ -280,6 +280,18 @@ def _matvec(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tu
     return (*broadcast(a[:-2], v[:-1]), a[-2]), "float32"
 
 
+def _sequence_mask(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    lengths, seq = shapes
+    if lengths != ("B",) or dtypes[0] != "int64":
+        raise ShapeError("sequence lengths are one int64 number per sequence", expected="int64 [B]",
+                         found=f"{dtypes[0]} {fmt(lengths)}")
+    return (seq[0], seq[1]), "float32"
+
+
+def _select(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    return broadcast(broadcast(shapes[0], shapes[1]), shapes[2]), dtypes[1]
+
+
 def _const(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     return (), "float32"
 
@@ -345,6 +357,8 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("zeros", _zeros, (1, 1), doc="zeros (B, *shape); input gives B"),
     _op("expand_batch", _expand_batch, (2, 2), doc="a (...) value repeated over B; second input gives B"),
     _op("time_slice", _time_slice, (1, 1), doc="x[:, index] (unrolling)"),
+    _op("sequence_mask", _sequence_mask, (2, 2), doc="(B, T) 1.0 where t < lengths[b], read off a sequence"),
+    _op("select", _select, (3, 3), doc="where(mask > 0, a, b): keep a state through padding"),
     _op("stack", _stack, (1, -1), doc="stack over a new time axis 1 (unrolling)"),
     _op("loop", _leaf, (0, -1), doc="a recurrent block; see ir.Loop"),
     _op("cell", _leaf, (0, -1), doc="a recognised standard cell run by the runtime's kernel; see passes.recognize"),

@@ -64,6 +64,7 @@ class Recurrent(_Strict):
 
     over: list[str] | None = None
     steps: Union[int, str, None] = None  # a block with no sequence input runs this many steps
+    lengths: str | None = None  # an int64 [B] input: the real length of each sequence (the rest is padding)
     state: dict[str, Union[StateDecl, list[Dim]]]  # a list is expanded by RecurrentModule's validator
     encoder: dict[str, str] = Field(default_factory=dict)
     step: dict[str, str]
