@@ -368,12 +368,29 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
     else:  # no sequence to scan: a Loop of fixed trip count; its per-step outputs stack on axis 0
         step_no = helper.make_tensor_value_info(f"{scope}step", TensorProto.INT64, [])
         cond_in = helper.make_tensor_value_info(f"{scope}cond", TensorProto.BOOL, [])
-        cond_out = inner.op("Identity", [f"{scope}cond"], "cond_out")
-        g = helper.make_graph(inner.nodes, f"{node.name}_step", [step_no, cond_in, *body_inputs],
-                              [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), *body_outputs])
+        carried_in, carried_out, init = [], [], []
+        if loop.stop is None:
+            cond_out = inner.op("Identity", [f"{scope}cond"], "cond_out")
+        else:  # `done` rides along as one more carried value; the loop goes on while some row is not done
+            done_in = f"{scope}done"
+            hit = inner.op("Equal", [inner.values[loop.stop[0]], b.const(loop.stop[1], np.int64)], "hit")
+            done = inner.op("Or", [done_in, hit], "done_out")
+            all_done = inner.op("ReduceMin", [inner.op("Cast", [done], "done_int", to=TensorProto.INT64)], "all_done",
+                                keepdims=0)
+            cond_out = inner.op("Not", [inner.op("Cast", [all_done], "all_done_bool", to=TensorProto.BOOL)], "cond_out")
+            carried_in = [helper.make_tensor_value_info(done_in, TensorProto.BOOL, ["B"])]
+            carried_out = [helper.make_tensor_value_info(done, TensorProto.BOOL, ["B"])]
+            batch = b.op("Shape", [args[0]], f"{node.name}_batch", start=0, end=1)
+            init = [b.op("ConstantOfShape", [batch], f"{node.name}_not_done",
+                         value=helper.make_tensor("false", TensorProto.BOOL, [1], [False]))]
+        g = helper.make_graph(inner.nodes, f"{node.name}_step", [step_no, cond_in, *body_inputs, *carried_in],
+                              [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                               *body_outputs[:n_s], *carried_out, *body_outputs[n_s:]])
         time_first = [b.name(f"{node.name}_steps_time_first{i}") for i in range(len(scanned))]
-        b.nodes.append(helper.make_node("Loop", [b.const(loop.steps, np.int64), b.const(True, np.bool_), *args[:n_s]],
-                                        finals + time_first, name=f"{scope}Loop", body=g))
+        done_final = [b.name(f"{node.name}_done")] if loop.stop is not None else []
+        b.nodes.append(helper.make_node("Loop", [b.const(loop.steps, np.int64), b.const(True, np.bool_),
+                                                 *args[:n_s], *init],
+                                        finals + done_final + time_first, name=f"{scope}Loop", body=g))
         for out, tf, r in zip(stacked, time_first, scanned):
             rank = len(body[r.node].shape) + 1
             b.op("Transpose", [tf], out, out=out, perm=[1, 0, *range(2, rank)])

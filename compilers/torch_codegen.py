@@ -351,6 +351,13 @@ class _Generator:
                 last[i] = names(f"{writer.var(r.node)}_last")
                 out.append(f"            if t == T - 1:")
                 out.append(f"                {last[i]} = {writer.value(r.node)}")
+        if loop.stop is not None:  # stop once every row has produced the stop token
+            done = names.fresh("done")
+            out.insert(out.index(f"        for t in {steps}:"), f"        {done} = None")
+            token_var, token = writer.value(loop.stop[0]), loop.stop[1]
+            out += [f"            {done} = ({token_var} == {token}) if {done} is None else {done} | ({token_var} == {token})",
+                    f"            if bool({done}.all()):",
+                    "                break"]
         if loop.reverse and collect:
             out += [f"        {c}.reverse()" for c in collect.values()]
         rets = []

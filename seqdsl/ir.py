@@ -65,6 +65,7 @@ class Loop:
     reverse: bool = False
     steps: int | None = None  # fixed number of steps of a loop over no sequence (n_sequences == 0)
     time: str = "T"  # the symbolic time axis of its sequences
+    stop: tuple[str, int] | None = None  # (body node, id): a `steps` loop ends once every row produced the id
 
 
 @dataclass

@@ -699,9 +699,12 @@ class _RecurrentLowering:
         if rec.lengths is not None:
             sequences = self.mask_padding(env, sequences, updates, returns, [delays[k] for k in states])
         captures = self.drop_unread_captures(body, captures)
+        stop = self.stop_condition(env)
+        if stop is not None:  # outputs over time end when the block stops: their length is known only then
+            returns = [(r, (s[0], "T_stop", *s[2:]) if r.kind == "all" else s) for r, s in returns]
         loop = Loop(body, len(states), len(sequences), len(captures), states, updates,
                     [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps,
-                    time=self.time if isinstance(self.time, str) else "T")
+                    time=self.time if isinstance(self.time, str) else "T", stop=stop)
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
                                         inits + sequences + [self.inputs[k] for k in captures],
                                         {"loop": loop}, loc=owner.loc("recurrent")))
@@ -711,6 +714,28 @@ class _RecurrentLowering:
                         {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
             outputs[name] = self.graph.add(item).name
         return outputs
+
+    def stop_condition(self, env: _Env) -> tuple[str, int] | None:
+        stop = self.rec.stop
+        if stop is None:
+            return None
+        loc = self.owner.loc("recurrent", "stop")
+        if self.steps is None:
+            raise SpecError("E0409", "`stop` ends a block of `steps: L`; a block over a sequence ends with it", loc,
+                            hint="add `steps: L` (the most steps to run) and drop the sequence input")
+        value = env.values.get(stop.when)
+        node = env.graph[value.node] if value is not None and value.node else None
+        if node is None or node.shape != ("B",) or node.dtype != "int64":
+            raise SpecError("E0403", f"`stop.when` must name an int64 step value of shape [B], such as a token",
+                            self.owner.loc("recurrent", "stop", "when"),
+                            found=f"{node.dtype} {fmt(node.shape)}" if node else f"`{stop.when}` is no step value",
+                            hint=did_you_mean(stop.when, env.values))
+        if isinstance(stop.equals, int) and not isinstance(stop.equals, bool) and stop.equals >= 0:
+            token = stop.equals
+        else:
+            token = E.eval_size(stop.equals, self.owner.sizes, self.owner.loc("recurrent", "stop", "equals"),
+                                what="`stop.equals` (a token id)")
+        return node.name, token
 
     def mask_padding(self, env: _Env, sequences: list[str], updates: list[str],
                      returns: list[tuple[LoopOutput, Shape]], previous: list[str]) -> list[str]:

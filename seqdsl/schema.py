@@ -59,12 +59,21 @@ class StateDecl(_Strict):
     init: str = "zeros"
 
 
+class Stop(_Strict):
+    """End a `steps:` block early: once every sequence's `when` (an int64 step value, e.g. a token) has been
+    `equals` (an id or a size name, e.g. `eos`) at some step."""
+
+    when: str
+    equals: Union[int, str]
+
+
 class Recurrent(_Strict):
     """z(t) = G(h(t), z(t-1), w): an optional per-step encoder, the step, an optional per-step decoder."""
 
     over: list[str] | None = None
     steps: Union[int, str, None] = None  # a block with no sequence input runs this many steps
     lengths: str | None = None  # an int64 [B] input: the real length of each sequence (the rest is padding)
+    stop: Stop | None = None  # with `steps:`, stop before L steps once every sequence has produced `equals`
     state: dict[str, Union[StateDecl, list[Dim]]]  # a list is expanded by RecurrentModule's validator
     encoder: dict[str, str] = Field(default_factory=dict)
     step: dict[str, str]

@@ -107,3 +107,35 @@ def test_graph_module_without_recurrence():
     y, y0 = net(x)
     torch.testing.assert_close(y, torch.softmax(x @ net.W.T + net.b, -1))
     torch.testing.assert_close(y0, y[:, 0])
+
+
+def test_generation_stops_once_every_row_produced_the_stop_token():
+    from conftest import SPECS
+
+    model = seqdsl.loads((SPECS / "generator.yaml").read_text(), {"L": 12}, file=str(SPECS / "generator.yaml"))
+    net = to_module(model).eval()
+    proto = export(model)
+    v = torch.randn(3, 10)
+    with torch.no_grad():
+        net.gen.b_y.zero_()
+        net.gen.b_y[1] = 50.0  # <eos> (id 1) wins as soon as the bias dominates
+        net.gen.W_y.mul_(0.01)
+    set_weights(proto, {k: x.detach().numpy() for k, x in net.state_dict().items()})
+    with torch.no_grad():
+        logits, tokens = net(v)
+    assert tokens.shape == (3, 1) and (tokens == 1).all()  # stopped after one step, not 12
+    got = run(proto.SerializeToString(), {"v": v.numpy()}).outputs
+    assert got["tokens"].shape == (3, 1)
+    np.testing.assert_allclose(got["logits"], logits.numpy(), atol=1e-5)
+    with torch.no_grad():
+        net.gen.b_y[1] = -50.0  # <eos> never wins: all L steps run
+        _, tokens = net(v)
+    assert tokens.shape == (3, 12) and not (tokens == 1).any()
+
+
+def test_stop_needs_a_token_of_a_steps_block():
+    from conftest import SPECS
+
+    text = (SPECS / "generator.yaml").read_text()
+    err = spec_error(text.replace("stop: {when: w, equals: eos}", "stop: {when: z, equals: eos}"))
+    assert err.code == "E0403" and "int64" in err.message
