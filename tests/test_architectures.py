@@ -123,9 +123,10 @@ def hypernetwork_ref(P: dict, x: torch.Tensor):
     return torch.stack(ys, 1), h
 
 
-def generator_ref(P: dict, v: torch.Tensor, steps: int):
+def generator_ref(P: dict, v: torch.Tensor, steps: int, eos: int = 1):
     h = tanh(lin(P["W_v"], v))                               # h_0 = tanh(W_v v)
     word = torch.zeros(v.shape[0], dtype=torch.long)         # <bos> = id 0
+    done = torch.zeros(v.shape[0], dtype=torch.bool)
     logits, words = [], []
     for _ in range(steps):
         x = P["gen.E"][word]                                 # the previous word fed back
@@ -134,6 +135,9 @@ def generator_ref(P: dict, v: torch.Tensor, steps: int):
         word = z.argmax(-1)                                  # greedy
         logits.append(z)
         words.append(word)
+        done |= word == eos                                  # every row has said <eos>: stop
+        if done.all():
+            break
     return torch.stack(logits, 1), torch.stack(words, 1)
 
 
@@ -342,12 +346,14 @@ def test_generator_tokens_are_the_argmax_of_its_logits_fed_back():
     v = torch.randn(5, 10, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits, tokens = net(v)
-    assert logits.shape == (5, 7, 9) and tokens.shape == (5, 7) and tokens.dtype == torch.int64
+    steps = tokens.shape[1]  # 7, or fewer once every row has produced <eos>
+    assert logits.shape == (5, steps, 9) and tokens.dtype == torch.int64 and 1 <= steps <= 7
     assert torch.equal(tokens, logits.argmax(-1))
+    assert steps == 7 or (tokens == 1).any(1).all()
     # feeding back means: step t+1 is the same one-step cell applied to token t
     P = net.state_dict()
     h = tanh(lin(P["W_v"], v))
-    for t in range(7):
+    for t in range(steps):
         prev = tokens[:, t - 1] if t else torch.zeros(5, dtype=torch.long)
         h = tanh(lin(P["gen.W"], P["gen.E"][prev]) + lin(P["gen.U"], h) + P["gen.b"])
         torch.testing.assert_close(lin(P["gen.W_y"], h) + P["gen.b_y"], logits[:, t], atol=1e-5, rtol=0)
