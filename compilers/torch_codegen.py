@@ -349,7 +349,7 @@ class _Generator:
                 out.append(f"            {collect[i]}.append({writer.value(r.node)})")
             elif r.kind == "last":
                 last[i] = names(f"{writer.var(r.node)}_last")
-                out.append(f"            if t == T - 1:")
+                out.append("            if t == T - 1:")
                 out.append(f"                {last[i]} = {writer.value(r.node)}")
         if loop.stop is not None:  # stop once every row has produced the stop token
             done = names.fresh("done")

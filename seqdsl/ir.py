@@ -89,6 +89,7 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.outputs: dict[str, str] = {}
+        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add
 
     def add(self, node: Node) -> Node:
         if node.name in self.nodes:
@@ -105,12 +106,12 @@ class Graph:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def fresh(self, base: str) -> str:
-        """A node name not yet used, derived from ``base``."""
-        if base not in self.nodes:
+    def fresh(self, base: str, avoid: set[str] | frozenset[str] = frozenset()) -> str:
+        """A node name not yet used (nor in ``avoid``), derived from ``base``."""
+        if base not in self.nodes and base not in avoid:
             return base
         i = 1
-        while f"{base}_{i}" in self.nodes:
+        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in avoid:
             i += 1
         return f"{base}_{i}"
 

@@ -25,6 +25,7 @@ Kind = Literal["dynamic", "time", "invariant"]
 TIME_DISTRIBUTABLE = {"add", "sub", "mul", "div", "neg", "sigmoid", "tanh", "relu", "exp", "sqrt", "linear",
                       "contract", "embedding", "layer_norm", "softmax", "log_softmax", "concat", "slice"}
 LEAVES = {"state", "step_input", "capture", "param", "const"}
+RANDOM = {"dropout"}  # a fresh draw at every step: moving it out would reuse one mask for all steps
 
 
 def hoist(model: Model) -> tuple[Model, bool]:
@@ -38,6 +39,7 @@ def hoist(model: Model) -> tuple[Model, bool]:
 
 def _hoist_graph(graph: Graph) -> tuple[Graph, bool]:
     out = Graph()
+    out.reserved = set(graph.nodes)  # names still to come: new nodes must not take them
     out.outputs = dict(graph.outputs)
     changed = False
     for node in graph:
@@ -53,7 +55,8 @@ def _hoist_graph(graph: Graph) -> tuple[Graph, bool]:
 
 
 def _axis_ok(node: Node) -> bool:
-    return node.attrs.get("axis", -1) < 0
+    """A trailing axis (-1, -2, ... but not the batch axis), which stays the same axis once T is inserted."""
+    return -len(node.shape) < node.attrs.get("axis", -1) < 0
 
 
 def _classify(body: Graph) -> dict[str, Kind]:
@@ -92,7 +95,7 @@ def _hoist_loop(parent: Graph, node: Node) -> bool:
             elif n.op == "capture":
                 outer[n.name] = captures[n.attrs["index"]]
             continue
-        if n.name in keep or n.op == "item":
+        if n.name in keep or n.op == "item" or n.op in RANDOM:
             continue
         if kind[n.name] == "invariant" and all(_available(body, i, outer) for i in n.inputs):
             outer[n.name] = _copy_out(parent, body, n, outer, time_axis=None)
@@ -129,7 +132,8 @@ def _hoist_loop(parent: Graph, node: Node) -> bool:
             new_body.add(n)
     for m in boundary_time + boundary_inv:  # name what crossed after what it is: `W_f @ x` -> W_f_x
         nice = _paper_name(body, body[m])
-        if nice and m not in needed and nice not in new_body.nodes and nice not in parent.nodes:
+        if nice and m not in needed and nice not in new_body.nodes and nice not in parent.nodes \
+                and nice not in parent.reserved:
             _rename(new_body, m, nice)
             _rename(parent, outer[m], nice)
             outer[m] = nice
@@ -186,12 +190,12 @@ def _copy_out(parent: Graph, body: Graph, n: Node, outer: dict[str, str], time_a
     for i in n.inputs:
         if i not in outer:  # a parameter or constant: its own copy in the parent
             leaf = body[i]
-            outer[i] = parent.add(Node(parent.fresh(i), leaf.op, [], dict(leaf.attrs), leaf.shape, leaf.dtype,
+            outer[i] = parent.add(Node(parent.fresh(i, parent.reserved), leaf.op, [], dict(leaf.attrs), leaf.shape, leaf.dtype,
                                        leaf.loc)).name
             parent[outer[i]].attrs["_hoisted"] = True
         inputs.append(outer[i])
     shape = n.shape if time_axis is None else (n.shape[0], time_axis, *n.shape[1:])
-    copy = Node(parent.fresh(n.name), n.op, inputs, {**n.attrs, "_hoisted": True}, shape, n.dtype, n.loc)
+    copy = Node(parent.fresh(n.name, parent.reserved), n.op, inputs, {**n.attrs, "_hoisted": True}, shape, n.dtype, n.loc)
     return parent.add(copy).name
 
 

@@ -1,0 +1,276 @@
+"""Lowering of a recurrent module: one ``loop`` node in the parent graph, the step graph as its body.
+
+The step is G of z(t) = G(h(t), z(t-1), w): its equations (``encoder:``, ``step:``, ``decoder:``) are lowered into
+the body with the sequences sliced at step t (``step_input``), the previous states as delays (``state``) and
+whole non-sequence inputs (``capture``). Then: every state must have an update of its declared shape; the
+encoder may not read a state; initial states are made (zeros, learned, or an input); padding is masked when the
+block has ``lengths``; a ``steps`` block may ``stop`` early; the outputs say which step values leave the loop.
+"""
+
+from __future__ import annotations
+
+from . import expr as E
+from .errors import SpecError, did_you_mean
+from .ir import Graph, Loop, LoopOutput, Node, Param, Shape
+from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value
+from .ops import ShapeError, fmt, infer
+
+
+class RecurrentLowering:
+    """A recurrent module: the loop node in the parent graph, and its step graph as the loop's body."""
+
+    def __init__(self, owner: _ModuleLowering, inputs: dict[str, str]):
+        self.owner, self.inputs = owner, inputs
+        self.rec = owner.mod.recurrent  # type: ignore[union-attr]
+        self.graph = owner.graph
+
+    def run(self) -> dict[str, str]:
+        owner, rec = self.owner, self.rec
+        decls = owner.mod.inputs
+        over = rec.over if rec.over is not None else [k for k, d in decls.items() if d.shape[:2] == ["B", "T"]]
+        for name in over:
+            if name not in decls:
+                raise SpecError("E0301", f"`over` names `{name}`, which is not an input", owner.loc("recurrent", "over"),
+                                hint=did_you_mean(name, decls))
+            shape = self.graph[self.inputs[name]].shape
+            if len(shape) < 2 or shape[0] != "B" or not isinstance(shape[1], str):
+                raise SpecError("E0404", f"`{name}` is iterated over but is not a sequence", owner.loc("recurrent", "over"),
+                                expected="shape [B, T, ...]", found=fmt(shape))
+        times = {self.graph[self.inputs[name]].shape[1] for name in over}
+        if len(times) > 1:
+            raise SpecError("E0404", "the sequences of one recurrent block must have the same time axis",
+                            owner.loc("recurrent"), found=", ".join(sorted(map(str, times))),
+                            hint="iterate over one time axis per block; a decoder over T reads an encoder over S "
+                                 "as a whole (non-sequence) input")
+        self.time: str | int = times.pop() if times else "T"
+        self.steps = None
+        if rec.steps is not None:
+            if over:
+                raise SpecError("E0409", "`steps` is for a block without a sequence input, but this one iterates over "
+                                + ", ".join(f"`{o}`" for o in over), owner.loc("recurrent", "steps"),
+                                hint="remove `steps:` (the sequence sets the length), or set `over: []`")
+            self.steps = E.eval_size(rec.steps, owner.sizes, owner.loc("recurrent", "steps"), what="`steps`")
+            self.time = self.steps
+        elif not over:
+            raise SpecError("E0409", "this recurrent block has no sequence to iterate over", owner.loc("recurrent"),
+                            hint="give the module a [B, T, ...] input, or a fixed number of steps: `steps: L`")
+        if self.steps is not None and rec.direction != "forward":
+            raise SpecError("E0409", "a block without a sequence input runs forward only", owner.loc("recurrent", "direction"))
+        captures = [k for k in decls if k not in over]
+        body = Graph()
+        states = list(rec.state)
+        state_shapes: dict[str, Shape] = {}
+        delays: dict[str, str] = {}
+        for i, key in enumerate(states):
+            owner.check_name(key, owner.key_loc("recurrent", "state", key), "state")
+            shape = owner.resolve_shape(rec.state[key].shape, "recurrent", "state", key, "shape")
+            if not shape or shape[0] != "B" or "T" in shape:
+                raise SpecError("E0404", f"state `{key}` must have a batch axis first and no time axis",
+                                owner.loc("recurrent", "state", key), expected="[B, ...]", found=fmt(shape))
+            state_shapes[key] = shape
+            node = Node(body.fresh(owner.prefix + key + "_prev"), "state", attrs={"index": i, "shape": shape},
+                        shape=shape, loc=owner.key_loc("recurrent", "state", key))
+            delays[key] = body.add(node).name
+        env = _Env(owner, body, delays)
+        for i, key in enumerate(over):
+            shape = (self.graph[self.inputs[key]].shape[0], *self.graph[self.inputs[key]].shape[2:])
+            node = body.add(Node(body.fresh(owner.prefix + key), "step_input", attrs={"index": i, "shape": shape},
+                                 shape=shape, dtype=self.graph[self.inputs[key]].dtype, loc=owner.key_loc("inputs", key)))
+            env.values[key] = _Value(node.name)
+        for i, key in enumerate(captures):
+            outer = self.graph[self.inputs[key]]
+            node = body.add(Node(body.fresh(owner.prefix + key), "capture",
+                                 attrs={"index": i, "shape": outer.shape, "dtype": outer.dtype},
+                                 shape=outer.shape, dtype=outer.dtype, loc=owner.key_loc("inputs", key)))
+            env.values[key] = _Value(node.name)
+        equations: dict[str, tuple[str, Path]] = {}
+        for section in ("encoder", "step", "decoder"):
+            for key, text in getattr(rec, section).items():
+                if key in equations:
+                    raise SpecError("E0308", f"`{key}` is defined twice", owner.key_loc("recurrent", section, key))
+                equations[key] = (text, ("recurrent", section, key))
+        env.lower_equations(equations)
+        self.check_sections(env, equations, delays)
+        updates = []
+        for key in states:
+            if key not in env.values or env.values[key].node is None:
+                raise SpecError("E0405", f"state `{key}` has no update: no equation in `step` computes it",
+                                owner.key_loc("recurrent", "state", key),
+                                hint=f"add `{key}: <new value from x and {key}[t-1]>` under `step:`")
+            update = body[env.values[key].node]  # type: ignore[index]
+            if update.shape != state_shapes[key]:
+                raise SpecError("E0403", f"the update of state `{key}` has the wrong shape", env.locs.get(key, update.loc),
+                                expected=fmt(state_shapes[key]), found=fmt(update.shape),
+                                notes=[(owner.loc("recurrent", "state", key), f"`{key}` is declared here")])
+            updates.append(update.name)
+        inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
+        returns, out_names = self.returns(env)
+        sequences = [self.inputs[k] for k in over]
+        if rec.lengths is not None:
+            sequences = self.mask_padding(env, sequences, updates, returns, [delays[k] for k in states])
+        captures = self.drop_unread_captures(body, captures)
+        stop = self.stop_condition(env)
+        if stop is not None:  # outputs over time end when the block stops: their length is known only then
+            returns = [(r, (s[0], "T_stop", *s[2:]) if r.kind == "all" else s) for r, s in returns]
+        loop = Loop(body, len(states), len(sequences), len(captures), states, updates,
+                    [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps,
+                    time=self.time if isinstance(self.time, str) else "T", stop=stop)
+        loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
+                                        inits + sequences + [self.inputs[k] for k in captures],
+                                        {"loop": loop}, loc=owner.loc("recurrent")))
+        outputs: dict[str, str] = {}
+        for i, ((ret, shape), name) in enumerate(zip(returns, out_names)):
+            item = Node(self.graph.fresh(owner.prefix + name), "item", [loop_node.name],
+                        {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
+            outputs[name] = self.graph.add(item).name
+        return outputs
+
+    def stop_condition(self, env: _Env) -> tuple[str, int] | None:
+        stop = self.rec.stop
+        if stop is None:
+            return None
+        loc = self.owner.loc("recurrent", "stop")
+        if self.steps is None:
+            raise SpecError("E0409", "`stop` ends a block of `steps: L`; a block over a sequence ends with it", loc,
+                            hint="add `steps: L` (the most steps to run) and drop the sequence input")
+        value = env.values.get(stop.when)
+        node = env.graph[value.node] if value is not None and value.node else None
+        if node is None or node.shape != ("B",) or node.dtype != "int64":
+            raise SpecError("E0403", "`stop.when` must name an int64 step value of shape [B], such as a token",
+                            self.owner.loc("recurrent", "stop", "when"),
+                            found=f"{node.dtype} {fmt(node.shape)}" if node else f"`{stop.when}` is no step value",
+                            hint=did_you_mean(stop.when, env.values))
+        if isinstance(stop.equals, int) and not isinstance(stop.equals, bool) and stop.equals >= 0:
+            token = stop.equals
+        else:
+            token = E.eval_size(stop.equals, self.owner.sizes, self.owner.loc("recurrent", "stop", "equals"),
+                                what="`stop.equals` (a token id)")
+        return node.name, token
+
+    def mask_padding(self, env: _Env, sequences: list[str], updates: list[str],
+                     returns: list[tuple[LoopOutput, Shape]], previous: list[str]) -> list[str]:
+        """``lengths: n``: at a padded step (t >= n[b]) every state keeps its value and every per-step output is 0,
+        so padding changes nothing (as PyTorch's packed sequences and ONNX's sequence_lens). The mask is one more
+        sequence read by the step; ``updates`` and ``returns`` are rewritten in place."""
+        owner, key = self.owner, self.rec.lengths
+        loc = owner.loc("recurrent", "lengths")
+        if key not in self.inputs:
+            raise SpecError("E0301", f"`lengths` names `{key}`, which is not an input", loc,
+                            hint=did_you_mean(str(key), self.inputs) or "declare it: `n: {shape: [B], dtype: int64}`")
+        if not sequences:
+            raise SpecError("E0409", "`lengths` needs a sequence to measure", loc)
+        body, graph = env.graph, self.graph
+        lengths = graph[self.inputs[key]]
+        try:
+            shape, dtype = infer("sequence_mask", [lengths.shape, graph[sequences[0]].shape], [lengths.dtype, "float32"], {})
+        except ShapeError as err:
+            raise SpecError("E0403", err.message, loc, expected=err.expected, found=err.found) from None
+        mask = graph.add(Node(graph.fresh(owner.prefix + "mask"), "sequence_mask", [lengths.name, sequences[0]], {},
+                              shape, dtype, loc))
+        m = body.add(Node(body.fresh(owner.prefix + "mask"), "step_input", [], {"index": len(sequences), "shape": ("B",)},
+                          ("B",), "float32", loc))
+        by_rank: dict[int, str] = {1: m.name}
+
+        def mask_of_rank(rank: int) -> str:
+            while rank not in by_rank:
+                r = max(by_rank)
+                by_rank[r + 1] = body.add(Node(body.fresh(owner.prefix + "mask"), "unsqueeze", [by_rank[r]], {"axis": -1},
+                                               ("B", *([1] * r)), "float32", loc)).name
+            return by_rank[rank]
+
+        masked: dict[str, str] = {}
+        for i, (new, old) in enumerate(zip(updates, previous)):
+            node = body[new]
+            masked[new] = body.add(Node(body.fresh(new + "_kept"), "select", [mask_of_rank(len(node.shape)), new, old],
+                                        {}, node.shape, node.dtype, node.loc)).name
+            updates[i] = masked[new]
+        zero = env.const(0.0, loc)
+        for i, (ret, shape) in enumerate(returns):
+            node = masked.get(ret.node, ret.node)
+            if ret.kind == "all":
+                n = body[node]
+                node = body.add(Node(body.fresh(ret.node + "_or_0"), "select", [mask_of_rank(len(n.shape)), node, zero],
+                                     {}, n.shape, n.dtype, n.loc)).name
+            returns[i] = (LoopOutput(node, ret.kind), shape)
+        return [*sequences, mask.name]
+
+    @staticmethod
+    def drop_unread_captures(body: Graph, captures: list[str]) -> list[str]:
+        """Inputs that no step reads (an initial state, say) are not passed into the loop."""
+        read = {i for n in body for i in n.inputs}
+        kept: list[str] = []
+        for node in sorted((n for n in body if n.op == "capture"), key=lambda n: n.attrs["index"]):
+            key = captures[node.attrs["index"]]
+            if node.name in read:
+                node.attrs["index"] = len(kept)
+                kept.append(key)
+            else:
+                del body.nodes[node.name]
+        return kept
+
+    def check_sections(self, env: _Env, equations: dict[str, tuple[str, Path]], delays: dict[str, str]) -> None:
+        """The encoder reads only the input at step t: it may not use a state (that is G's job)."""
+        state_nodes = set(delays.values())
+        for key, (_, path) in equations.items():
+            if path[1] != "encoder":
+                continue
+            seen, stack = set(), [env.values[key].node]
+            while stack:
+                n = stack.pop()
+                if n in state_nodes:
+                    raise SpecError("E0406", f"encoder equation `{key}` reads a state", self.owner.loc(*path),
+                                    hint="Enc(x(t)) sees the input only; move this equation to `step:`")
+                if n not in seen:
+                    seen.add(n)
+                    stack += env.graph[n].inputs  # type: ignore[index]
+
+    def initial_state(self, key: str, shape: Shape, over: list[str], captures: list[str]) -> str:
+        owner = self.owner
+        init = self.rec.state[key].init
+        loc = owner.loc("recurrent", "state", key)
+        ref = self.inputs[(over or captures)[0]] if (over or captures) else None
+        if init == "zeros" or init == "learned":
+            if ref is None:
+                raise SpecError("E0407", f"state `{key}` needs a batch size, but the module has no input to read it from",
+                                loc, hint="give the module an input, or initialise the state from one")
+            if init == "zeros":
+                name = self.graph.fresh(owner.prefix + key + "_init")
+                return self.graph.add(Node(name, "zeros", [ref], {"shape": shape[1:]}, shape, loc=loc)).name
+            pname = owner.prefix + key + "_0"
+            owner.params[pname] = Param(pname, tuple(shape[1:]), "zeros", loc)  # type: ignore[arg-type]
+            pnode = self.graph.add(Node(self.graph.fresh(pname), "param", attrs={"name": pname, "shape": shape[1:]},
+                                        shape=shape[1:], loc=loc))
+            name = self.graph.fresh(owner.prefix + key + "_init")
+            return self.graph.add(Node(name, "expand_batch", [pnode.name, ref], {}, shape, loc=loc)).name
+        if init not in self.inputs:
+            raise SpecError("E0301", f"initial value `{init}` of state `{key}` is not an input", loc,
+                            expected="zeros, learned, or an input name", hint=did_you_mean(init, self.inputs))
+        node = self.graph[self.inputs[init]]
+        if node.shape != shape:
+            raise SpecError("E0403", f"input `{init}` cannot initialise state `{key}`", loc,
+                            expected=fmt(shape), found=fmt(node.shape))
+        return node.name
+
+    def returns(self, env: _Env) -> tuple[list[tuple[LoopOutput, Shape]], list[str]]:
+        out: list[tuple[LoopOutput, Shape]] = []
+        names = []
+        for name, text in self.owner.mod.outputs.items():
+            loc = self.owner.loc("outputs", name)
+            offset = self.owner.doc.value_col_offset(self.owner.unit.path + ("outputs", name))
+            expr = E.parse_equation(text, loc.shifted(max(offset, 0)))
+            kind = "all"
+            if isinstance(expr, E.Call) and expr.func in OUTPUT_SELECTORS and len(expr.args) == 1:
+                kind, expr = expr.func, expr.args[0]
+            if not isinstance(expr, E.Name) or expr.id not in env.values or env.values[expr.id].node is None:
+                raise SpecError("E0408", "a recurrent module's output names a step value", loc,
+                                expected="`h` (every step, [B, T, ...]), `final(h)` (after the last step) or `last(h)` "
+                                         "(at position T-1)", found=repr(text),
+                                hint=did_you_mean(expr.id, env.values) if isinstance(expr, E.Name) else None)
+            node = env.values[expr.id].node
+            assert node is not None
+            shape = env.graph[node].shape
+            if kind == "all":
+                shape = (shape[0], self.time, *shape[1:])
+            out.append((LoopOutput(node, kind), shape))  # type: ignore[arg-type]
+            names.append(name)
+        return out, names
