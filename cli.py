@@ -28,24 +28,30 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _guard(debug: bool, action: Callable[[], Any]) -> Any:
-    """Run ``action``; spec mistakes exit 2 with their message, anything unexpected exits 1."""
-    from seqdsl.errors import SpecError, SpecErrors
+def _loaded(module: str, *names: str) -> tuple[type, ...]:
+    """Exception classes of ``module`` if it is imported already (if not, nothing can have raised them): so that
+    `seqdsl run` does not import the language and its compilers just to catch their errors."""
+    mod = sys.modules.get(module)
+    return tuple(getattr(mod, n) for n in names) if mod is not None else ()
 
+
+def _guard(debug: bool, action: Callable[[], Any]) -> Any:
+    """Run ``action``; spec and usage mistakes exit 2 with their message, anything unexpected exits 1."""
     try:
         return action()
-    except (SpecError, SpecErrors) as exc:
-        _fail(str(exc), 2)
     except KeyboardInterrupt:
         _fail("interrupted: nothing was published", 130)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
+            _fail(str(exc), 2)
+        if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.onnx_runtime",
+                                                                             "RuntimeUnavailable")):
+            _fail(f"error: {exc}", 2)
         if debug:
             raise
-        from compilers.build import ParityError
-
-        kind = "check failed" if isinstance(exc, ParityError) else "internal error"
+        kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
         _fail(f"error: {kind}: {type(exc).__name__}: {exc}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
@@ -60,6 +66,19 @@ def _parse_sets(sets: Optional[list[str]]) -> dict[str, int]:
         if sizes[name.strip()] <= 0:
             _fail(f"error[E0306]: size `{name.strip()}` must be a positive integer, got {value}", 2)
     return sizes
+
+
+def _parse_axis_lengths(items: Optional[list[str]]) -> dict[str, int]:
+    lengths: dict[str, int] = {}
+    for item in items or []:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name.isidentifier() or not value.isdigit() or int(value) < 1:
+            _fail(f"error: --axis-len expects NAME=LENGTH with a positive length (for example --axis-len S=12), "
+                  f"got {item!r}", 2)
+        if name in lengths and lengths[name] != int(value):
+            _fail(f"error: --axis-len {name} given twice ({lengths[name]} and {value})", 2)
+        lengths[name] = int(value)
+    return lengths
 
 
 def _warn(warnings: list[str]) -> None:
@@ -95,13 +114,23 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
           as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1,
                                          help="Refuse models with more parameters (checked before allocating)."),
+          unroll: bool = typer.Option(False, "--unroll",
+                                      help="Write model.onnx as the explicit unrolled graph (no Scan; what CUDA "
+                                           "graph capture needs) for T = --seq-len: it then runs at that length "
+                                           "only, at any batch size. Weights stay one initializer each."),
+          axis_lens: Optional[list[str]] = typer.Option(
+              None, "--axis-len",
+              help="Length of a time axis: --axis-len S=12 (repeatable). A model with several time axes "
+                   "(seq2seq: S and T) unrolls each to its own length; every axis not given defaults to --seq-len "
+                   "with --unroll. Also the length used for the check against PyTorch."),
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import build as run_build
 
     sizes = _parse_sets(sets)
+    lengths = _parse_axis_lengths(axis_lens)
     result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
-                                             max_params=max_params))
+                                             max_params=max_params, unroll=unroll, axis_lengths=lengths))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -118,10 +147,139 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     for name, dims in result.outputs.items():
         table.add_row(f"output {name}", _shape(dims))
     table.add_row("files", ", ".join(result.files))
-    table.add_row("onnxruntime", f"{result.provider} (ONNX Scan graph, {result.onnx_nodes} nodes)")
+    data = "; weights in model.onnx.data" if result.onnx_external_data else ""
+    if result.onnx_form == "unrolled":
+        at = ", ".join(f"{k}={v}" for k, v in (result.unrolled_lengths or {}).items())
+        form = f"unrolled for {at}, runs at that length only" if at else "unrolled (fixed step counts), any length"
+    else:
+        form = "scan, runs at any length"
+    table.add_row("onnx", f"{form} ({result.onnx_nodes} nodes{data})")
+    table.add_row("onnxruntime", result.provider)
     worst = max(result.max_abs_diff.values(), default=0.0)
-    table.add_row("max abs diff", f"{worst:.2e} vs PyTorch at B={batch}, T={seq_len} (limit 1e-4)")
+    shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
+    table.add_row("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)")
     out.print(table)
+
+
+def _load_npy(name: str, path: Path) -> Any:
+    import numpy as np
+
+    if not path.is_file():
+        _fail(f"error: --input {name}={path}: no such file" if not path.exists() else
+              f"error: --input {name}={path}: not a file", 2)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the user's file is the user's to fix
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail(f"error: --input {name}={path}: not a readable .npy array ({reason})", 2)
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        _fail(f"error: --input {name}={path}: an .npz archive holds several arrays; give one .npy file per input", 2)
+    return array
+
+
+def _parse_inputs(items: list[str]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not file:
+            _fail(f"error: --input expects NAME=FILE.npy (for example --input x=x.npy), got {item!r}", 2)
+        if name in inputs:
+            _fail(f"error: --input {name} given twice", 2)
+        inputs[name] = _load_npy(name, Path(file))
+    return inputs
+
+
+def _summary(value: Any) -> str:
+    """Shape, dtype and a few numbers of one output."""
+    import numpy as np
+
+    head = f"shape {tuple(value.shape)} {value.dtype.name}"
+    if value.size == 0:
+        return f"{head}  (empty)"
+    if value.dtype == np.bool_:
+        return f"{head}  true {int(value.sum()):,} of {value.size:,}"
+    if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
+        return head
+    values = value.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    nonfinite = value.size - finite.size
+    stats = (f"min {finite.min():.6g}  max {finite.max():.6g}  mean {finite.mean():.6g}"
+             if finite.size else "no finite values")
+    return f"{head}  {stats}" + (f"  non-finite {nonfinite:,}" if nonfinite else "")
+
+
+def _output_file(directory: Path, name: str) -> Path:
+    """``DIR/<name>.npy``, with any character that cannot be in a plain file name replaced by `_`."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
+    return directory / f"{safe}.npy"
+
+
+@app.command()
+def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a build, or any .onnx file)."),
+        inputs: list[str] = typer.Option(..., "--input", "-i",
+                                         help="An input as NAME=FILE.npy (repeatable; one per model input)."),
+        provider: str = typer.Option("auto", "--provider", help="onnxruntime provider: auto, cpu, cuda, tensorrt."),
+        output_dir: Optional[Path] = typer.Option(None, "--output-dir",
+                                                  help="Also write each output to DIR/<output>.npy."),
+        debug: bool = DEBUG) -> None:
+    """Run an ONNX model in onnxruntime on .npy inputs: prints each output's shape, dtype and range."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from compilers import onnx_runtime as rt
+
+    if model.suffix.lower() != ".onnx":
+        _fail(f"error: {model}: not an .onnx file (give the model.onnx of a build)", 2)
+    if not model.is_file():
+        _fail(f"error: {model}: no such file" if not model.exists() else f"error: {model}: not a file", 2)
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        _fail(f"error: --output-dir {output_dir}: exists and is not a directory", 2)
+    arrays = _parse_inputs(inputs)
+
+    def action() -> Any:
+        try:
+            rt.available_providers(provider)  # an unknown name is the user's: ValueError before the session
+        except ValueError as exc:
+            _fail(f"error: --provider: {exc}", 2)
+        try:
+            session, used = rt.make_session(model, provider)
+            rt.check_inputs(session, arrays)
+        except rt.ModelLoadError as exc:
+            _fail(f"error: {exc}", 2)
+        except rt.InputMismatch as exc:
+            _fail(f"error: {model}: {exc}", 2)
+        names = [o.name for o in session.get_outputs()]
+        try:
+            quiet = ort.RunOptions()
+            quiet.log_severity_level = 4  # the error is reported once, below, not also in onnxruntime's log
+            values = session.run(names, arrays, quiet)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes; e.g. a token id beyond the vocabulary
+            if type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _fail(f"error: {model}: onnxruntime failed on these inputs: {reason}", 2)
+        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used)
+
+    result = _guard(debug, action)
+    width = max((len(n) for n in result.outputs), default=0)
+    for name, value in result.outputs.items():
+        print(f"{name:<{width}}  {_summary(value)}")
+    print(f"provider: {result.provider}")
+    if output_dir is not None:
+        written = []
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            for name, value in result.outputs.items():
+                path = _output_file(output_dir, name)
+                np.save(path, value, allow_pickle=False)
+                written.append(str(path))
+        except OSError as exc:
+            _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
+        print(f"wrote {', '.join(written)}")
 
 
 @app.command()

@@ -2,8 +2,10 @@
 
     DIR/model.py              standalone PyTorch source (imports torch only), ``class Model(nn.Module)``
     DIR/weights.safetensors   the initial weights, named as in the spec (no pickle)
-    DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker
-    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff
+    DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker; with
+                              ``unroll=True`` the explicit graph for one fixed length per time axis instead
+    DIR/model.onnx.data       the weights, only for a model whose ONNX file would pass protobuf's 2 GiB limit
+    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, ONNX form
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
 failed build (bad spec, failed check, Ctrl-C) leaves the previous DIR exactly as it was.
@@ -17,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,12 +27,23 @@ import seqdsl
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
 
+if TYPE_CHECKING:
+    import onnx
+
 TOLERANCE = 1e-4  # fp32: onnxruntime vs PyTorch, largest absolute difference allowed
 MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a size should not fill the memory
+#: A serialized ModelProto at or above this many bytes cannot be written as one protobuf (its limit is 2 GiB - 1):
+#: the weights then go to ``model.onnx.data`` beside ``model.onnx`` (ONNX external data). Tests lower it.
+EXTERNAL_DATA_THRESHOLD = 2**31
+EXTERNAL_DATA_FILE = "model.onnx.data"
 
 
 class ParityError(Exception):
     """onnxruntime and PyTorch disagree beyond the tolerance: a compiler bug, never the user's fault."""
+
+
+class UsageError(ValueError):
+    """A build option that does not fit the spec (e.g. a length for a time axis it does not have): exit 2."""
 
 
 @dataclass
@@ -47,14 +60,35 @@ class BuildResult:
     check_shape: dict[str, int] = field(default_factory=dict)
     onnx_nodes: int = 0
     warnings: list[str] = field(default_factory=list)
+    onnx_form: str = "scan"  # "scan": runs at any length (Scan/Loop or ONNX's LSTM/GRU/RNN); "unrolled": no loops
+    unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
+    onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
 
 
-def example_inputs(model: Model, batch: int, steps: int, seed: int = 0) -> dict[str, np.ndarray]:
+def time_axes(model: Model) -> list[str]:
+    """The symbolic axes of the model's inputs other than the batch ``B`` (``T``, ``S``, ...), sorted."""
+    return sorted({d for n in model.input_nodes() for d in n.shape if isinstance(d, str)} - {"B"})
+
+
+def loop_axes(model: Model) -> list[str]:
+    """The time axes that recurrent loops iterate over (what `seqdsl.passes.unroll` needs a length for)."""
+    from seqdsl.ir import all_nodes, loop_of
+
+    return sorted({loop_of(n).time for n in all_nodes(model.graph) if n.op == "loop" and loop_of(n).steps is None})
+
+
+def _axis_lengths(model: Model, batch: int, steps: int, lengths: dict[str, int] | None = None) -> dict[str, int]:
+    others = [a for a in time_axes(model) if a != "T"]
+    return {"B": batch, "T": steps, **{name: steps + 2 + i for i, name in enumerate(others)}, **(lengths or {})}
+
+
+def example_inputs(model: Model, batch: int, steps: int, seed: int = 0,
+                   lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs for ``model`` with B=batch and T=steps; other time axes (S, ...) get other lengths so
-    that mixing them up cannot go unnoticed. Token ids stay below the embedding's vocabulary."""
+    that mixing them up cannot go unnoticed, unless ``lengths`` gives them (``{"S": 6}``; it may give T too).
+    Token ids stay below the embedding's vocabulary."""
     rng = np.random.default_rng(seed)
-    others = sorted({d for n in model.input_nodes() for d in n.shape if isinstance(d, str)} - {"B", "T"})
-    axes = {"B": batch, "T": steps, **{name: steps + 2 + i for i, name in enumerate(others)}}
+    axes = _axis_lengths(model, batch, steps, lengths)
     out: dict[str, np.ndarray] = {}
     for node in model.input_nodes():
         shape = [axes[d] if isinstance(d, str) else d for d in node.shape]
@@ -93,13 +127,79 @@ def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: t.numpy() for name, t in zip(net.output_names, out)}
 
 
+def check_lengths(model: Model, axis_lengths: dict[str, int] | None) -> None:
+    """Refuse a length for an axis the model's inputs do not have, or below 1 (`UsageError`)."""
+    axes = time_axes(model)
+    for name, length in (axis_lengths or {}).items():
+        if name == "B":
+            raise UsageError("--axis-len B: B is the batch axis; give its size with --batch")
+        if name not in axes:
+            have = f"its time axes: {', '.join(axes)}" if axes else "it has no time axis"
+            raise UsageError(f"--axis-len {name}: the model `{model.name}` has no axis `{name}`; {have}")
+        if not isinstance(length, int) or length < 1:
+            raise UsageError(f"--axis-len {name}: a length is a positive integer, got {length!r}")
+
+
+def _fix_dims(proto: "onnx.ModelProto", lengths: dict[str, int]) -> None:
+    """Make the unrolled time axes of the graph's inputs and outputs fixed dimensions, so that onnxruntime
+    refuses a sequence of another length (an unrolled graph would silently read only its first T steps)."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in lengths:
+                dim.dim_value = lengths[dim.dim_param]  # clears dim_param (a oneof)
+
+
+def serialized_size(proto: "onnx.ModelProto") -> int:
+    """An upper estimate of ``proto``'s serialized size, computed part by part: protobuf cannot size (nor
+    serialize) a message above 2 GiB, which is exactly the case this is for. Each part is below 2 GiB unless one
+    tensor is; such a tensor counts as too large."""
+    from google.protobuf.message import EncodeError
+
+    g = proto.graph
+    parts = [*g.initializer, *g.sparse_initializer, *g.node, *g.input, *g.output, *g.value_info, *proto.functions,
+             *proto.metadata_props, *proto.opset_import]
+    try:
+        return sum(part.ByteSize() + 16 for part in parts) + 1024  # + tags and lengths, names, producer
+    except EncodeError:
+        return 2**63
+
+
+def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None) -> bool:
+    """Check and write ``proto`` to ``path``; at or above ``threshold`` bytes (default
+    `EXTERNAL_DATA_THRESHOLD`) the tensors go to `EXTERNAL_DATA_FILE` in the same folder. Returns whether they did.
+
+    A proto above 2 GiB cannot be serialized, so that one is checked by onnx.checker from the path, after saving.
+    """
+    import onnx
+
+    limit = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
+    if serialized_size(proto) < limit:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(path))
+        return False
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=EXTERNAL_DATA_FILE)
+    onnx.checker.check_model(str(path), full_check=True)
+    return True
+
+
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
-          provider: str | None = None, max_params: int = MAX_PARAMS) -> BuildResult:
-    """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec."""
-    import onnx
+          provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
+          axis_lengths: dict[str, int] | None = None) -> BuildResult:
+    """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
+
+    ``steps`` is T for the check against PyTorch; ``axis_lengths`` gives other time axes their lengths (``{"S": 6}``;
+    by default S, ... differ from T so that mixing them up shows). With ``unroll`` model.onnx is the explicit
+    unrolled graph (no Scan: what CUDA graph capture needs) for every recurrent time axis at its length
+    (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
+    at any B, and the parameters stay one shared initializer each.
+    """
     import torch
     from safetensors.torch import save_file
+
+    from seqdsl.passes import optimize
+    from seqdsl.passes import unroll as unroll_pass
 
     from .onnx_export import export, set_weights
     from .onnx_runtime import max_abs_diff, run
@@ -107,6 +207,22 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
     model = seqdsl.load(spec, sizes)
     check_size(model, max_params)
+    check_lengths(model, axis_lengths)
+    lengths = dict(axis_lengths or {})
+    unrolled_lengths: dict[str, int] | None = None
+    exported = model
+    if unroll:
+        wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)}
+        # the default passes first, so that step work hoisted out of a loop (input projections) stays one
+        # product over the whole sequence instead of T small ones; export runs them again, to no effect
+        exported, changed = unroll_pass(optimize(model), wanted)
+        if changed:
+            unrolled_lengths = wanted
+            lengths = {**wanted, **lengths}
+    warnings = [w.format() for w in model.warnings]
+    if unroll and unrolled_lengths is None:
+        warnings.append(f"note: --unroll: `{model.name}` has no recurrent loop to unroll; model.onnx is the same "
+                        "graph at every length")
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -116,11 +232,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         net = cls()
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         save_file(weights, str(staging / "weights.safetensors"), metadata={"spec": str(spec), "seqdsl": "0.1"})
-        proto = export(model)
+        proto = export(exported)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(staging / "model.onnx"))
-        inputs = example_inputs(model, batch, steps, seed)
+        if unrolled_lengths is not None:
+            _fix_dims(proto, unrolled_lengths)
+        onnx_nodes = len(proto.graph.node)
+        external = save_onnx(proto, staging / "model.onnx")
+        del proto  # may be gigabytes; the runtime reads the file
+        inputs = example_inputs(model, batch, steps, seed, lengths)
         expected = run_torch(net, inputs)
         got = run(str(staging / "model.onnx"), inputs, provider)
         diff = max_abs_diff(expected, got.outputs)
@@ -129,13 +248,21 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             raise ParityError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance:g}) on "
                               f"{max(diff, key=diff.get)}: a seqdsl bug; please report it with the spec")
         g = model.graph
+        fixed = unrolled_lengths or {}
+        dims = lambda shape: [fixed.get(d, d) if isinstance(d, str) else d for d in shape]  # noqa: E731
+        used = {d for n in model.input_nodes() for d in n.shape if isinstance(d, str)}
+        files = ["model.py", "weights.safetensors", "model.onnx", *([EXTERNAL_DATA_FILE] if external else []),
+                 "build.json"]
         result = BuildResult(
-            name=model.name, out_dir=str(out), files=["model.py", "weights.safetensors", "model.onnx", "build.json"],
+            name=model.name, out_dir=str(out), files=files,
             sizes=model.sizes, param_count=model.param_count,
-            inputs={n.name: [*n.shape, n.dtype] for n in model.input_nodes()},
-            outputs={k: [*g[v].shape, g[v].dtype] for k, v in g.outputs.items()},
-            provider=got.provider, max_abs_diff=diff, check_shape={"B": batch, "T": steps},
-            onnx_nodes=len(proto.graph.node), warnings=[w.format() for w in model.warnings])
+            inputs={n.name: [*dims(n.shape), n.dtype] for n in model.input_nodes()},
+            outputs={k: [*dims(g[v].shape), g[v].dtype] for k, v in g.outputs.items()},
+            provider=got.provider, max_abs_diff=diff,
+            check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
+            onnx_nodes=onnx_nodes, warnings=warnings,
+            onnx_form="scan" if unrolled_lengths is None else "unrolled", unrolled_lengths=unrolled_lengths,
+            onnx_external_data=external)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         _publish(staging, out)
         return result

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import difflib
 import ctypes.util
 import functools
 import io
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,27 @@ ModelSource = bytes | str | Path | onnx.ModelProto
 
 class RuntimeUnavailable(Exception):
     """The requested onnxruntime execution provider (or onnxruntime itself) cannot run on this machine."""
+
+
+class InputMismatch(ValueError):
+    """The inputs given do not fit the model's input signature (names, rank, dtype, fixed or shared axes)."""
+
+
+class ModelLoadError(ValueError):
+    """onnxruntime cannot load the model (not ONNX, corrupt, or using something it does not implement)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: its name, dims (an int, a symbolic name, or None when unknown) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | str | None, ...] | None  # None: the model gives no shape (any rank)
+    dtype: str | None  # numpy dtype name; None: not a tensor type we check (strings, sequences, ...)
+
+    def __str__(self) -> str:
+        dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        return f"{self.name} {dims} {self.dtype or '?'}"
 
 
 @dataclass
@@ -221,7 +244,15 @@ def make_session(model: ModelSource, provider: str | None = None) -> tuple[ort.I
     Quiet on a CPU-only machine: GPU providers are never requested there and logging is set to errors only.
     """
     providers = available_providers(provider)
-    session = ort.InferenceSession(_model_payload(model), _session_options(), providers=providers)
+    try:
+        session = ort.InferenceSession(_model_payload(model), _session_options(), providers=providers)
+    except Exception as exc:  # onnxruntime's pybind classes (InvalidProtobuf, NoSuchFile, Fail, ...)
+        if type(exc).__module__.split(".")[0] != "onnxruntime":
+            raise
+        what = "the model" if isinstance(model, (bytes, bytearray, onnx.ModelProto)) else os.fspath(model)
+        text = str(exc).strip()
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text.splitlines()[0]) if text else type(exc).__name__
+        raise ModelLoadError(f"onnxruntime cannot load {what}: {reason}") from exc
     used = session.get_providers()[0]
     if used != providers[0] and _normalize(provider) in ("cuda", "tensorrt"):
         raise RuntimeUnavailable(f"onnxruntime fell back from {providers[0]} to {used} (use provider 'cpu')")
@@ -229,11 +260,113 @@ def make_session(model: ModelSource, provider: str | None = None) -> tuple[ort.I
 
 
 def run(model: ModelSource, inputs: Mapping[str, np.ndarray], provider: str | None = None) -> RunResult:
-    """Run ``model`` once on ``inputs``; outputs are keyed by the model's output names."""
+    """Run ``model`` once on ``inputs``; outputs are keyed by the model's output names.
+
+    Raises `InputMismatch` (a ValueError) when ``inputs`` do not fit the model's input signature, `ModelLoadError`
+    when onnxruntime cannot load the model and `RuntimeUnavailable` for a provider that cannot run here.
+    """
     session, used = make_session(model, provider)
+    check_inputs(session, inputs)
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, {k: np.asarray(v) for k, v in inputs.items()})
     return RunResult(outputs={n: np.asarray(v) for n, v in zip(names, values)}, provider=used)
+
+
+# --------------------------------------------------------------------------- input signatures
+
+#: onnxruntime's element type names -> numpy dtype names (what `np.asarray(v).dtype.name` says).
+_ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "int64": "int64", "int32": "int32",
+              "int16": "int16", "int8": "int8", "uint64": "uint64", "uint32": "uint32", "uint16": "uint16",
+              "uint8": "uint8", "bool": "bool"}
+
+
+def _np_dtype_name(elem_type: int) -> str | None:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:  # strings, bfloat16 and float8 types: not checked
+        return None
+
+
+def _proto_signature(proto: onnx.ModelProto) -> list[InputSpec]:
+    initialized = {i.name for i in proto.graph.initializer}
+    specs = []
+    for value in proto.graph.input:
+        if value.name in initialized:  # an overridable initializer, not a required input
+            continue
+        tensor = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            specs.append(InputSpec(value.name, None, None))
+            continue
+        shape = None
+        if tensor.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        specs.append(InputSpec(value.name, shape, _np_dtype_name(tensor.elem_type)))
+    return specs
+
+
+def input_signature(session_or_model: "ort.InferenceSession | ModelSource") -> list[InputSpec]:
+    """The required inputs of a session or model (path, bytes or ModelProto): names, dims and dtypes."""
+    if isinstance(session_or_model, ort.InferenceSession):
+        specs = []
+        for arg in session_or_model.get_inputs():
+            kind = arg.type or ""
+            dtype = _ORT_TYPES.get(kind[len("tensor("):-1]) if kind.startswith("tensor(") else None
+            shape = None if arg.shape is None else tuple(
+                d if isinstance(d, int) or d is None else (str(d) or None) for d in arg.shape)
+            specs.append(InputSpec(arg.name, shape, dtype))
+        return specs
+    if isinstance(session_or_model, onnx.ModelProto):
+        return _proto_signature(session_or_model)
+    if isinstance(session_or_model, (bytes, bytearray)):
+        return _proto_signature(onnx.ModelProto.FromString(bytes(session_or_model)))
+    return _proto_signature(onnx.load(os.fspath(session_or_model), load_external_data=False))
+
+
+def _closest(name: str, names: list[str]) -> str | None:
+    folded = {n.lower(): n for n in names}
+    match = difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.5)
+    return folded[match[0]] if match else None
+
+
+def check_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs: Mapping[str, object]) -> None:
+    """Check ``inputs`` against the model's input signature; raise `InputMismatch` (a ValueError) on the first
+    problem: a name the model does not have (with the closest one), a missing input, a wrong rank, dtype or
+    fixed dimension, or a symbolic axis (``B``, ``T``) given two different lengths by two inputs.
+    Every message names the input and says what was expected and what was found.
+    """
+    signature = input_signature(session_or_model)
+    names = [s.name for s in signature]
+    listing = ", ".join(map(str, signature)) or "none"
+    for name in inputs:
+        if name not in names:
+            close = _closest(name, names)
+            maybe = f" (did you mean `{close}`?)" if close else ""
+            raise InputMismatch(f"the model has no input `{name}`{maybe}; its inputs: {listing}")
+    missing = [s for s in signature if s.name not in inputs]
+    if missing:
+        raise InputMismatch(f"missing input{'s' if len(missing) > 1 else ''} "
+                            + ", ".join(f"`{s.name}`" for s in missing) + f"; the model's inputs: {listing}")
+    seen: dict[str, tuple[int, str]] = {}  # symbolic axis -> (length, input that set it)
+    for spec in signature:
+        value = inputs[spec.name]
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        found = f"a {array.dtype.name} array of shape {tuple(array.shape)}"
+        if spec.dtype is not None and array.dtype.name != spec.dtype:
+            raise InputMismatch(f"input `{spec.name}`: expected dtype {spec.dtype} ({spec}), found {found}")
+        if spec.shape is None:
+            continue
+        if array.ndim != len(spec.shape):
+            raise InputMismatch(f"input `{spec.name}`: expected rank {len(spec.shape)} ({spec}), "
+                                f"found {found}")
+        for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
+            if isinstance(dim, int) and dim != size:
+                raise InputMismatch(f"input `{spec.name}`: axis {axis} must be {dim} ({spec}), found {size} in {found}")
+            if isinstance(dim, str):
+                if dim in seen and seen[dim][0] != size:
+                    length, other = seen[dim]
+                    raise InputMismatch(f"input `{spec.name}`: axis {axis} is `{dim}`, which is {length} in input "
+                                        f"`{other}` but {size} here, in {found}")
+                seen.setdefault(dim, (size, spec.name))
 
 
 def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, float]:
