@@ -114,6 +114,9 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
           as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1,
                                          help="Refuse models with more parameters (checked before allocating)."),
+          as_written: bool = typer.Option(False, "--as-written",
+                                          help="Skip the optimisation passes: model.py computes the equations "
+                                               "exactly as written, one line each (slower; for reading)."),
           unroll: bool = typer.Option(False, "--unroll",
                                       help="Write model.onnx as the explicit unrolled graph (no Scan; what CUDA "
                                            "graph capture needs) for T = --seq-len: it then runs at that length "
@@ -130,7 +133,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
     result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
-                                             max_params=max_params, unroll=unroll, axis_lengths=lengths))
+                                             max_params=max_params, unroll=unroll, axis_lengths=lengths,
+                                             optimize_passes=not as_written))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict

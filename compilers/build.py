@@ -186,8 +186,11 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
-          axis_lengths: dict[str, int] | None = None) -> BuildResult:
+          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
+
+    ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
+    spec's equations exactly as written, one line per equation, and model.onnx is a plain Scan of them.
 
     ``steps`` is T for the check against PyTorch; ``axis_lengths`` gives other time axes their lengths (``{"S": 6}``;
     by default S, ... differ from T so that mixing them up shows). With ``unroll`` model.onnx is the explicit
@@ -215,7 +218,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)}
         # the default passes first, so that step work hoisted out of a loop (input projections) stays one
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
-        exported, changed = unroll_pass(optimize(model), wanted)
+        exported, changed = unroll_pass(optimize(model) if optimize_passes else model, wanted)
         if changed:
             unrolled_lengths = wanted
             lengths = {**wanted, **lengths}
@@ -227,12 +230,13 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        cls = module_class(model, staging / "model.py")
+        cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
         torch.manual_seed(seed)
         net = cls()
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-        save_file(weights, str(staging / "weights.safetensors"), metadata={"spec": str(spec), "seqdsl": "0.1"})
-        proto = export(exported)
+        # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
+        save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
+        proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
         if unrolled_lengths is not None:
             _fix_dims(proto, unrolled_lengths)

@@ -124,3 +124,17 @@ def test_interrupted_or_failed_write_leaves_previous_output(tmp_path: Path, monk
         build(SPECS / "rnn.yaml", out, sizes={"h": 4})
     assert _snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rnn"]
+
+
+def test_as_written_keeps_the_equations_and_default_runs_the_kernel(tmp_path: Path):
+    fast = (Path(build(SPECS / "lstm.yaml", tmp_path / "fast").out_dir) / "model.py").read_text()
+    plain = (Path(build(SPECS / "lstm.yaml", tmp_path / "plain", optimize_passes=False).out_dir) / "model.py").read_text()
+    assert "torch.lstm(" in fast and "for t in" not in fast
+    assert "torch.lstm(" not in plain
+    assert "c = f * c_prev + i * torch.tanh(F.linear(x_t, self.W_c) + F.linear(h_prev, self.U_c) + self.b_c)" in plain
+
+
+def test_builds_are_byte_reproducible(tmp_path: Path):
+    a, b = build(SPECS / "gru.yaml", tmp_path / "a"), build(SPECS / "gru.yaml", tmp_path / "b")
+    for name in ("model.py", "weights.safetensors", "model.onnx"):
+        assert (Path(a.out_dir) / name).read_bytes() == (Path(b.out_dir) / name).read_bytes(), name
