@@ -158,3 +158,24 @@ def test_every_spec_verifies():
 def test_model_name_cannot_escape_the_output_folder(name):
     err = spec_error(f"name: {name!r}\n" + RNN)
     assert err.code == "E0310" and err.loc.line == 1
+
+
+@pytest.mark.parametrize("equation, code, words", [
+    ("tanh(b) * " + "9" * 5000, "E0302", "too long"),                   # a 5,000-digit literal: over the length cap
+    ("tanh(b) * " + "9" * 1900, "E0302", "too large"),                  # 1,900 digits: under it, still refused
+    ("(" * 200 + "b" + ")" * 200, "E0403", "wrong shape"),               # parentheses alone nest nothing: harmless
+    ("tanh(" * 60 + "b" + ")" * 60, "E0302", "nested deeper"),           # calls do nest: bounded
+    ("tanh(W @ x + U @ h[t-1] + b) " + "+ b " * 600, "E0302", "too long"),
+    ("tanh(W @ x + U @ h[t-1] + b) * 1e300", "E0302", "too large"),
+    ("lambda: 0", "E0304", "not allowed"),
+    ("b.__class__", "E0301", "not a module call"),
+])
+def test_expressions_are_bounded_and_never_python(equation, code, words):
+    err = spec_error(RNN.replace("tanh(W @ x + U @ h[t-1] + b)", f"'{equation}'"))
+    assert err.code == code and words in err.format()
+
+
+@pytest.mark.parametrize("name", ["class", "lambda", "import", "_hidden", "sigmoid", "t", "1x"])
+def test_names_that_are_not_plain_identifiers_never_reach_generated_code(name):
+    err = spec_error(RNN.replace("  b: [h]", f"  '{name}': [h]"))
+    assert err.code == "E0310" and err.loc.line == 7
