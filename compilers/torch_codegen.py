@@ -334,11 +334,15 @@ class _Generator:
                 collect[i] = names(f"{writer.var(r.node)}_steps")
                 out.append(f"        {collect[i]} = []")
         steps = "range(T - 1, -1, -1)" if loop.reverse else "range(T)"
+        # time-major copies: a step's slice is then contiguous, and matrix products on strided slices are slow
+        by_time = [names.fresh(f"{s}_by_t") for s in seq_args]
+        for s, bt in zip(seq_args, by_time):
+            out.append(f"        {bt} = {s}.transpose(0, 1).contiguous()  # (T, B, ...)")
         out.append(f"        for t in {steps}:")
         for s, c in zip(states, carried):
             out.append(f"            {writer.var(s.name)} = {c}")
-        for s, n in zip(seq_args, seqs):
-            out.append(f"            {writer.var(n.name)} = {s}[:, t]")
+        for bt, n in zip(by_time, seqs):
+            out.append(f"            {writer.var(n.name)} = {bt}[t]")
         out += writer.lines
         for c, u in zip(carried, loop.updates):
             if writer.value(u) != c:
