@@ -88,7 +88,8 @@ def _simple(op_type: str, **fixed: object) -> Emit:
 
 
 def _linear(b: _Builder, node: Node, args: list[str]) -> str:
-    return b.op("MatMul", [args[0], b.transposed(args[1])], node.name)
+    product = b.op("MatMul", [args[0], b.transposed(args[1])], node.name)
+    return b.op("Add", [product, args[2]], node.name) if len(args) == 3 else product
 
 
 def _slice(b: _Builder, node: Node, args: list[str]) -> str:

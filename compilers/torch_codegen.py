@@ -86,7 +86,7 @@ TORCH_EMIT: dict[str, Emit] = {
     "mul": _binary("*", PRODUCT),
     "div": _binary("/", PRODUCT),
     "neg": lambda n, a: (f"-{a[0]}", UNARY),
-    "linear": lambda n, a: (f"F.linear({a[0]}, {a[1]})", ATOM),
+    "linear": lambda n, a: (f"F.linear({', '.join(a)})", ATOM),
     "matmul": _binary("@", PRODUCT),
     "sigmoid": _call("torch.sigmoid"),
     "tanh": _call("torch.tanh"),

@@ -77,6 +77,8 @@ def _elementwise(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) 
 
 def _linear(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     x, w = shapes[0], shapes[1]
+    if len(shapes) == 3 and shapes[2] != w[:1]:
+        raise ShapeError("the bias of a linear map has one entry per row of W", expected=fmt(w[:1]), found=fmt(shapes[2]))
     _float(dtypes, "@")
     if len(w) != 2:
         raise ShapeError("the weight of `W @ x` must be a matrix", expected="a 2-d parameter [out, in]", found=fmt(w))
@@ -321,7 +323,7 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("mul", _elementwise, (2, 2), doc="a * b (elementwise, the multiplicative module)"),
     _op("div", _elementwise, (2, 2), doc="a / b"),
     _op("neg", _elementwise, (1, 1), doc="-a"),
-    _op("linear", _linear, (2, 2), doc="W @ x: x (..., n), W (m, n) -> (..., m)"),
+    _op("linear", _linear, (2, 3), doc="W @ x (+ b): x (..., n), W (m, n), b (m) -> (..., m)"),
     _op("matmul", _matmul, (2, 2), doc="a @ b between values, batched"),
     _op("contract", _contract, (2, 2), doc="U @ z for a parameter U (m, n, d): W(z) with w_ij = u_ijᵀz, (..., m, n)"),
     _op("matvec", _matvec, (2, 2), doc="A @ v for values A (..., m, n), v (..., n) -> (..., m)"),

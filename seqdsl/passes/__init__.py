@@ -1,7 +1,7 @@
 """IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
 `optimize` is the default pipeline the backends run: recognition of standard cells (for the kernels the backend
-has), fusion (so a fused product can then leave the loop whole), then hoisting.
+has), bias folding, fusion (so a fused product can then leave the loop whole), then hoisting.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir import Model
+from .fold_bias import fold_bias
 from .fuse import fuse_linears
 from .hoist import hoist
 from .recognize import CELLS, recognize
 from .unroll import unroll
 
 Pass = Callable[[Model], tuple[Model, bool]]
-DEFAULT_PIPELINE: tuple[Pass, ...] = (fuse_linears, hoist)
+DEFAULT_PIPELINE: tuple[Pass, ...] = (fold_bias, fuse_linears, hoist)
 
 
 def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
@@ -32,4 +33,4 @@ def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
     return model
 
 
-__all__ = ["optimize", "fuse_linears", "hoist", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
+__all__ = ["optimize", "fold_bias", "fuse_linears", "hoist", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]

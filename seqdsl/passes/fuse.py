@@ -5,7 +5,8 @@ The four gate projections of an LSTM (``W_f @ x``, ``W_i @ x``, ``W_o @ x``, ``W
 ones, which is where cuDNN's speed comes from. Rewrite rules, in every graph and loop body:
   1. ``linear(x, W_1) .. linear(x, W_k)`` with the same ``x``, k >= 2, every W_i a parameter with the same input
      size, become ``W = concat(W_1 .. W_k, axis=0)``, ``y = linear(x, W)`` and ``slice(y)`` per original node
-     (each slice takes the original node's name, so everything downstream reads as before);
+     (each slice takes the original node's name, so everything downstream reads as before); siblings that all
+     carry a bias (see fold_bias) fuse with ``concat(b_1 .. b_k)`` as the bias of the fused map;
   2. parameters keep their spec names: the concatenation is computed from them (users, interop and
      ``state_dict`` see W_f, W_i, ... as written). Hoisting then moves the concatenation, and for input
      projections the whole product, out of the loop.
@@ -38,8 +39,8 @@ def _fuse_graph(graph: Graph) -> bool:
             groups.setdefault(node.inputs[0], []).append(node)
     for x, linears in groups.items():
         by_width: dict[object, list[Node]] = {}
-        for n in linears:
-            by_width.setdefault(graph[n.inputs[1]].shape[1], []).append(n)
+        for n in linears:  # siblings share the input width and either all have a bias or none does
+            by_width.setdefault((graph[n.inputs[1]].shape[1], len(n.inputs)), []).append(n)
         for siblings in by_width.values():
             if len(siblings) >= 2:
                 _fuse(graph, x, siblings)
@@ -55,8 +56,11 @@ def _fuse(graph: Graph, x: str, siblings: list[Node]) -> None:
     w_name = graph.fresh(f"{base}{'_'.join(_short(w.attrs['name']) for w in weights)}")
     w_cat = Node(w_name, "concat", [w.name for w in weights], {"axis": 0}, (rows, weights[0].shape[1]),
                  "float32", first.loc)
-    fused = Node(graph.fresh(f"{w_name}_{_short(x)}"), "linear", [x, w_name], {}, (*first.shape[:-1], rows),
-                 "float32", first.loc)
+    biases = [graph[n.inputs[2]] for n in siblings if len(n.inputs) == 3]
+    b_cat = Node(graph.fresh(f"{w_name}_bias"), "concat", [b.name for b in biases], {"axis": 0}, (rows,),
+                 "float32", first.loc) if biases else None
+    fused = Node(graph.fresh(f"{w_name}_{_short(x)}"), "linear", [x, w_name] + ([b_cat.name] if b_cat else []), {},
+                 (*first.shape[:-1], rows), "float32", first.loc)
     # the new nodes go where the first sibling was (after every weight and x); each sibling becomes a slice
     new_nodes: dict[str, Node] = {}
     start = 0
@@ -64,6 +68,8 @@ def _fuse(graph: Graph, x: str, siblings: list[Node]) -> None:
     for name, node in graph.nodes.items():
         if name == first.name:
             new_nodes[w_cat.name] = w_cat
+            if b_cat is not None:
+                new_nodes[b_cat.name] = b_cat
             new_nodes[fused.name] = fused
         if name in position:
             width = node.shape[-1]
@@ -74,7 +80,7 @@ def _fuse(graph: Graph, x: str, siblings: list[Node]) -> None:
             start += width
         new_nodes[name] = node
     graph.nodes = new_nodes
-    _move_weights_first(graph, [w.name for w in weights], w_cat.name)
+    _move_weights_first(graph, [w.name for w in weights + biases], w_cat.name)
 
 
 def _move_weights_first(graph: Graph, weights: list[str], user: str) -> None:
