@@ -11,7 +11,6 @@ import time
 import tracemalloc
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
