@@ -25,7 +25,6 @@ import seqdsl
 from compilers.build import example_inputs, run_torch
 from compilers.onnx_export import export, set_weights
 from compilers.onnx_runtime import run
-from compilers.torch_codegen import generate
 from compilers.torch_module import to_module
 from seqdsl.ir import Graph, Model, Node, all_nodes, loop_of
 from seqdsl.passes import DEFAULT_PIPELINE, fuse_linears, hoist, optimize
@@ -793,25 +792,3 @@ def test_optimized_lstm_step_holds_one_product():
     assert "x" not in node.inputs  # the loop reads the projection's slices, not x
     assert all(optimized.graph[s].inputs == [projection.name] for s in node.inputs[2:2 + loop_of(node).n_sequences])
 
-
-# ----------------------------------------------------------------------------------------------- bias folding
-
-def test_bias_folding_makes_one_linear_with_its_bias():
-    from seqdsl.passes import fold_bias
-
-    model = seqdsl.loads(
-        "sizes: {d: 3, k: 4}\ninputs: {x: [B, T, d]}\nparams: {W: [k, d], V: [k, d], b: [k], c: [k]}\n"
-        "graph:\n  y: W @ x + b\n  z: c + V @ x\n  w: W @ x + V @ x + b\noutputs: {y: y, z: z, w: w}\n")
-    folded, changed = fold_bias(model)
-    assert changed
-    g = folded.graph
-    assert g["y"].op == "linear" and [g[i].op for i in g["y"].inputs] == ["input", "param", "param"]
-    assert g["z"].op == "linear" and g[g["z"].inputs[2]].attrs["name"] == "c"  # a commuted sum folds too
-    assert g["w"].op == "add"  # (W x + V x) + b: the bias is added to a sum, not to one product
-    plain, fast = to_module(model, optimize=False), to_module(model)
-    fast.load_state_dict(plain.state_dict())
-    inputs = example_inputs(model, 2, 3)
-    want = run_torch(plain, inputs)
-    for name, value in run_torch(fast, inputs).items():
-        np.testing.assert_allclose(value, want[name], atol=1e-6)
-    assert "F.linear(x, self.W, self.b)" in generate(folded)
