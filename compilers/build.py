@@ -218,7 +218,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)}
         # the default passes first, so that step work hoisted out of a loop (input projections) stays one
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
-        exported, changed = unroll_pass(optimize(model) if optimize_passes else model, wanted)
+        try:
+            exported, changed = unroll_pass(optimize(model) if optimize_passes else model, wanted)
+        except ValueError as exc:
+            raise UsageError(f"--unroll: {exc}") from None
         if changed:
             unrolled_lengths = wanted
             lengths = {**wanted, **lengths}

@@ -25,6 +25,9 @@ def unroll(model: Model, steps: int | dict[str, int]) -> tuple[Model, bool]:
     ``steps`` is the length of each time axis (``{"T": 4, "S": 6}``); a single number is accepted when the model
     has one time axis. Loops of a fixed number of steps (no sequence input) keep theirs.
     """
+    if any(n.op == "loop" and loop_of(n).stop is not None for n in all_nodes(model.graph)):
+        raise ValueError("a block that stops at an end token runs a data-dependent number of steps: it cannot be "
+                         "unrolled (export it looped: an ONNX Loop)")
     axes = sorted({loop_of(n).time for n in all_nodes(model.graph) if n.op == "loop" and loop_of(n).steps is None})
     lengths = steps if isinstance(steps, dict) else {}
     if isinstance(steps, int):
