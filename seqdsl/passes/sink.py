@@ -131,11 +131,8 @@ def _sink_loop(parent: Graph, node: Node) -> bool:
             for item in new_items:
                 item.attrs["index"] = index_map[item.attrs["index"]]
                 new_nodes[item.name] = item
-    for leaf in [n for n in parent.nodes.values() if n.name in outer.values() and n.op in ("param", "const")]:
-        new_nodes.setdefault(leaf.name, leaf)
-    parent.nodes = _before(new_nodes, node.name, [n for n in parent.nodes.values()
-                                                  if n.name in outer.values() and n.op in ("param", "const")])
-    for c in copies:  # after the loop and its items
+    parent.nodes = new_nodes
+    for c in copies:  # after the loop and its items; then every input before its reader
         parent.nodes[c.name] = c
     parent.nodes = _topological(parent)
     for c in list(body):
@@ -143,13 +140,6 @@ def _sink_loop(parent: Graph, node: Node) -> bool:
             del body.nodes[c.name]
     node.attrs["loop"] = replace(loop, returns=kept)
     return True
-
-
-def _before(nodes: dict[str, Node], anchor: str, leaves: list[Node]) -> dict[str, Node]:
-    items = [(k, v) for k, v in nodes.items() if v not in leaves]
-    at = [k for k, _ in items].index(anchor)
-    items[at:at] = [(n.name, n) for n in leaves]
-    return dict(items)
 
 
 def _topological(graph: Graph) -> dict[str, Node]:
