@@ -22,10 +22,9 @@ Emit = Callable[[Node, list[str]], tuple[str, int]]  # (source, precedence)
 ATOM, UNARY, PRODUCT, SUM = 4, 3, 2, 1
 
 
-def _call(fn: str, **fixed: Any) -> Emit:
+def _call(fn: str) -> Emit:
     def emit(node: Node, args: list[str]) -> tuple[str, int]:
-        extra = "".join(f", {k}={node.attrs.get(k, v)!r}" for k, v in fixed.items())
-        return f"{fn}({', '.join(args)}{extra})", ATOM
+        return f"{fn}({', '.join(args)})", ATOM
     return emit
 
 

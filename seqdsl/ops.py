@@ -149,10 +149,6 @@ def _embedding(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) ->
     return (*ids, table[1]), "float32"
 
 
-def _same(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
-    return shapes[0], dtypes[0]
-
-
 def _leaf(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     return tuple(attrs["shape"]), attrs.get("dtype", "float32")
 
