@@ -81,6 +81,29 @@ class Recurrent(_Strict):
     direction: Literal["forward", "reverse"] = "forward"
 
 
+class TrainDecl(_Strict):
+    """Defaults for `seqdsl train` (the command line overrides each), on the model's root module only::
+
+        train: {loss: mse, target: target, output: y, optimizer: adam, lr: 0.001, batch_size: 32, epochs: 10}
+
+    ``loss``: ``cross_entropy`` (int64 targets, class ids, against an output of logits or log-probabilities whose
+    last axis is the classes) or ``mse`` (float targets of the output's shape); by default read off the targets'
+    dtype. ``target``: the name of the targets in the data file (default ``target``). ``output``: the output the
+    loss reads (default: the model's only output, else its first). ``clip``: the largest global gradient norm
+    (0: no clipping). ``steps`` or ``epochs``, not both.
+    """
+
+    loss: Literal["cross_entropy", "mse"] | None = None
+    target: str | None = None
+    output: str | None = None
+    optimizer: Literal["adam", "sgd"] | None = None
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    clip: float | None = Field(default=None, ge=0)
+
+
 def _shorthand_tensor(value: Any) -> Any:
     """``[B, T, d]`` is short for ``{shape: [B, T, d]}``."""
     return {"shape": value} if isinstance(value, list) else value
@@ -96,6 +119,7 @@ class _ModuleBase(_Strict):
     outputs: dict[str, str]
     modules: dict[str, "Module"] = Field(default_factory=dict)
     imports: dict[str, str] = Field(default_factory=dict)  # Name: path.yaml[#Module] or std:path.yaml
+    train: TrainDecl | None = None  # `seqdsl train` defaults; the root module's only
 
     @field_validator("inputs", "params", mode="before")
     @classmethod
@@ -150,11 +174,22 @@ def parse_module(doc: Document) -> RecurrentModule | GraphModule:
     data = dict(doc.data)
     data.pop("$schema", None)
     try:
-        return SpecFile.model_validate({"module": data}).root
+        root = SpecFile.model_validate({"module": data}).root
     except ValidationError as exc:
         # a misspelt key also makes the right one "missing": report the unknown key, with its suggestion, first
         errors = sorted(exc.errors(), key=lambda e: {"extra_forbidden": 0, "missing": 1}.get(e["type"], 2))
         raise _to_spec_error(doc, errors[0]) from None
+    _check_train_at_root(doc, root.modules, ("modules",))
+    return root
+
+
+def _check_train_at_root(doc: Document, modules: dict[str, Any], path: tuple[str | int, ...]) -> None:
+    """`train:` configures training the model: a module defined inside it may not have one (it would be ignored)."""
+    for name, module in modules.items():
+        if module.train is not None:
+            raise SpecError("E0201", "`train:` belongs to the model, not to a module it defines",
+                            doc.key_loc(path + (name, "train")), hint="move it to the top level of the file")
+        _check_train_at_root(doc, module.modules, path + (name, "modules"))
 
 
 _SECTION_FIELDS: dict[str, type[BaseModel]] = {
@@ -162,6 +197,7 @@ _SECTION_FIELDS: dict[str, type[BaseModel]] = {
     "inputs": TensorDecl,
     "params": ParamDecl,
     "state": StateDecl,
+    "train": TrainDecl,
 }
 
 
@@ -221,8 +257,8 @@ def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
     last = next((p for p in reversed(parent) if isinstance(p, str)), None)
     if len(parent) >= 2 and parent[-2] in ("inputs", "params", "state"):
         model: type[BaseModel] = _SECTION_FIELDS[str(parent[-2])]
-    elif last in _SECTION_FIELDS and last == "recurrent":
-        model = Recurrent
+    elif last in ("recurrent", "train") and parent[-1] == last:
+        model = _SECTION_FIELDS[last]
     else:
         return sorted((set(RecurrentModule.model_fields) | set(GraphModule.model_fields)) - {"kind"})
     return sorted(model.model_fields)
@@ -235,6 +271,7 @@ _EXPECTED = {
     "dict_type": "a mapping (key: value lines)",
     "list_type": "a list such as [B, T, d]",
     "bool_type": "true or false",
+    "float_type": "a number",
 }
 
 _MISSING_HINTS = {
@@ -279,6 +316,6 @@ def json_schema() -> dict[str, Any]:
 
 
 __all__ = [
-    "TensorDecl", "ParamDecl", "StateDecl", "Recurrent", "RecurrentModule", "GraphModule", "Module",
+    "TensorDecl", "ParamDecl", "StateDecl", "Recurrent", "TrainDecl", "RecurrentModule", "GraphModule", "Module",
     "parse_module", "json_schema", "Location",
 ]
