@@ -286,6 +286,132 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         print(f"wrote {', '.join(written)}")
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` (what each torchrun worker runs)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+@app.command()
+def train(spec: Path = typer.Argument(..., help="The spec file."),
+          data: Path = typer.Option(..., "--data", help="Training data: an .npz with one array per model input "
+                                                          "(keyed by its name) and the targets."),
+          val: Optional[Path] = typer.Option(None, "--val", help="Validation data, as --data."),
+          output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                help="The build directory written at the end [build/<name>]."),
+          sets: Optional[list[str]] = SETS,
+          loss: Optional[str] = typer.Option(None, "--loss", help="cross_entropy or mse [the spec's train.loss, "
+                                                                  "else from the targets' dtype]."),
+          target: Optional[str] = typer.Option(None, "--target", help="The targets' array in the data [target]."),
+          output_name: Optional[str] = typer.Option(None, "--output-name",
+                                                    help="The model output the loss reads [the first]."),
+          optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam or sgd [adam]."),
+          lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [1e-3]."),
+          momentum: float = typer.Option(0.0, "--momentum", help="SGD's momentum [0]."),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size [32]."),
+          steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (or --epochs)."),
+          epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the data [10]."),
+          clip: Optional[float] = typer.Option(None, "--clip", help="Largest global gradient norm; 0: off [1.0]."),
+          seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the batch order."),
+          bucket: Optional[bool] = typer.Option(None, "--bucket/--no-bucket",
+                                                help="Batch sequences of similar length together and cut each batch "
+                                                     "to its longest [on when the model has `lengths:`]."),
+          metrics_format: str = typer.Option("csv", "--metrics-format", help="csv or jsonl."),
+          log_every: Optional[int] = typer.Option(None, "--log-every", min=1, help="Steps per metrics row."),
+          eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1,
+                                                   help="Steps between validations and checkpoints [a tenth]."),
+          resume: bool = typer.Option(False, "--resume", help="Continue from the work directory's checkpoint."),
+          work_dir: Optional[Path] = typer.Option(None, "--work-dir",
+                                                  help="Metrics, plot and checkpoint [<DIR>.train]."),
+          device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+          progress: str = typer.Option("auto", "--progress", help="auto (a bar on a terminal), bar, lines, quiet."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch's CPU threads per process."),
+          nproc: int = typer.Option(1, "--nproc", min=1,
+                                    help="Train on N processes with DDP (runs torchrun on this machine)."),
+          provider: str = typer.Option("auto", "--provider", help="onnxruntime provider of the final check."),
+          max_params: int = typer.Option(100_000_000, "--max-params", min=1, help="Refuse larger models."),
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+          debug: bool = DEBUG) -> None:
+    """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
+    import os
+
+    from compilers.training import TrainOptions, prepare, summary_lines
+    from compilers.training import train as run_train
+
+    sizes = _parse_sets(sets)
+    options = TrainOptions(loss=loss, target=target, output=output_name, optimizer=optimizer, lr=lr,
+                           batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
+                           bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
+                           resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
+                           provider=provider, max_params=max_params)
+    if nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _fail("error: --nproc under torchrun: give one or the other", 2)
+        from compilers.training.distributed import launch
+
+        _guard(debug, lambda: prepare(spec, data, sizes, val, options))  # the user's mistakes, once, exit 2
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+    result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
+    if result.build is None:  # not rank 0
+        return
+    _warn(result.build.warnings)
+    if as_json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), indent=2))
+        return
+    print("\n".join(summary_lines(result)))
+
+
+@app.command()
+def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
+         length: int = typer.Option(..., "--length", "-T", help="The sequence length (for copy: the delay)."),
+         output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write."),
+         examples: int = typer.Option(10_000, "--examples", "-n", help="How many sequences."),
+         seed: int = typer.Option(0, "--seed", help="The generator's seed (the same seed, the same arrays)."),
+         min_length: Optional[int] = typer.Option(None, "--min-length",
+                                                  help="Vary the lengths in [min, --length]; writes `lengths`."),
+         force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+         debug: bool = DEBUG) -> None:
+    """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003)."""
+    import os
+
+    from seqdsl import tasks
+
+    if output.suffix != ".npz":
+        _fail(f"error: -o {output}: the file name ends in .npz", 2)
+    if (output.exists() or output.is_symlink()) and not force:
+        _fail(f"error: -o {output}: exists; pass --force to replace it", 2)
+    try:
+        arrays = tasks.generate(task, examples, length, seed=seed, min_length=min_length)
+    except tasks.TaskError as exc:
+        _fail(f"error: seqdsl data {task}: {exc}", 2)
+
+    def write() -> None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp.npz")
+        try:
+            tasks.save(arrays, str(tmp))
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    try:
+        _guard(debug, write)
+    except typer.Exit:
+        raise
+    shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in arrays.items())
+    print(f"wrote {output}: {shapes}")
+    print(f"trivial baseline: {tasks.TASKS[task].baseline}")
+
+
 @app.command()
 def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
             debug: bool = DEBUG) -> None:

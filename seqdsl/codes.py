@@ -2,7 +2,7 @@
 
 Codes are stable: a code keeps its meaning for good; new mistakes get new codes. Ranges:
 E01xx reading the YAML, E02xx the schema, E03xx names and expressions, E04xx the graph (shapes, cycles,
-states), E05xx imports, E06xx building. W0xxx are warnings: the spec builds, but probably not as meant.
+states), E05xx imports, E06xx building, E07xx training. W0xxx are warnings: the spec builds, but probably not as meant.
 """
 
 from __future__ import annotations
@@ -103,6 +103,34 @@ CODES: dict[str, tuple[str, str]] = {
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    # -- E07xx: training (`seqdsl train`): the data files and the options
+    "E0701": ("cannot read data file",
+              "Training data is an .npz file of plain numeric arrays (numpy.savez). It is read with pickling off: "
+              "object arrays are refused, as are files that are not .npz archives or would unpack to more than the "
+              "size limit."),
+    "E0702": ("array missing from the data",
+              "The data file needs one array per model input (keyed by the input's name) and the targets (keyed by "
+              "`--target`, default `target`)."),
+    "E0703": ("array of the wrong dtype",
+              "A float32 input takes a floating array, an int64 input (token ids, lengths) an integer one; "
+              "cross-entropy targets are integer class ids, MSE targets floating values."),
+    "E0704": ("array of the wrong shape",
+              "Each array has the rank and the fixed sizes its input declares; B (the number of examples) and each "
+              "time axis take one value across all arrays; targets have the shape of the output the loss reads "
+              "(without the classes axis for cross entropy)."),
+    "E0705": ("value out of range",
+              "Token ids index an embedding table and class ids the output's classes: both lie in [0, size). "
+              "Sequence lengths lie in [1, T]. Floating data is finite."),
+    "E0706": ("loss is not finite",
+              "The training loss became NaN or infinite. Lower the learning rate, keep gradient clipping on "
+              "(`--clip`), and check the data's scale."),
+    "E0707": ("bad training option",
+              "An option of `seqdsl train` (or the spec's `train:` section) does not fit the model or the data: an "
+              "output it does not have, a loss that does not fit the targets' dtype, both steps and epochs, "
+              "`--resume` with no checkpoint."),
+    "E0708": ("checkpoint does not fit",
+              "`--resume` reads the checkpoint of the same spec, sizes and optimiser; this one was written for "
+              "another model (other parameter names or shapes) or another optimiser."),
     # -- warnings
     "W0401": ("unused value", "An equation or input is never used by any output. Remove it, or output it."),
 }

@@ -179,6 +179,14 @@ def _verify_loop(node: Node) -> None:
 
 
 @dataclass
+class TrainDefaults:
+    """The spec's ``train:`` section (`seqdsl train`'s defaults): the values written, each with its location."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    locs: dict[str, Location] = field(default_factory=dict)
+
+
+@dataclass
 class Model:
     """A compiled spec: the graph, its parameters, and the sizes it was built with."""
 
@@ -189,6 +197,7 @@ class Model:
     sizes: dict[str, int]
     source: str = "<spec>"
     warnings: list[Any] = field(default_factory=list)  # SpecErrors with W codes: builds, but probably not as meant
+    train: TrainDefaults = field(default_factory=TrainDefaults)
 
     def verify(self) -> None:
         self.graph.verify()

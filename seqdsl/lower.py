@@ -22,7 +22,7 @@ import networkx as nx
 
 from . import expr as E
 from .errors import Location, SpecError, did_you_mean
-from .ir import Graph, Model, Node, Param, Shape, loop_of
+from .ir import Graph, Model, Node, Param, Shape, TrainDefaults, loop_of
 from .loader import Document
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
 from .schema import GraphModule, RecurrentModule
@@ -56,10 +56,17 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                         expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
                         hint="for example `name: my_lstm`")
     model = Model(name=name, graph=graph, params=params,
-                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
+                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
+                  train=_train_defaults(unit))
     model.verify()
     model.warnings = unused_values(graph)
     return model
+
+
+def _train_defaults(unit: Unit) -> TrainDefaults:
+    section = unit.module.train
+    values = section.model_dump(exclude_none=True) if section is not None else {}
+    return TrainDefaults(values, {k: unit.doc.loc(unit.path + ("train", k)) for k in values})
 
 
 def unused_values(graph: Graph) -> list[SpecError]:

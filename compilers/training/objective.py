@@ -1,0 +1,95 @@
+"""The loss: cross entropy for integer targets against a named output, MSE for float targets, masked by lengths.
+
+The loss of a step is a *sum* over the counted elements divided by their number in the whole global batch, so
+that W processes (whose gradients DDP averages) compute exactly the gradient of one process holding the global
+batch, even when a mask counts different numbers of steps in each share. Padded steps (``t >= lengths[b]`` on a
+target's time axis, for a block with ``lengths:``) are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset, Target
+
+
+@dataclass
+class Sums:
+    """Per-batch sums: the loss over counted elements, how many were counted, how many were classified right."""
+
+    loss: torch.Tensor
+    count: torch.Tensor
+    correct: torch.Tensor
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([self.loss.detach().double(), self.count.double(), self.correct.double()])
+
+
+class Objective:
+    def __init__(self, target: Target, dataset: Dataset, output_index: int) -> None:
+        self.target = target
+        self.output_index = output_index
+        symbols = dataset.axes[target.name]
+        self.length_input = dataset.lengths.get(symbols[0]) if symbols and symbols[0] else None
+
+    @property
+    def has_accuracy(self) -> bool:
+        return self.target.loss == "cross_entropy"
+
+    def mask(self, batch: dict[str, torch.Tensor], steps: int) -> torch.Tensor | None:
+        """(b, T) True at real steps, or None when every element counts."""
+        if self.length_input is None:
+            return None
+        lengths = batch[self.length_input]
+        return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+    def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """How many elements of this batch the loss counts (known before the forward pass), as float64."""
+        y = batch[self.target.name]
+        mask = self.mask(batch, y.shape[1]) if y.ndim > 1 else None
+        if mask is None:
+            return torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)
+        return mask.sum().to(torch.float64) * int(np.prod(y.shape[2:]))
+
+    def sums(self, outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor]) -> Sums:
+        pred = outputs[self.output_index]
+        y = batch[self.target.name]
+        mask = self.mask(batch, y.shape[1]) if y.ndim > 1 else None
+        if self.target.loss == "cross_entropy":
+            logits = pred.reshape(-1, pred.shape[-1])
+            labels = y.reshape(-1)
+            keep = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).expand_as(y).reshape(-1) if mask is not None else None
+            if keep is not None:
+                logits, labels = logits[keep], labels[keep]
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            correct = (logits.argmax(-1) == labels).sum()
+            return Sums(loss, torch.tensor(labels.numel(), device=y.device), correct)
+        err = (pred - y) ** 2
+        if mask is not None:
+            weights = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).to(err.dtype)
+            err = err * weights
+            counted = weights.sum() * int(np.prod(y.shape[2:]))
+        else:
+            counted = torch.tensor(y.numel(), device=y.device)
+        return Sums(err.sum(), counted, torch.zeros((), device=y.device))
+
+
+def real_values(values: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """The elements of ``values`` (N, ...) the loss counts: all, or those at steps below each row's length."""
+    if lengths is None or values.ndim < 2:
+        return values.reshape(-1)
+    return values[np.arange(values.shape[1])[None, :] < lengths[:, None]].reshape(-1)
+
+
+def baseline(target: Target, train: np.ndarray, evaluated: np.ndarray) -> float:
+    """What the trivial model scores on the counted elements ``evaluated``: for MSE, always predicting the mean of
+    the counted training targets ``train`` (its MSE); for cross entropy, always the most frequent class (its
+    accuracy)."""
+    if target.loss == "mse":
+        return float(((evaluated.astype(np.float64) - train.astype(np.float64).mean()) ** 2).mean())
+    majority = np.bincount(train).argmax()
+    return float((evaluated == majority).mean())
