@@ -126,6 +126,10 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="Length of a time axis: --axis-len S=12 (repeatable). A model with several time axes "
                    "(seq2seq: S and T) unrolls each to its own length; every axis not given defaults to --seq-len "
                    "with --unroll. Also the length used for the check against PyTorch."),
+          weights: Optional[Path] = typer.Option(
+              None, "--weights",
+              help="Trained weights (a .safetensors file keyed by the spec's parameter names, what "
+                   "state_dict() gives): model.py's weights, model.onnx and the check use them."),
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import build as run_build
@@ -134,7 +138,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     lengths = _parse_axis_lengths(axis_lens)
     result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
                                              max_params=max_params, unroll=unroll, axis_lengths=lengths,
-                                             optimize_passes=not as_written))
+                                             optimize_passes=not as_written, weights=weights))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict

@@ -103,6 +103,15 @@ CODES: dict[str, tuple[str, str]] = {
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    # -- E06xx: building
+    "E0601": ("weights do not fit the spec", "The weights given to `build --weights` (or `build(weights=...)`) are "
+                                             "keyed by the spec's parameter names, one float tensor per parameter "
+                                             "of the declared shape, every value finite: what "
+                                             "`to_module(model).state_dict()` gives, saved with safetensors. The "
+                                             "error lists every missing, unexpected, misshaped, non-float or "
+                                             "non-finite entry with the line declaring the parameter."),
+    "E0602": ("unreadable weights file", "Weights are read from safetensors files only (never pickle); the file "
+                                         "is missing, truncated, or not safetensors."),
     # -- warnings
     "W0401": ("unused value", "An equation or input is never used by any output. Remove it, or output it."),
 }
