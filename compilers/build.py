@@ -65,6 +65,7 @@ class BuildResult:
     onnx_form: str = "scan"  # "scan": runs at any length (Scan/Loop or ONNX's LSTM/GRU/RNN); "unrolled": no loops
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
+    triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
 
 
 def time_axes(model: Model) -> list[str]:
@@ -189,7 +190,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
-          weights: "WeightsSource | None" = None) -> BuildResult:
+          weights: "WeightsSource | None" = None, triton: str | Path | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
@@ -205,6 +206,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     parameter names) replaces the initial random weights: model.py's weights.safetensors and model.onnx then carry
     them, and the check against PyTorch runs with them. Weights that do not fit the spec are one SpecError (E0601)
     listing every problem with the line declaring the parameter, raised before anything is written.
+
+    ``triton`` (a folder) also writes the checked model.onnx into a Triton Inference Server model repository:
+    ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `compilers.triton`).
     """
     import torch
     from safetensors.torch import save_file
@@ -215,12 +219,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_export import export, set_weights
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
+    from .triton import model_dir, write_repository
     from .weights import read_weights
 
     model = seqdsl.load(spec, sizes)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     trained = read_weights(model, weights) if weights is not None else None
+    triton_dir = model_dir(Path(triton), model.name) if triton is not None else None
     lengths = dict(axis_lengths or {})
     unrolled_lengths: dict[str, int] | None = None
     exported = model
@@ -281,8 +287,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
             onnx_nodes=onnx_nodes, warnings=warnings,
             onnx_form="scan" if unrolled_lengths is None else "unrolled", unrolled_lengths=unrolled_lengths,
-            onnx_external_data=external)
+            onnx_external_data=external, triton=str(triton_dir) if triton_dir is not None else None)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        if triton_dir is not None:
+            write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
         _publish(staging, out)
         return result
     finally:
