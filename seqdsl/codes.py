@@ -75,6 +75,11 @@ CODES: dict[str, tuple[str, str]] = {
                                        "number (an axis, a head count, a probability) is needed."),
     "E0316": ("bad module call", "A module call has too many or missing inputs, or an argument that is neither an "
                                  "input, a size, `repeat` nor `direction`."),
+    "E0317": ("bad initialiser", "A parameter's `init:` does not fit it: a gain with an initialiser that takes "
+                                 "none (uniform, normal, zeros, ones, a constant), a gain that is not a positive "
+                                 "number, a matrix initialiser (orthogonal, identity, xavier_uniform, "
+                                 "kaiming_uniform) on a vector, `identity` on more than two axes, a non-finite "
+                                 "constant, or `blocks: k` that does not divide the first axis."),
     # -- E04xx: the graph
     "E0401": ("argument of the wrong shape", "A module call passes a value whose shape or dtype does not match the "
                                              "callee's input declaration."),
