@@ -126,6 +126,14 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="Length of a time axis: --axis-len S=12 (repeatable). A model with several time axes "
                    "(seq2seq: S and T) unrolls each to its own length; every axis not given defaults to --seq-len "
                    "with --unroll. Also the length used for the check against PyTorch."),
+          weights: Optional[Path] = typer.Option(
+              None, "--weights",
+              help="Trained weights (a .safetensors file keyed by the spec's parameter names, what "
+                   "state_dict() gives): model.py's weights, model.onnx and the check use them."),
+          triton: Optional[Path] = typer.Option(
+              None, "--triton",
+              help="Also write a Triton Inference Server model repository: REPO/<name>/1/model.onnx and "
+                   "REPO/<name>/config.pbtxt (onnxruntime backend, dynamic batching)."),
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import build as run_build
@@ -134,7 +142,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     lengths = _parse_axis_lengths(axis_lens)
     result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
                                              max_params=max_params, unroll=unroll, axis_lengths=lengths,
-                                             optimize_passes=not as_written))
+                                             optimize_passes=not as_written, weights=weights,
+                                             triton=triton))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -151,6 +160,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     for name, dims in result.outputs.items():
         table.add_row(f"output {name}", _shape(dims))
     table.add_row("files", ", ".join(result.files))
+    if result.triton:
+        table.add_row("triton", f"{result.triton}/config.pbtxt, {result.triton}/1/model.onnx")
     data = "; weights in model.onnx.data" if result.onnx_external_data else ""
     if result.onnx_form == "unrolled":
         at = ", ".join(f"{k}={v}" for k, v in (result.unrolled_lengths or {}).items())

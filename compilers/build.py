@@ -1,7 +1,7 @@
 """`seqdsl build`: one spec in, a checked directory of deployable files out.
 
     DIR/model.py              standalone PyTorch source (imports torch only), ``class Model(nn.Module)``
-    DIR/weights.safetensors   the initial weights, named as in the spec (no pickle)
+    DIR/weights.safetensors   the weights (initial, or the trained ones given), named as in the spec (no pickle)
     DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker; with
                               ``unroll=True`` the explicit graph for one fixed length per time axis instead
     DIR/model.onnx.data       the weights, only for a model whose ONNX file would pass protobuf's 2 GiB limit
@@ -29,6 +29,8 @@ from seqdsl.ir import Model
 
 if TYPE_CHECKING:
     import onnx
+
+    from .weights import WeightsSource
 
 TOLERANCE = 1e-4  # fp32: onnxruntime vs PyTorch, largest absolute difference allowed
 MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a size should not fill the memory
@@ -63,6 +65,7 @@ class BuildResult:
     onnx_form: str = "scan"  # "scan": runs at any length (Scan/Loop or ONNX's LSTM/GRU/RNN); "unrolled": no loops
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
+    triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
 
 
 def time_axes(model: Model) -> list[str]:
@@ -186,7 +189,8 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
-          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True) -> BuildResult:
+          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
+          weights: "WeightsSource | None" = None, triton: str | Path | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
@@ -197,6 +201,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     unrolled graph (no Scan: what CUDA graph capture needs) for every recurrent time axis at its length
     (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
     at any B, and the parameters stay one shared initializer each.
+
+    ``weights`` (a ``.safetensors`` path or a state_dict-like mapping of tensors or arrays, keyed by the spec's
+    parameter names) replaces the initial random weights: model.py's weights.safetensors and model.onnx then carry
+    them, and the check against PyTorch runs with them. Weights that do not fit the spec are one SpecError (E0601)
+    listing every problem with the line declaring the parameter, raised before anything is written.
+
+    ``triton`` (a folder) also writes the checked model.onnx into a Triton Inference Server model repository:
+    ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `compilers.triton`).
     """
     import torch
     from safetensors.torch import save_file
@@ -207,10 +219,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_export import export, set_weights
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
+    from .triton import model_dir, write_repository
+    from .weights import read_weights
 
     model = seqdsl.load(spec, sizes)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
+    trained = read_weights(model, weights) if weights is not None else None
+    triton_dir = model_dir(Path(triton), model.name) if triton is not None else None
     lengths = dict(axis_lengths or {})
     unrolled_lengths: dict[str, int] | None = None
     exported = model
@@ -236,6 +252,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
         torch.manual_seed(seed)
         net = cls()
+        if trained is not None:
+            net.load_state_dict(trained)
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
         save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
@@ -269,8 +287,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
             onnx_nodes=onnx_nodes, warnings=warnings,
             onnx_form="scan" if unrolled_lengths is None else "unrolled", unrolled_lengths=unrolled_lengths,
-            onnx_external_data=external)
+            onnx_external_data=external, triton=str(triton_dir) if triton_dir is not None else None)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        if triton_dir is not None:
+            write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
         _publish(staging, out)
         return result
     finally:

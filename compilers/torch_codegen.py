@@ -11,6 +11,7 @@ Names reach the source only as checked identifiers (the spec's names, made uniqu
 from __future__ import annotations
 
 import keyword
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,10 +428,16 @@ class _Generator:
             where = f"  # {Path(p.loc.file).name}:{p.loc.line}" if p.loc.line else ""
             lines.append(f"        {attribute_path(p.name)} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))})){where}")
         lines += ["        self.reset_parameters()", "",
+                  "    @torch.no_grad()",
                   "    def reset_parameters(self):",
-                  '        """uniform: U(-1/sqrt(n), 1/sqrt(n)) with n the fan-in (last axis; a vector\'s length), as nn.Linear; normal: N(0, 1)."""']
+                  '        """uniform: U(-1/sqrt(n), 1/sqrt(n)) with n the fan-in (last axis; a vector\'s length), as nn.Linear; normal: N(0, 1).',
+                  "",
+                  "        The others as torch.nn.init (fan_in = shape[1] * prod(shape[2:]), fan_out = shape[0] * prod(shape[2:])):",
+                  "        orthogonal: gain * a (semi-)orthogonal matrix; identity: gain * I; xavier_uniform: U(-a, a),",
+                  "        a = gain * sqrt(6 / (fan_in + fan_out)); kaiming_uniform: U(-a, a), a = gain * sqrt(3 / fan_in).",
+                  '        """']
         for p in m.params.values():
-            lines.append(f"        {_init(p.name, p.init, p.shape)}")
+            lines += [f"        {line}" for line in _init(p)]
         if not m.params:
             lines.append("        pass")
         lines += ["", f"    def forward({sig}):", f'        """{in_doc} -> {out_doc}."""']
@@ -465,13 +472,38 @@ def _containers(params: dict[str, Param]) -> list[str]:
     return lines
 
 
-def _init(name: str, init: str, shape: tuple[int, ...]) -> str:
-    ref = attribute_path(name)
-    if init == "uniform":
-        return f"nn.init.uniform_({ref}, -1 / math.sqrt({shape[-1]}), 1 / math.sqrt({shape[-1]}))"
-    if init == "normal":
+def _init(p: Param) -> list[str]:
+    """The statements initialising ``p`` (`seqdsl.init` gives the formulas); a parameter of several blocks is
+    initialised block by block, each a view of its rows."""
+    ref = attribute_path(p.name)
+    if p.blocks == 1:
+        return [_init_call(p, ref)]
+    rows = p.shape[0] // p.blocks
+    return [f"for block in {ref}.split({rows}):  # {p.blocks} blocks of {rows} rows, each initialised on its own",
+            f"    {_init_call(p, 'block')}"]
+
+
+def _init_call(p: Param, ref: str) -> str:
+    gain = repr(float(p.gain)) if p.gain is not None else ""
+    if p.init == "uniform":
+        return f"nn.init.uniform_({ref}, -1 / math.sqrt({p.shape[-1]}), 1 / math.sqrt({p.shape[-1]}))"
+    if p.init == "normal":
         return f"nn.init.normal_({ref})"
-    return f"nn.init.{init}_({ref})"
+    if p.init == "constant":
+        return f"nn.init.constant_({ref}, {float(p.value)!r})"  # type: ignore[arg-type]
+    if p.init == "orthogonal":
+        return f"nn.init.orthogonal_({ref}, gain={gain})"
+    if p.init == "identity":
+        return f"nn.init.eye_({ref})" + ("" if p.gain == 1.0 else f".mul_({gain})")
+    if p.init == "xavier_uniform":
+        return f"nn.init.xavier_uniform_({ref}, gain={gain})"
+    if p.init == "kaiming_uniform":  # as nn.init.kaiming_uniform_, with the gain given rather than a nonlinearity
+        fan_in = p.shape[1] * math.prod(p.shape[2:])
+        return f"nn.init.uniform_({ref}, -math.sqrt(3.0) * ({gain} / math.sqrt({fan_in})), " \
+               f"math.sqrt(3.0) * ({gain} / math.sqrt({fan_in})))"
+    if p.init in ("zeros", "ones"):
+        return f"nn.init.{p.init}_({ref})"
+    raise KeyError(f"initialiser `{p.init}` has no entry in compilers.torch_codegen._init_call")
 
 
 def generate(model: Model) -> str:

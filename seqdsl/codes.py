@@ -75,6 +75,11 @@ CODES: dict[str, tuple[str, str]] = {
                                        "number (an axis, a head count, a probability) is needed."),
     "E0316": ("bad module call", "A module call has too many or missing inputs, or an argument that is neither an "
                                  "input, a size, `repeat` nor `direction`."),
+    "E0317": ("bad initialiser", "A parameter's `init:` does not fit it: a gain with an initialiser that takes "
+                                 "none (uniform, normal, zeros, ones, a constant), a gain that is not a positive "
+                                 "number, a matrix initialiser (orthogonal, identity, xavier_uniform, "
+                                 "kaiming_uniform) on a vector, `identity` on more than two axes, a non-finite "
+                                 "constant, or `blocks: k` that does not divide the first axis."),
     # -- E04xx: the graph
     "E0401": ("argument of the wrong shape", "A module call passes a value whose shape or dtype does not match the "
                                              "callee's input declaration."),
@@ -103,6 +108,15 @@ CODES: dict[str, tuple[str, str]] = {
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    # -- E06xx: building
+    "E0601": ("weights do not fit the spec", "The weights given to `build --weights` (or `build(weights=...)`) are "
+                                             "keyed by the spec's parameter names, one float tensor per parameter "
+                                             "of the declared shape, every value finite: what "
+                                             "`to_module(model).state_dict()` gives, saved with safetensors. The "
+                                             "error lists every missing, unexpected, misshaped, non-float or "
+                                             "non-finite entry with the line declaring the parameter."),
+    "E0602": ("unreadable weights file", "Weights are read from safetensors files only (never pickle); the file "
+                                         "is missing, truncated, or not safetensors."),
     # -- E07xx: training (`seqdsl train`): the data files and the options
     "E0701": ("cannot read data file",
               "Training data is an .npz file of plain numeric arrays (numpy.savez). It is read with pickling off: "

@@ -72,8 +72,11 @@ class Loop:
 class Param:
     name: str
     shape: tuple[int, ...]
-    init: str = "uniform"
+    init: str = "uniform"  # a kind of seqdsl.init.INITIALISERS
     loc: Location = UNKNOWN
+    gain: float | None = None  # for the initialisers that take one (resolved to its default)
+    blocks: int = 1  # axis 0 holds this many blocks (stacked gates), each initialised on its own
+    value: float | None = None  # the value of `init: constant`
 
     @property
     def size(self) -> int:

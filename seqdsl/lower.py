@@ -22,6 +22,7 @@ import networkx as nx
 
 from . import expr as E
 from .errors import Location, SpecError, did_you_mean
+from .init import resolve as resolve_init
 from .ir import Graph, Model, Node, Param, Shape, TrainDefaults, loop_of
 from .loader import Document
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
@@ -203,7 +204,12 @@ class _ModuleLowering:
                     raise SpecError("E0404", f"parameter `{name}` cannot have a B or T axis", self.loc("params", key),
                                     found=fmt(shape), hint="parameters are shared over the batch and over time")
                 full = self.prefix + name
-                self.params[full] = Param(full, shape, decl.init, self.key_loc("params", key))  # type: ignore[arg-type]
+                loc = self.key_loc("params", key)
+                blocks = None if decl.blocks is None else E.eval_size(decl.blocks, self.sizes, self.loc("params", key, "blocks"),
+                                                                       what="a number of blocks")
+                how = resolve_init(decl.init, decl.gain, blocks, shape, name, loc)  # type: ignore[arg-type]
+                self.params[full] = Param(full, shape, how.kind, loc,  # type: ignore[arg-type]
+                                          gain=how.gain, blocks=how.blocks, value=how.value)
                 self.param_names[name] = full
 
     def check_name(self, name: str, loc: Location, what: str) -> None:

@@ -15,11 +15,12 @@ Equations stay strings here; `seqdsl.expr` parses them. Nothing in this file eva
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from .errors import Location, SpecError, did_you_mean
+from .init import InitName
 from .loader import Document
 
 Dim = Union[int, str]
@@ -41,11 +42,15 @@ class ParamDecl(_Strict):
     """A learnable tensor: ``W: [h, d]`` or ``E: {shape: [vocab, d], init: normal}``.
 
     ``init``: ``uniform`` (default, U(-1/sqrt(n), 1/sqrt(n)) with n the fan-in: the last axis of a matrix or the
-    length of a vector, as nn.Linear), ``normal`` (N(0, 1), as nn.Embedding), ``zeros`` or ``ones``.
+    length of a vector, as nn.Linear), ``normal`` (N(0, 1), as nn.Embedding), ``zeros``, ``ones``, a number (a
+    constant), ``orthogonal``, ``identity``, ``xavier_uniform`` or ``kaiming_uniform``; ``gain`` scales the last
+    four; ``blocks: k`` initialises each of k stacked blocks along the first axis on its own (`seqdsl.init`).
     """
 
     shape: list[Dim]
-    init: Literal["uniform", "normal", "zeros", "ones"] = "uniform"
+    init: Union[InitName, float] = "uniform"
+    gain: Optional[float] = None
+    blocks: Union[int, str, None] = None
 
 
 class StateDecl(_Strict):
