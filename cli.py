@@ -348,6 +348,8 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                                     help="Train on N processes with DDP (runs torchrun on this machine)."),
           provider: str = typer.Option("auto", "--provider", help="onnxruntime provider of the final check."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1, help="Refuse larger models."),
+          no_build: bool = typer.Option(False, "--no-build",
+                                        help="Skip the final build (the weights stay in the checkpoint)."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DEBUG) -> None:
     """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
@@ -361,7 +363,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
-                           provider=provider, max_params=max_params)
+                           provider=provider, max_params=max_params, build=not no_build)
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _fail("error: --nproc under torchrun: give one or the other", 2)
@@ -370,9 +372,10 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
         _guard(debug, lambda: prepare(spec, data, sizes, val, options))  # the user's mistakes, once, exit 2
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
     result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
-    if result.build is None:  # not rank 0
+    if result.rank != 0:  # rank 0 alone reports
         return
-    _warn(result.build.warnings)
+    if result.build is not None:
+        _warn(result.build.warnings)
     if as_json:
         from dataclasses import asdict
 

@@ -36,9 +36,17 @@ class World:
             dist.all_reduce(values)
         return values
 
-    def barrier(self) -> None:
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        """The elementwise largest of ``values`` over the processes (in place)."""
         if self.size > 1:
-            dist.barrier()
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values
+
+    def broadcast(self, values: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``values``, in every process (in place)."""
+        if self.size > 1:
+            dist.broadcast(values, 0)
+        return values
 
 
 def pick_device(asked: str, local_rank: int = 0) -> torch.device:

@@ -46,6 +46,8 @@ class TrainResult:
     epochs: float
     seconds: float
     world_size: int
+    rank: int  # this process's (0 alone writes files and holds `build`)
+    replica_max_diff: float | None  # under DDP: the largest difference of any weight from rank 0's (0 when in step)
     train: dict[str, float]  # the last logged interval: loss (and accuracy)
     val: dict[str, float] | None  # the final validation: loss (and accuracy)
     baseline: float  # the trivial model on the validation data (else the training data): MSE or accuracy
@@ -86,10 +88,14 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
     """Train ``spec`` on ``data`` and build ``out_dir`` (default ``build/<name>``) with the trained weights."""
     options = options or TrainOptions()
     prepared = prepare(spec, data, sizes, val, options)
+    threads = torch.get_num_threads()
     world = join(options.device)
     try:
+        if options.threads:
+            torch.set_num_threads(options.threads)
         return _Run(spec, sizes, out_dir, prepared, options, world).run()
     finally:
+        torch.set_num_threads(threads)  # a library call leaves the process as it found it
         leave(world)
 
 
@@ -104,8 +110,6 @@ class _Run:
         self.out = Path(out_dir) if out_dir is not None else Path("build") / self.model.name
         self.work = Path(options.work_dir) if options.work_dir is not None else self.out.with_name(self.out.name + ".train")
         s = self.settings
-        if options.threads:
-            torch.set_num_threads(options.threads)
         if s.batch_size < world.size:
             raise SpecError("E0707", f"a batch of {s.batch_size} cannot be shared by {world.size} processes",
                             Location("--batch-size", path="batch_size"), hint="the batch size is the global one")
@@ -213,8 +217,18 @@ class _Run:
         seconds = time.perf_counter() - began
         if self.val_data is not None and val_metrics is None:
             val_metrics = self.evaluate()
-        world.barrier()
-        return self._finish(log, last_train, val_metrics, step, seconds)
+        replica_diff = self._replica_diff()
+        return self._finish(log, last_train, val_metrics, step, seconds, replica_diff)
+
+    def _replica_diff(self) -> float | None:
+        """How far any process's weights are from rank 0's (a broadcast and a max, independent of DDP's own
+        synchronisation); None on one process."""
+        if self.world.size == 1:
+            return None
+        flat = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+        reference = flat.clone()
+        self.world.broadcast(reference)
+        return float(self.world.max((flat - reference).abs().max()))
 
     def _metrics(self, sums: torch.Tensor) -> dict[str, float]:
         loss, count, correct = (float(v) for v in sums)
@@ -245,14 +259,15 @@ class _Run:
     # -- the end: plot, build
 
     def _finish(self, log: MetricsLog | None, last_train: dict[str, float], val: dict[str, float] | None,
-                step: int, seconds: float) -> TrainResult:
+                step: int, seconds: float, replica_diff: float | None) -> TrainResult:
         s = self.settings
         reference = self.val_set or self.train_set
         name = s.target.name
         trivial = baseline(s.target, self._real(self.train_set, name), self._real(reference, name))
         result = TrainResult(name=self.model.name, out_dir=str(self.out), work_dir=str(self.work), loss=s.target.loss,
                              steps=step, epochs=step / self.steps_per_epoch, seconds=seconds,
-                             world_size=self.world.size, train=last_train, val=val, baseline=trivial)
+                             world_size=self.world.size, rank=self.world.rank, replica_max_diff=replica_diff,
+                             train=last_train, val=val, baseline=trivial)
         if not self.world.main:
             return result
         assert log is not None
@@ -261,7 +276,8 @@ class _Run:
         plot(log.rows, plot_path, f"{self.model.name}: {Path(str(self.spec)).name}",
              "MSE" if s.target.loss == "mse" else "cross entropy", self.objective.has_accuracy, trivial)
         result.files = [log.path.name, plot_path.name, ckpt.FILE]
-        result.build = self._build()
+        if self.options.build:
+            result.build = self._build()
         return result
 
     def _real(self, dataset: Dataset, name: str) -> np.ndarray:
@@ -290,7 +306,11 @@ def summary_lines(result: TrainResult) -> list[str]:
     trivial = "predicting the mean: MSE" if result.loss == "mse" else "the majority class: accuracy"
     lines.append(f"  trivial baseline ({trivial}) {result.baseline:.4g}")
     lines.append(f"  metrics, plot, checkpoint: {result.work_dir}/ ({', '.join(result.files)})")
-    if result.build is not None:
+    if result.replica_max_diff is not None:
+        lines.append(f"  replicas: largest weight difference from rank 0: {result.replica_max_diff:.3g}")
+    if result.build is None:
+        lines.append("  no build (--no-build): the trained weights are in the checkpoint, under model/")
+    else:
         worst = max(result.build.max_abs_diff.values(), default=0.0)
         lines.append(f"  build: {result.build.out_dir}/ ({', '.join(result.build.files)}); onnxruntime vs PyTorch "
                      f"max abs diff {worst:.2e} with the trained weights")

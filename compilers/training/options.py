@@ -50,6 +50,7 @@ class TrainOptions:
     threads: int | None = None
     provider: str | None = None  # onnxruntime provider of the final build's check
     max_params: int = 100_000_000
+    build: bool = True  # build DIR with the trained weights at the end (off: the weights stay in the checkpoint)
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ def resolve(model: Model, options: TrainOptions, arrays: dict[str, np.ndarray]) 
         raise fail(f"output `{output}` is {node.dtype} (ids), not a value a loss can differentiate", out_loc,
                    hint="train on the output of logits or values, e.g. before an argmax")
     if loss == "cross_entropy":
-        if len(node.shape) < 2 or not isinstance(node.shape[-1], int):
-            raise fail(f"cross entropy needs an output whose last axis holds the classes; `{output}` is "
+        if len(node.shape) < 2 or not isinstance(node.shape[-1], int) or node.shape[-1] < 2:
+            raise fail(f"cross entropy needs an output whose last axis holds two classes or more; `{output}` is "
                        f"[{', '.join(map(str, node.shape))}]", loss_loc,
                        hint="use --loss mse for real-valued targets")
         target = Target(target_name, output, loss, tuple(node.shape[:-1]), int(node.shape[-1]))
