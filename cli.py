@@ -297,19 +297,6 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         print(f"wrote {', '.join(written)}")
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line minus ``--nproc N`` (what each torchrun worker runs)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            kept.append(arg)
-    return kept
-
-
 @app.command()
 def train(spec: Path = typer.Argument(..., help="The spec file."),
           data: Path = typer.Option(..., "--data", help="Training data: an .npz with one array per model input "
@@ -355,8 +342,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
     """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
     import os
 
-    from compilers.training import TrainOptions, prepare, summary_lines
-    from compilers.training import train as run_train
+    from compilers.training import TrainOptions, prepare
 
     sizes = _parse_sets(sets)
     options = TrainOptions(loss=loss, target=target, output=output_name, optimizer=optimizer, lr=lr,
@@ -367,10 +353,13 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _fail("error: --nproc under torchrun: give one or the other", 2)
-        from compilers.training.distributed import launch
+        from compilers.training.launch import launch, without_nproc
 
         _guard(debug, lambda: prepare(spec, data, sizes, val, options))  # the user's mistakes, once, exit 2
-        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+        raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
+    from compilers.training import summary_lines
+    from compilers.training import train as run_train
+
     result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
     if result.rank != 0:  # rank 0 alone reports
         return

@@ -3,14 +3,25 @@
     from compilers.training import TrainOptions, train
     result = train("specs/adding_lstm.yaml", "train.npz", "build/adding", options=TrainOptions(steps=500))
 
-One idea per module: `data` (reading and checking the arrays), `batches` (the batch plan, bucketing, sharding),
-`objective` (losses, masks, the trivial baseline), `options` (command line, spec and defaults), `checkpoint`,
-`report` (progress, metrics, plot), `distributed` (DDP, torchrun), `loop` (the training loop and the final build).
+One idea per module: `data` (reading and checking the arrays), `prepare` (every check before training),
+`batches` (the batch plan, bucketing, sharding), `objective` (losses, masks, the trivial baseline), `options`
+(command line, spec and defaults), `checkpoint`, `report` (progress, metrics, plot), `distributed` (DDP,
+torchrun), `loop` (the training loop and the final build). `prepare` and `TrainOptions` import no torch.
 """
 
 from __future__ import annotations
 
-from .loop import TrainResult, prepare, summary_lines, train
-from .options import TrainOptions
+from typing import Any
 
-__all__ = ["train", "prepare", "TrainOptions", "TrainResult", "summary_lines"]
+from .options import TrainOptions
+from .prepare import Prepared, prepare
+
+__all__ = ["train", "prepare", "Prepared", "TrainOptions", "TrainResult", "summary_lines"]
+
+
+def __getattr__(name: str) -> Any:  # the loop imports torch: only when it is used
+    if name in ("train", "TrainResult", "summary_lines"):
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(name)

@@ -2,15 +2,13 @@
 
 ``torchrun --nproc_per_node N -m seqdsl train ...`` starts N copies of the command; each finds its rank in the
 environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) and `join` sets
-up the process group. ``seqdsl train --nproc N`` does the same by running torchrun itself (`launch`). Rank 0
+up the process group. ``seqdsl train --nproc N`` does the same by running torchrun itself (`compilers.training.launch`). Rank 0
 alone writes files and prints; every process computes.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +79,3 @@ def leave(world: World) -> None:
     if world.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``seqdsl <argv>`` on ``nproc`` processes with torchrun (on this machine); its exit status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "seqdsl", *argv]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores (torchrun would say so, loudly)
-    return subprocess.run(command, env=env).returncode

@@ -19,20 +19,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
 
-import seqdsl
 from seqdsl.errors import Location, SpecError
-from seqdsl.ir import Model
 
-from ..build import BuildResult, check_size
+from ..build import BuildResult
 from . import checkpoint as ckpt
 from .batches import epoch_plan, shard, take
-from .data import Dataset, check, read_npz
+from .data import Dataset
 from .distributed import World, join, leave
 from .objective import Objective, baseline, real_values
-from .options import Settings, TrainOptions, resolve
+from .options import TrainOptions
+from .prepare import Prepared, prepare
 from .report import MetricsLog, Progress, plot
 
 
@@ -55,34 +55,6 @@ class TrainResult:
     build: BuildResult | None = None  # rank 0's
 
 
-@dataclass
-class _Prepared:
-    model: Model
-    settings: Settings
-    train: Dataset
-    val: Dataset | None
-
-
-def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = None, val: str | Path | None = None,
-            options: TrainOptions | None = None) -> _Prepared:
-    """Load the spec and check the data and options against it: every user mistake surfaces here (SpecError),
-    before any process starts or any step runs."""
-    options = options or TrainOptions()
-    model = seqdsl.load(spec, sizes)
-    check_size(model, options.max_params)
-    arrays = read_npz(data, "--data")
-    settings = resolve(model, options, arrays)
-    train_set = check(model, arrays, str(data), settings.target)
-    val_set = check(model, read_npz(val, "--val"), str(val), settings.target) if val is not None else None
-    if options.metrics_format not in ("csv", "jsonl"):
-        raise SpecError("E0707", f"--metrics-format {options.metrics_format!r}: csv or jsonl",
-                        Location("--metrics-format", path="metrics_format"))
-    if options.progress not in ("auto", "bar", "lines", "quiet"):
-        raise SpecError("E0707", f"--progress {options.progress!r}: auto, bar, lines or quiet",
-                        Location("--progress", path="progress"))
-    return _Prepared(model, settings, train_set, val_set)
-
-
 def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           val: str | Path | None = None, options: TrainOptions | None = None) -> TrainResult:
     """Train ``spec`` on ``data`` and build ``out_dir`` (default ``build/<name>``) with the trained weights."""
@@ -101,7 +73,7 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
 
 class _Run:
     def __init__(self, spec: str | Path, sizes: dict[str, int] | None, out_dir: str | Path | None,
-                 prepared: _Prepared, options: TrainOptions, world: World) -> None:
+                 prepared: Prepared, options: TrainOptions, world: World) -> None:
         from .. import torch_module
 
         self.spec, self.sizes, self.options, self.world = spec, sizes, options, world
