@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 from conftest import ROOT, SPECS
 
+import seqdsl
 from compilers.training import TrainOptions, prepare, train
 from compilers.training.batches import epoch_plan, shard, take
 from seqdsl import tasks
@@ -317,3 +318,10 @@ def test_a_loss_that_overflows_is_one_error(tmp_path: Path):
         train(SPECS / "adding_lstm.yaml", data, tmp_path / "out", {"h": 4}, options=TrainOptions(steps=2, **QUIET))
     assert info.value.code == "E0706" and "at step 1" in info.value.message
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "benchmarks" / "specs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_benchmark_specs_load(spec: Path):
+    model = seqdsl.load(spec)
+    if spec.stem.startswith("adding_"):
+        assert model.graph[model.graph.outputs["y"]].shape == ("B", 1)

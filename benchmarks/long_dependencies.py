@@ -1,0 +1,170 @@
+"""The seeds' claim, measured: a vanilla RNN fails as the dependency grows, gated cells (LSTM, GRU) hold, and an
+IRNN (ReLU, identity init, clipping) is a simple RNN that can learn long dependencies.
+
+Trains Elman RNN, LSTM, GRU and IRNN specs (benchmarks/specs/) with `compilers.training.train` (what
+`seqdsl train` runs) on the adding problem and LeCun's brackets task at growing lengths, one CPU thread each, the
+same steps, batch and optimiser for every cell, and writes ``results.json``, ``long_dependencies.png`` and a
+Markdown table (``--table`` prints it from the results)::
+
+    python benchmarks/long_dependencies.py                          # both tasks, the lengths below (~15 min)
+    python benchmarks/long_dependencies.py --tasks adding --lengths 10 50 --steps 300
+    python benchmarks/long_dependencies.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from compilers.training import TrainOptions, train  # noqa: E402
+from seqdsl import tasks  # noqa: E402
+from seqdsl.errors import SpecError  # noqa: E402
+
+SPECS = Path(__file__).resolve().parent / "specs"
+CELLS = ["rnn", "irnn", "gru", "lstm"]
+LABELS = {"rnn": "Elman RNN (tanh)", "irnn": "IRNN (ReLU, U = I)", "gru": "GRU", "lstm": "LSTM"}
+DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 100]}
+DEFAULT_STEPS = {"adding": 1500, "brackets": 800}
+TRAIN_EXAMPLES, VAL_EXAMPLES = 10_000, 1_000
+
+
+def spec_path(task: str, cell: str) -> Path:
+    """The spec of ``cell`` on ``task``: benchmarks/specs/, or the shipped specs/adding_lstm.yaml."""
+    shipped = ROOT / "specs" / f"{task}_{cell}.yaml"
+    return shipped if shipped.exists() else SPECS / f"{task}_{cell}.yaml"
+
+
+def run_one(task: str, length: int, cell: str, steps: int, lr: float, data: Path, work: Path) -> dict:
+    train_file, val_file = data / f"{task}_{length}_train.npz", data / f"{task}_{length}_val.npz"
+    if not train_file.exists():
+        tasks.save(tasks.generate(task, TRAIN_EXAMPLES, length, seed=0), str(train_file))
+        tasks.save(tasks.generate(task, VAL_EXAMPLES, length, seed=1), str(val_file))
+    row = {"task": task, "length": length, "cell": cell, "steps": steps, "lr": lr, "batch_size": 32, "clip": 1.0,
+           "seed": 0, "h": 32}
+    began = time.perf_counter()
+    try:
+        result = train(spec_path(task, cell), train_file, work / f"{task}_{length}_{cell}", val=val_file,
+                       options=TrainOptions(steps=steps, lr=lr, batch_size=32, clip=1.0, seed=0, threads=1,
+                                            progress="quiet", build=False, eval_every=max(1, steps // 5),
+                                            work_dir=work / f"{task}_{length}_{cell}"))
+    except SpecError as exc:
+        if exc.code != "E0706":
+            raise
+        row.update(diverged=exc.message, seconds=time.perf_counter() - began)
+        return row
+    assert result.val is not None
+    row.update(val_loss=result.val["loss"], val_accuracy=result.val.get("accuracy"), baseline=result.baseline,
+               train_loss=result.train["loss"], seconds=result.seconds)
+    return row
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task_names = [t for t in ("adding", "brackets") if any(r["task"] == t for r in rows)]
+    fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], task_names):
+        mine = [r for r in rows if r["task"] == task]
+        lengths = sorted({r["length"] for r in mine})
+        key = "val_loss" if task == "adding" else "val_accuracy"
+        for cell in CELLS:
+            points = sorted((r["length"], r[key]) for r in mine if r["cell"] == cell and r.get(key) is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=LABELS[cell])
+        base = [(r["length"], r["baseline"]) for r in mine if r.get("baseline") is not None]
+        if base:
+            best = {length: value for length, value in sorted(base)}
+            ax.plot(list(best), list(best.values()), "k--", label="trivial baseline")
+        ax.set_xscale("log")
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set_xlabel("sequence length T")
+        if task == "adding":
+            ax.set_yscale("log")
+            ax.set_ylabel("validation MSE (lower is better)")
+            ax.set_title("adding problem")
+        else:
+            ax.set_ylim(0.4, 1.02)
+            ax.set_ylabel("validation accuracy")
+            ax.set_title("brackets (seed 003)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for task in ("adding", "brackets"):
+        mine = [r for r in rows if r["task"] == task]
+        if not mine:
+            continue
+        lengths = sorted({r["length"] for r in mine})
+        metric = "validation MSE (baseline: predict the mean)" if task == "adding" else \
+            "validation accuracy (baseline: majority class)"
+        out.append(f"**{task}**, {metric}; steps {mine[0]['steps']}, seconds per run in brackets\n")
+        out.append("| cell | " + " | ".join(f"T={n}" for n in lengths) + " |")
+        out.append("| --- |" + " --- |" * len(lengths))
+        for cell in CELLS:
+            cells = []
+            for n in lengths:
+                r = next((r for r in mine if r["cell"] == cell and r["length"] == n), None)
+                if r is None:
+                    cells.append("")
+                elif "diverged" in r:
+                    cells.append(f"diverged ({r['seconds']:.0f} s)")
+                else:
+                    value = r["val_loss"] if task == "adding" else r["val_accuracy"]
+                    cells.append(f"{value:.4f} ({r['seconds']:.0f} s)")
+            out.append(f"| {LABELS[cell]} | " + " | ".join(cells) + " |")
+        base = {r["length"]: r["baseline"] for r in mine if r.get("baseline") is not None}
+        out.append("| trivial baseline | " + " | ".join(f"{base[n]:.4f}" if n in base else "" for n in lengths) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["adding", "brackets"], choices=["adding", "brackets"])
+    parser.add_argument("--lengths", nargs="+", type=int, help="the lengths (default: per task, see the top)")
+    parser.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
+    parser.add_argument("--steps", type=int, help="optimiser steps per run (default: per task)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of --out/results.json")
+    args = parser.parse_args()
+    results = args.out / "results.json"
+    if args.table:
+        print(table(json.loads(results.read_text())["runs"]))
+        return
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data, work = args.out / "data", args.out / "runs"
+    data.mkdir(exist_ok=True)
+    runs: list[dict] = json.loads(results.read_text())["runs"] if results.exists() else []
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
+               platform.machine(), "threads": 1, "command": " ".join(sys.argv)}
+    for task in args.tasks:
+        for length in args.lengths or DEFAULT_LENGTHS[task]:
+            for cell in args.cells:
+                row = run_one(task, length, cell, args.steps or DEFAULT_STEPS[task], args.lr, data, work)
+                runs = [r for r in runs if (r["task"], r["length"], r["cell"]) != (task, length, cell)] + [row]
+                results.write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
+                print(json.dumps(row), flush=True)
+    plot(runs, args.out / "long_dependencies.png")
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()
