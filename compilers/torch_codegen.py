@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from seqdsl.ir import Graph, Loop, Model, Node, Param, loop_of
+from seqdsl.ir import Graph, Loop, Model, Node, Param, loop_of, used_params
 
 Emit = Callable[[Node, list[str]], tuple[str, int]]  # (source, precedence)
 ATOM, UNARY, PRODUCT, SUM = 4, 3, 2, 1
@@ -73,11 +73,28 @@ HELPERS = {
     angles = torch.arange(t, device=x.device, dtype=x.dtype)[:, None] * inv_freq[None, :]
     return torch.stack([torch.sin(angles), torch.cos(angles)], -1).flatten(-2)''',
 }
+# Always written: how the module stays one graph under torch.compile (no recompiling for a new B or T).
+COMPILE_HELPERS = '''@torch.compiler.disable
+def dynamic_axes(value, axes):
+    """Mark the batch and time axes of value as varying for torch.compile (no new compilation for a new B or T);
+    outside torch.compile it only tags the tensor. Returns value."""
+    for axis in axes:
+        torch._dynamo.maybe_mark_dynamic(value, axis)
+    return value'''
 HELPER_OF = {"causal": "causal_mask", "mask": "padding_mask", "positional_encoding": "sinusoidal_positions"}
 
 
 def _contract(node: Node, args: list[str]) -> tuple[str, int]:
     return f'torch.einsum("...d,mnd->...mn", {args[0]}, {args[1]})', ATOM
+
+
+def _native_cell_helper(fn: str) -> str:
+    return f'''@torch.compiler.disable
+def native_{fn.split(".")[-1]}(*args):
+    """{fn} (oneDNN on the CPU, cuDNN on the GPU) run as it is: torch.compile would trace it into one set of
+    operations per step (it leaves torch.nn.LSTM to eager mode in the same way). Outputs vary in B and T."""
+    y, *states = {fn}(*args)  # (B, T, h), then (layers, B, h) per state
+    return (dynamic_axes(y, (0, 1)), *(dynamic_axes(s, (1,)) for s in states))'''
 
 
 TORCH_EMIT: dict[str, Emit] = {
@@ -143,6 +160,8 @@ TORCH_CELLS: dict[str, TorchCell] = {
                            (("W_r", "W_z", "W_n"), ("U_r", "U_z", "U_n"), ("b_ir", "b_iz", "b_in"),
                             ("b_hr", "b_hz", "b_hn"))),
 }
+
+HELPERS.update({"native_" + c.fn.split(".")[-1]: _native_cell_helper(c.fn) for c in TORCH_CELLS.values()})
 
 # Templates that call a method on, or index, an argument: such arguments must be atoms (parenthesised).
 RECEIVER_OPS = {"sequence_mask", "transpose", "unsqueeze", "squeeze", "sum", "mean", "argmax", "split_heads", "merge_heads",
@@ -249,7 +268,7 @@ class _Generator:
     def __init__(self, model: Model):
         self.model = model
         self.methods: list[list[str]] = []
-        self.method_names = _Names({"forward", "reset_parameters", "input_names", "output_names"})
+        self.method_names = _Names({"forward", "_forward", "reset_parameters", "input_names", "output_names"})
         self.helpers: set[str] = set()
 
     def param_ref(self, name: str) -> str:
@@ -275,12 +294,14 @@ class _Generator:
         seq = f"{x}.flip(1)" if reverse else x
         owner = node.name.rsplit(".", 1)[0] + "_" if "." in node.name else ""
         base = writer.names.fresh(owner + layout.fn.split(".")[-1])
+        helper = "native_" + layout.fn.split(".")[-1]
+        self.helpers.add(helper)
         outs = [f"{base}_y", *(f"{base}_{s}_n" for s in layout.states)]
         where = f"{Path(node.loc.file).name}:{node.loc.line}" if node.loc.line else self.model.name
         ind = writer.indent
         writer.lines += [
             f"{ind}# {where}: a standard {layout.title}, run by {layout.fn} (oneDNN on the CPU, cuDNN on the GPU)",
-            f"{ind}{', '.join(outs)} = {layout.fn}(",
+            f"{ind}{', '.join(outs)} = {helper}(",
             f"{ind}    {seq}, {hx},",
             f"{ind}    [{(',' + chr(10) + ind + '     ').join(stacked)}],",
             f"{ind}    True, 1, 0.0, self.training, False, True)  # biases, layers, dropout, train, bidirectional, batch_first",
@@ -323,7 +344,8 @@ class _Generator:
             writer.emit_node(n)
         sig = ", ".join(["self"] + carried + seq_args + [names(c.name) for c in caps])
         time_ref = seq_args[0] if seq_args else None
-        out = [f"    def {method}({sig}):",
+        out = ["    @torch.compiler.disable  # a Python loop over T: torch.compile would unroll it, again for each T",
+               f"    def {method}({sig}):",
                f'        """The recurrence z(t) = G(h(t), z(t-1), w) of {self.where(node)}, one step per t.',
                "",
                "        Carries " + ", ".join(f"{c} {dims(s.shape)}" for c, s in zip(carried, states)) + ".",
@@ -368,12 +390,16 @@ class _Generator:
         rets = []
         for i, r in enumerate(loop.returns):
             if r.kind == "all":
-                rets.append(f"torch.stack({collect[i]}, 1)")
+                value = f"torch.stack({collect[i]}, 1)"
             elif r.kind == "last":
-                rets.append(last[i])
+                value = last[i]
             else:
-                rets.append(writer.value(r.node) if r.node not in loop.updates
-                            else carried[loop.updates.index(r.node)])
+                value = (writer.value(r.node) if r.node not in loop.updates
+                         else carried[loop.updates.index(r.node)])
+            shape = body[r.node].shape
+            if r.kind == "all":
+                shape = (shape[0], "T" if loop.steps is None else loop.steps, *shape[1:])
+            rets.append(f"dynamic_axes({value}, {_symbolic_axes(shape)})")
         out.append(f"        return {', '.join(rets)}{',' if len(rets) == 1 else ''}")
         return out
 
@@ -411,6 +437,7 @@ class _Generator:
             "",
             "",
         ]
+        lines += [COMPILE_HELPERS, "", ""]
         for helper in sorted(self.helpers):
             lines += [HELPERS[helper], "", ""]
         lines += [
@@ -424,9 +451,16 @@ class _Generator:
             "        super().__init__()",
         ]
         lines += _containers(m.params)
+        used = used_params(m.graph)
         for p in m.params.values():
             where = f"  # {Path(p.loc.file).name}:{p.loc.line}" if p.loc.line else ""
-            lines.append(f"        {attribute_path(p.name)} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))})){where}")
+            empty = f"torch.empty({', '.join(map(str, p.shape))})"
+            if p.name in used:
+                lines.append(f"        {attribute_path(p.name)} = nn.Parameter({empty}){where}")
+            else:  # W0402: nothing uses it, so it gets no gradient; DDP wants a gradient for every parameter
+                owner, _, leaf = p.name.rpartition(".")
+                ref = attribute_path(owner) if owner else "self"
+                lines.append(f"        {ref}.register_buffer({leaf!r}, {empty}){where}, never used: not trained")
         lines += ["        self.reset_parameters()", "",
                   "    @torch.no_grad()",
                   "    def reset_parameters(self):",
@@ -440,12 +474,22 @@ class _Generator:
             lines += [f"        {line}" for line in _init(p)]
         if not m.params:
             lines.append("        pass")
-        lines += ["", f"    def forward({sig}):", f'        """{in_doc} -> {out_doc}."""']
+        args = ", ".join(names(n.name) for n in inputs)
+        lines += ["", "    @torch.compiler.disable(recursive=False)  # only this frame: torch.compile compiles _forward",
+                  f"    def forward({sig}):", f'        """{in_doc} -> {out_doc}."""']
+        lines += [f"        dynamic_axes({names(n.name)}, {_symbolic_axes(n.shape)})" for n in inputs]
+        lines += [f"        return self._forward({args})", "", f"    def _forward({sig}):"]
         lines += writer.lines
         lines.append(f"        return {ret}")
         for method in self.methods:
             lines += [""] + method
         return "\n".join(lines) + "\n"
+
+
+def _symbolic_axes(shape: tuple[Any, ...]) -> str:
+    """The positions of the symbolic axes (B, T, ...) of ``shape``, as a tuple literal."""
+    axes = tuple(i for i, d in enumerate(shape) if isinstance(d, str))
+    return repr(axes)
 
 
 def attribute_path(name: str) -> str:

@@ -4,16 +4,16 @@
     net = to_module(model)            # an nn.Module; net(x) -> (y, h_n, c_n)
 
 The source comes from `compilers.torch_codegen` (built from the checked IR, never from spec text) and is
-written to a file before import, so tracebacks and ``inspect`` show real lines.
+written to a file before import, so tracebacks and ``inspect`` show real lines. The class is importable by a
+stable name (`compilers.generated`), so ``torch.save(net)`` / ``torch.load(..., weights_only=False)`` round-trip
+the whole module, and ``copy.deepcopy(net)`` works.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +23,7 @@ from seqdsl import passes
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
 
+from . import generated
 from .torch_codegen import TORCH_CELLS, generate
 
 # Attributes of nn.Module a parameter must not shadow (`self.training = nn.Parameter(...)` would break it).
@@ -51,7 +52,7 @@ def import_source(path: Path) -> ModuleType:
 
 def module_class(model: Model, source_path: Path | None = None, optimize: bool = True,
                  native_cells: bool = True) -> type[nn.Module]:
-    """The generated ``Model`` class for ``model``; its source goes to ``source_path`` or a cache file.
+    """The generated ``Model`` class for ``model``; its source also goes to ``source_path`` when given.
 
     ``optimize`` runs seqdsl's default passes first (fusion, hoisting): same numbers, same parameter names;
     ``native_cells`` runs blocks that are a standard cell on torch's own kernels (torch.lstm, torch.gru, ...).
@@ -60,17 +61,11 @@ def module_class(model: Model, source_path: Path | None = None, optimize: bool =
     check_param_names(model)
     cells = frozenset(TORCH_CELLS) if native_cells else frozenset()
     source = generate(passes.optimize(model, cells=cells) if optimize else model)
-    if source_path is None:
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        cache = Path(tempfile.gettempdir()) / "seqdsl-modules"
-        cache.mkdir(parents=True, exist_ok=True)
-        source_path = cache / f"{model.name}_{digest}.py"
-    if not source_path.exists() or source_path.read_text() != source:
-        # write whole or not at all: another process may be importing the same cached file
-        tmp = source_path.with_name(f".{source_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, source_path)
-    return import_source(source_path).Model
+    if source_path is not None and (not source_path.exists() or source_path.read_text() != source):
+        source_path.write_text(source)
+    # imported from the cache under a stable name (compilers.generated.<model>_<digest>), so torch.save(net) finds
+    # the class again in another process
+    return generated.load(model.name, source).Model
 
 
 def to_module(model: Model, optimize: bool = True, native_cells: bool = True) -> nn.Module:

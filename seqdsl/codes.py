@@ -147,6 +147,10 @@ CODES: dict[str, tuple[str, str]] = {
               "another model (other parameter names or shapes) or another optimiser."),
     # -- warnings
     "W0401": ("unused value", "An equation or input is never used by any output. Remove it, or output it."),
+    "W0402": ("unused parameter", "A declared parameter that no output depends on gets no gradient, so nothing "
+                                  "trains it. model.py keeps it as a buffer (it stays in the state_dict and the "
+                                  "weights file, but not in parameters()), so DistributedDataParallel, which "
+                                  "expects a gradient for every parameter, still works. Remove it, or use it."),
 }
 
 

@@ -226,3 +226,29 @@ def _all_nodes(graph: Graph) -> Iterator[Node]:
 def all_nodes(graph: Graph) -> Iterator[Node]:
     """Every node of ``graph`` and of the loop bodies inside it."""
     return _all_nodes(graph)
+
+
+def used_params(graph: Graph) -> set[str]:
+    """The parameters that some output of ``graph`` depends on. A loop that an output depends on contributes what
+    its state updates, returned values and stop condition read. A parameter outside this set gets no gradient."""
+    used: set[str] = set()
+
+    def walk(g: Graph, roots: Iterator[str] | list[str]) -> None:
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in g.nodes:
+                continue
+            seen.add(name)
+            node = g[name]
+            if node.op == "param":
+                used.add(node.attrs["name"])
+            elif node.op == "loop":
+                loop = loop_of(node)
+                walk(loop.body, [*loop.updates, *(r.node for r in loop.returns), *loop.stop[:1]] if loop.stop
+                     else [*loop.updates, *(r.node for r in loop.returns)])
+            stack.extend(node.inputs)
+
+    walk(graph, list(graph.outputs.values()))
+    return used

@@ -23,7 +23,7 @@ import networkx as nx
 from . import expr as E
 from .errors import Location, SpecError, did_you_mean
 from .init import resolve as resolve_init
-from .ir import Graph, Model, Node, Param, Shape, TrainDefaults, loop_of
+from .ir import Graph, Model, Node, Param, Shape, TrainDefaults, loop_of, used_params
 from .loader import Document
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
 from .schema import GraphModule, RecurrentModule
@@ -60,7 +60,7 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
                   train=_train_defaults(unit))
     model.verify()
-    model.warnings = unused_values(graph)
+    model.warnings = unused_values(graph) + unused_params(model)
     return model
 
 
@@ -68,6 +68,15 @@ def _train_defaults(unit: Unit) -> TrainDefaults:
     section = unit.module.train
     values = section.model_dump(exclude_none=True) if section is not None else {}
     return TrainDefaults(values, {k: unit.doc.loc(unit.path + ("train", k)) for k in values})
+
+
+def unused_params(model: Model) -> list[SpecError]:
+    """Declared parameters that no output depends on (W0402): nothing would train them. model.py keeps them as
+    buffers (in the state_dict, never in parameters()), so that DDP sees no parameter without a gradient."""
+    used = used_params(model.graph)
+    return [SpecError("W0402", f"parameter `{p.name}` is never used by any output", p.loc,
+                      hint="remove it; until then it is not trained (model.py holds it as a buffer)")
+            for p in model.params.values() if p.name not in used]
 
 
 def unused_values(graph: Graph) -> list[SpecError]:
