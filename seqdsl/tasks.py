@@ -156,7 +156,8 @@ def _with_lengths(arrays: Arrays, lengths: np.ndarray, length: int, min_length: 
 
 TASKS: dict[str, Task] = {
     "adding": Task(adding, "MSE 1/6 ≈ 0.167 (always predict 1)", variable_length=True),
-    "copy": Task(copy_memory, "cross entropy K·ln 8 / (T + 2K); accuracy 1/8 on the recalled symbols", variable_length=False),
+    "copy": Task(copy_memory, "cross entropy K·ln 8 / (T + 2K); accuracy 1/8 on the recalled symbols",
+                 variable_length=False),
     "brackets": Task(brackets, "accuracy 1/2 (balanced classes)", variable_length=True),
 }
 

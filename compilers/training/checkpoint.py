@@ -38,7 +38,8 @@ class Checkpoint:
 
 def save(path: Path, step: int, model_name: str, fingerprint: dict[str, Any], net: torch.nn.Module,
          optimizer: torch.optim.Optimizer) -> None:
-    tensors: dict[str, torch.Tensor] = {f"model/{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {f"model/{k}": v.detach().cpu().contiguous()
+                                        for k, v in net.state_dict().items()}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
@@ -97,7 +98,8 @@ def restore(checkpoint: Checkpoint, net: torch.nn.Module, optimizer: torch.optim
     device = next(net.parameters()).device
     net.load_state_dict(checkpoint.model)
     groups = optimizer.state_dict()["param_groups"]  # this run's settings (a new --lr takes effect)
-    state = {i: {k: v.to(device) if k != "step" else v for k, v in s.items()} for i, s in checkpoint.optim_state.items()}
+    state = {i: {k: v.to(device) if k != "step" else v for k, v in s.items()}
+             for i, s in checkpoint.optim_state.items()}
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     if checkpoint.rng is not None:
         torch.set_rng_state(checkpoint.rng)

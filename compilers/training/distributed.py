@@ -2,8 +2,8 @@
 
 ``torchrun --nproc_per_node N -m seqdsl train ...`` starts N copies of the command; each finds its rank in the
 environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) and `join` sets
-up the process group. ``seqdsl train --nproc N`` does the same by running torchrun itself (`compilers.training.launch`). Rank 0
-alone writes files and prints; every process computes.
+up the process group. ``seqdsl train --nproc N`` does the same by running torchrun itself
+(`compilers.training.launch`). Rank 0 alone writes files and prints; every process computes.
 """
 
 from __future__ import annotations

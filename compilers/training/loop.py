@@ -80,7 +80,8 @@ class _Run:
         self.model, self.settings = prepared.model, prepared.settings
         self.train_set, self.val_set = prepared.train, prepared.val
         self.out = Path(out_dir) if out_dir is not None else Path("build") / self.model.name
-        self.work = Path(options.work_dir) if options.work_dir is not None else self.out.with_name(self.out.name + ".train")
+        self.work = Path(options.work_dir) if options.work_dir is not None else \
+            self.out.with_name(self.out.name + ".train")
         s = self.settings
         if s.batch_size < world.size:
             raise SpecError("E0707", f"a batch of {s.batch_size} cannot be shared by {world.size} processes",
@@ -126,7 +127,8 @@ class _Run:
         if world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            model = DistributedDataParallel(self.net, device_ids=[world.device] if world.device.type == "cuda" else None)
+            on_gpu = world.device.type == "cuda"
+            model = DistributedDataParallel(self.net, device_ids=[world.device] if on_gpu else None)
         progress = Progress(self.options.progress if world.main else "quiet", self.total, start,
                             f"train {self.model.name}")
         began = time.perf_counter()

@@ -100,7 +100,8 @@ class MetricsLog:
             if self.jsonl:
                 rows = [json.loads(line) for line in f if line.strip()]
             else:
-                rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+                rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
+                        for r in csv.DictReader(f)]
         for row in rows:
             row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
         return rows
