@@ -4,7 +4,8 @@ IRNN (ReLU, identity init, clipping) is a simple RNN that can learn long depende
 Trains Elman RNN, LSTM, GRU and IRNN specs (benchmarks/specs/) with `compilers.training.train` (what
 `seqdsl train` runs) on the adding problem and LeCun's brackets task at growing lengths, one CPU thread each, the
 same steps, batch and optimiser for every cell, and writes ``results.json``, ``long_dependencies.png`` and a
-Markdown table (``--table`` prints it from the results)::
+Markdown table (``--table`` prints it from the results) into ``benchmarks/results/``; the data and each run's
+metrics and checkpoint go to a temporary folder (``--work``)::
 
     python benchmarks/long_dependencies.py                          # both tasks, the lengths below (~15 min)
     python benchmarks/long_dependencies.py --tasks adding --lengths 10 50 --steps 300
@@ -17,6 +18,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +34,8 @@ from seqdsl.errors import SpecError  # noqa: E402
 SPECS = Path(__file__).resolve().parent / "specs"
 CELLS = ["rnn", "irnn", "gru", "lstm"]
 LABELS = {"rnn": "Elman RNN (tanh)", "irnn": "IRNN (ReLU, U = I)", "gru": "GRU", "lstm": "LSTM"}
-DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 100]}
-DEFAULT_STEPS = {"adding": 1500, "brackets": 800}
+DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 60]}
+DEFAULT_STEPS = {"adding": 1500, "brackets": 1500}
 TRAIN_EXAMPLES, VAL_EXAMPLES = 10_000, 1_000
 
 
@@ -140,8 +142,10 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, help="the lengths (default: per task, see the top)")
     parser.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
     parser.add_argument("--steps", type=int, help="optimiser steps per run (default: per task)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, the same for every cell")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "seqdsl-long-dependencies",
+                        help="where the generated data and each run's metrics and checkpoint go")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of --out/results.json")
     args = parser.parse_args()
     results = args.out / "results.json"
@@ -150,8 +154,8 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    data, work = args.out / "data", args.out / "runs"
-    data.mkdir(exist_ok=True)
+    data, work = args.work / "data", args.work / "runs"
+    data.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = json.loads(results.read_text())["runs"] if results.exists() else []
     machine = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
                platform.machine(), "threads": 1, "command": " ".join(sys.argv)}
