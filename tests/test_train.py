@@ -27,7 +27,7 @@ from seqdsl.errors import SpecError
 QUIET = dict(progress="quiet", build=False, threads=1)  # one thread: two spin-waiting ones crawl on a busy machine
 
 
-def seqdsl(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
 
@@ -56,7 +56,7 @@ def adding(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, tmp_path: Path):
     data, val = adding
     out = tmp_path / "adding"
-    r = seqdsl("train", str(SPECS / "adding_lstm.yaml"), "--data", str(data), "--val", str(val), "-o", str(out),
+    r = cli("train", str(SPECS / "adding_lstm.yaml"), "--data", str(data), "--val", str(val), "-o", str(out),
                "--set", "h=8", "--steps", "150", "--lr", "0.02", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -71,7 +71,7 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
     with np.load(val, allow_pickle=False) as f:
         x = f["x"][:16]
     np.save(tmp_path / "x.npy", x)
-    r = seqdsl("run", str(out / "model.onnx"), "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path))
+    r = cli("run", str(out / "model.onnx"), "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     w = {k: torch.from_numpy(v) for k, v in trained.items()}
     lstm = torch.nn.LSTM(2, 8, batch_first=True)
@@ -87,7 +87,7 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
 
 def test_cli_bad_data_is_one_error_exit_2(adding, tmp_path: Path):
     bad = save(tmp_path / "bad.npz", x=np.zeros((4, 6, 2), np.float32))
-    r = seqdsl("train", str(SPECS / "adding_lstm.yaml"), "--data", str(bad), "-o", str(tmp_path / "out"))
+    r = cli("train", str(SPECS / "adding_lstm.yaml"), "--data", str(bad), "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"{bad}: error[E0702]: no array `target`")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.train").exists()
@@ -138,27 +138,31 @@ LENGTHS_SPEC = """\
 """
 
 
-def test_padding_changes_nothing_and_buckets_cut_batches_to_their_longest(tmp_path: Path):
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_padding_changes_nothing_and_buckets_cut_batches_to_their_longest(tmp_path: Path, loss: str):
     spec = tmp_path / "masked.yaml"
     spec.write_text(textwrap.dedent(LENGTHS_SPEC))
     rng = np.random.default_rng(0)
     n, steps = 24, 9
     x = rng.standard_normal((n, steps, 2)).astype(np.float32)
     lengths = rng.integers(1, steps + 1, n)
-    y = rng.standard_normal((n, steps, 4)).astype(np.float32)  # per-step MSE targets of `y`
+    if loss == "mse":  # per-step targets of `y` (B, T, 4)
+        y = rng.standard_normal((n, steps, 4)).astype(np.float32)
+    else:  # per-step class ids, `y` read as the logits of 4 classes
+        y = rng.integers(0, 4, (n, steps))
     real = np.arange(steps)[None, :] < lengths[:, None]
     noisy_x, noisy_y = x.copy(), y.copy()
-    noisy_x[~real], noisy_y[~real] = 1e3, -1e3  # what padding holds must not matter
+    noisy_x[~real], noisy_y[~real] = 1e3, (-1e3 if loss == "mse" else 99)  # padding's values must not matter
     runs = {"clean": (x, y, True), "noisy": (noisy_x, noisy_y, True), "unbucketed": (noisy_x, noisy_y, False)}
     for name, (xs, ys, bucket) in runs.items():
         data = save(tmp_path / f"{name}.npz", x=xs, lengths=lengths, target=ys)
         train(spec, data, tmp_path / name, options=TrainOptions(batch_size=n, steps=3, output="y", bucket=bucket,
-                                                                  work_dir=tmp_path / name, **QUIET))
+                                                                  loss=loss, work_dir=tmp_path / name, **QUIET))
     clean = weights(tmp_path / "clean")
     for name in ("noisy", "unbucketed"):
         assert all(np.allclose(clean[k], v, atol=1e-6) for k, v in weights(tmp_path / name).items()), name
     # a batch is cut to its longest sequence; the plan covers every example once, in buckets of like lengths
-    prepared = prepare(spec, tmp_path / "clean.npz", options=TrainOptions(output="y"))
+    prepared = prepare(spec, tmp_path / "clean.npz", options=TrainOptions(output="y", loss=loss))
     tensors = {k: torch.from_numpy(v) for k, v in prepared.train.arrays.items()}
     short = np.flatnonzero(lengths <= 4)
     batch = take(tensors, prepared.train, short, crop=True)
