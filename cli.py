@@ -15,9 +15,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Describe sequence networks as YAML equations; compile them to PyTorch and ONNX.")
 out = Console(highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from seqdsl.version import __version__
+
+        print(f"seqdsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print seqdsl's version and exit.")) -> None:
+    """Describe sequence networks as YAML equations; compile them to PyTorch and ONNX."""
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
@@ -91,17 +105,46 @@ def _shape(dims: list[Any]) -> str:
     return f"[{', '.join(map(str, shape))}] {dtype}"
 
 
+def _spec_files(paths: list[Path]) -> list[Path]:
+    """The spec files named by ``paths``: a file as given, a folder as every ``*.yaml``/``*.yml`` under it (sorted).
+    A path that does not exist is kept, so that it is reported like any other spec that fails to load."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                _fail(f"error: {path}: a folder with no .yaml spec files in it", 2)
+            files += found
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))
+
+
 @app.command()
-def validate(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
-             debug: bool = DEBUG) -> None:
-    """Check a spec: YAML, schema, names, cycles and shapes. Prints nothing but a summary line when it is fine."""
+def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
+             sets: Optional[list[str]] = SETS, debug: bool = DEBUG) -> None:
+    """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
+    spec that is not; exit 2 if any failed."""
     import seqdsl
 
     sizes = _parse_sets(sets)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
-    _warn([w.format() for w in model.warnings])
-    out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
-              f"{model.graph.count()} IR nodes")
+    files = _spec_files(specs)
+    failed = 0
+    for spec in files:
+        try:
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+        except typer.Exit as stop:
+            if stop.exit_code != 2 or len(files) == 1:
+                raise
+            failed += 1
+            continue
+        _warn([w.format() for w in model.warnings])
+        out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
+                  f"{model.graph.count()} IR nodes")
+    if len(files) > 1:
+        out.print(f"{len(files) - failed} of {len(files)} specs ok" + (f", {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -59,7 +59,19 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
     model.verify()
     model.warnings = unused_values(graph)
+    model.sources = spec_sources(unit)
     return model
+
+
+def spec_sources(unit: Unit) -> dict[str, str]:
+    """The sha256 of every file ``unit`` was read from: its own file first, then each imported one once."""
+    found: dict[str, str] = {}
+    pending = [unit]
+    while pending:
+        u = pending.pop(0)
+        found.setdefault(u.doc.file, u.doc.sha256)
+        pending += u.modules.values()
+    return found
 
 
 def unused_values(graph: Graph) -> list[SpecError]:
