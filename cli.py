@@ -7,9 +7,11 @@ Exit status: 0 success, 2 a mistake in the spec or the command line (printed as 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +19,7 @@ from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Describe sequence networks as YAML equations; compile them to PyTorch and ONNX.")
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # soft wrap: a long line stays one line when piped
 
 
 def _print_version(value: bool) -> None:
@@ -93,6 +95,22 @@ def _parse_axis_lengths(items: Optional[list[str]]) -> dict[str, int]:
             _fail(f"error: --axis-len {name} given twice ({lengths[name]} and {value})", 2)
         lengths[name] = int(value)
     return lengths
+
+
+def _interactive() -> bool:
+    """Whether a person watches: stderr is a terminal and no `CI` variable is set (CI services set it)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[str], None]]:
+    """A callback for the stages of a long task: a spinner with the current stage on a terminal (stderr, so that
+    stdout stays the result), nothing at all when piped or under CI."""
+    if not _interactive():
+        yield lambda _stage: None
+        return
+    with Console(stderr=True).status(what, spinner="dots") as status:
+        yield lambda stage: status.update(f"{what}: {stage} …")
 
 
 def _warn(warnings: list[str]) -> None:
@@ -175,36 +193,46 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
-    result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
-                                             max_params=max_params, unroll=unroll, axis_lengths=lengths,
-                                             optimize_passes=not as_written))
+    with _progress("building") as stage:
+        result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
+                                                 max_params=max_params, unroll=unroll, axis_lengths=lengths,
+                                                 optimize_passes=not as_written, progress=stage))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
 
         print(json.dumps(asdict(result), indent=2))
         return
-    table = Table(title=f"{result.name} → {result.out_dir}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("parameters", f"{result.param_count:,}")
-    table.add_row("sizes", ", ".join(f"{k}={v}" for k, v in result.sizes.items()))
-    for name, dims in result.inputs.items():
-        table.add_row(f"input {name}", _shape(dims))
-    for name, dims in result.outputs.items():
-        table.add_row(f"output {name}", _shape(dims))
-    table.add_row("files", ", ".join(result.files))
+    rows = [("parameters", f"{result.param_count:,}"),
+            ("sizes", ", ".join(f"{k}={v}" for k, v in result.sizes.items()))]
+    rows += [(f"input {name}", _shape(dims)) for name, dims in result.inputs.items()]
+    rows += [(f"output {name}", _shape(dims)) for name, dims in result.outputs.items()]
+    rows.append(("files", ", ".join(result.files)))
     data = "; weights in model.onnx.data" if result.onnx_external_data else ""
     if result.onnx_form == "unrolled":
         at = ", ".join(f"{k}={v}" for k, v in (result.unrolled_lengths or {}).items())
         form = f"unrolled for {at}, runs at that length only" if at else "unrolled (fixed step counts), any length"
+    elif result.onnx_form == "none":
+        form = "no recurrence, runs at any length"
     else:
-        form = "scan, runs at any length"
-    table.add_row("onnx", f"{form} ({result.onnx_nodes} nodes{data})")
-    table.add_row("onnxruntime", result.provider)
+        blocks = ", ".join(f"{block} {kind}" for block, kind in result.onnx_blocks.items())
+        form = f"{blocks}; runs at any length"
+    rows.append(("onnx", f"{form} ({result.onnx_nodes} nodes{data})"))
+    rows.append(("onnxruntime", result.provider))
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
-    table.add_row("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)")
+    rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
+    title = f"{result.name} → {result.out_dir}"
+    if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
+        print(title)
+        for key, value in rows:
+            print(f"  {key}: {value}")
+        return
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
     out.print(table)
 
 

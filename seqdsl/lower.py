@@ -56,7 +56,8 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                         expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
                         hint="for example `name: my_lstm`")
     model = Model(name=name, graph=graph, params=params,
-                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
+                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
+                  doc=unit.module.doc)
     model.verify()
     model.warnings = unused_values(graph)
     model.sources = spec_sources(unit)
