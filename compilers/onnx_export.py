@@ -196,6 +196,27 @@ def _sequence_mask(b: _Builder, node: Node, args: list[str]) -> str:
     return b.op("Cast", [b.op("Less", [row, lengths], node.name)], node.name, to=TensorProto.FLOAT)
 
 
+def _gelu(b: _Builder, node: Node, args: list[str]) -> str:
+    """x Φ(x) = x (1 + erf(x / √2)) / 2: ONNX's Gelu op needs opset 20, Erf is in every opset we write."""
+    erf = b.op("Erf", [b.op("Mul", [args[0], b.const(float(np.sqrt(0.5)))], node.name)], node.name)
+    half_x = b.op("Mul", [args[0], b.const(0.5)], node.name)
+    return b.op("Mul", [half_x, b.op("Add", [erf, b.const(1.0)], node.name)], node.name)
+
+
+def _silu(b: _Builder, node: Node, args: list[str]) -> str:
+    return b.op("Mul", [args[0], b.op("Sigmoid", args, node.name)], node.name)
+
+
+def _clip(b: _Builder, node: Node, args: list[str]) -> str:
+    bounds = [b.const(node.attrs[k]) if node.attrs.get(k) is not None else "" for k in ("min", "max")]
+    return b.op("Clip", [args[0], *bounds], node.name)
+
+
+def _where(b: _Builder, node: Node, args: list[str]) -> str:
+    cond = b.op("Cast", [args[0]], node.name, to=TensorProto.BOOL)  # not 0 (NaN included) is true, as torch's != 0
+    return b.op("Where", [cond, args[1], args[2]], node.name)
+
+
 def _select(b: _Builder, node: Node, args: list[str]) -> str:
     keep = b.op("Greater", [args[0], b.const(0.0)], node.name)
     return b.op("Where", [keep, args[1], args[2]], node.name)
@@ -213,6 +234,17 @@ ONNX_EMIT: dict[str, Emit] = {
     "tanh": _simple("Tanh"),
     "relu": _simple("Relu"),
     "exp": _simple("Exp"),
+    "log": _simple("Log"),
+    "abs": _simple("Abs"),
+    "gelu": _gelu,
+    "silu": _silu,
+    "softplus": _simple("Softplus"),
+    "elu": lambda b, n, a: b.op("Elu", a, n.name, alpha=n.attrs["alpha"]),
+    "leaky_relu": lambda b, n, a: b.op("LeakyRelu", a, n.name, alpha=n.attrs["negative_slope"]),
+    "min": _simple("Min"),
+    "max": _simple("Max"),
+    "clamp": _clip,
+    "where": _where,
     "softmax": _simple("Softmax", axis=-1),
     "log_softmax": _simple("LogSoftmax", axis=-1),
     "concat": _simple("Concat", axis=-1),
