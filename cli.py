@@ -103,14 +103,25 @@ def _interactive() -> bool:
 
 
 @contextmanager
-def _progress(what: str) -> Iterator[Callable[[str], None]]:
-    """A callback for the stages of a long task: a spinner with the current stage on a terminal (stderr, so that
-    stdout stays the result), nothing at all when piped or under CI."""
+def _progress(what: str, stages: tuple[str, ...]) -> Iterator[Callable[[str], None]]:
+    """A callback for the stages of a long task: a live line with a spinner, the stage and a bar on a terminal
+    (stderr, so that stdout stays the result), gone when the task ends; nothing at all when piped or under CI."""
     if not _interactive():
         yield lambda _stage: None
         return
-    with Console(stderr=True).status(what, spinner="dots") as status:
-        yield lambda stage: status.update(f"{what}: {stage} …")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=len(stages))
+
+        def update(stage: str) -> None:
+            done = stages.index(stage) if stage in stages else 0
+            bar.update(task, completed=done, description=f"{what}: {stage}")
+            bar.refresh()
+
+        yield update
 
 
 def _warn(warnings: list[str]) -> None:
@@ -189,11 +200,12 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                    "with --unroll. Also the length used for the check against PyTorch."),
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
+    from compilers.build import STAGES
     from compilers.build import build as run_build
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
-    with _progress("building") as stage:
+    with _progress("building", STAGES) as stage:
         result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
                                                  max_params=max_params, unroll=unroll, axis_lengths=lengths,
                                                  optimize_passes=not as_written, progress=stage))
@@ -381,15 +393,40 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
 
 
 @app.command()
-def explain(code: str = typer.Argument(..., help="An error code such as E0402.")) -> None:
-    """Print the longer story behind an error code."""
+def explain(topic: Optional[str] = typer.Argument(None, help="An error code such as E0402, or a spec key such as "
+                                                             "recurrent.state.init."),
+            keys: bool = typer.Option(False, "--keys", help="Print every spec key with what it means (Markdown).")
+            ) -> None:
+    """Print the longer story behind an error code, or what a key of a spec file means."""
+    import re
+
     from seqdsl.codes import CODES
     from seqdsl.codes import explain as story
+    from seqdsl.spec_keys import KEYS, key_doc, key_reference
 
-    text = story(code)
-    if text is None:
-        _fail(f"error: no such code {code!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
-    print(text)
+    if keys:
+        print(key_reference())
+        return
+    if topic is None:
+        _fail("error: give an error code (E0402), a spec key (recurrent.step) or --keys", 2)
+    if re.fullmatch(r"[EW]\d{4}", topic.strip().upper()):
+        text = story(topic)
+        if text is None:
+            _fail(f"error: no such code {topic!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
+        print(text)
+        return
+    doc = key_doc(topic.strip())
+    if doc is None:
+        from seqdsl.errors import did_you_mean
+
+        hint = did_you_mean(topic.strip(), KEYS) or "`seqdsl explain --keys` lists them all"
+        _fail(f"error: {topic!r} is neither an error code nor a spec key\n   = help: {hint}", 2)
+    print(f"{topic.strip()}: {doc.text}")
+    for example in doc.examples:
+        print(f"  e.g. {json.dumps(example)}")
+    inner = [k for k in KEYS if k.startswith(topic.strip() + ".") and k.count(".") == topic.count(".") + 1]
+    if inner:
+        print("  keys inside: " + ", ".join(k.rsplit(".", 1)[1] for k in inner))
 
 
 @app.command()
@@ -405,4 +442,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(app(prog_name="seqdsl"))  # completion and help name the command, not this file

@@ -40,6 +40,11 @@ EXTERNAL_DATA_THRESHOLD = 2**31
 EXTERNAL_DATA_FILE = "model.onnx.data"
 
 
+#: The stages of a build, in order, as `build` reports them to its ``progress`` callback.
+STAGES = ("loading PyTorch and ONNX", "checking the spec", "writing model.py", "exporting ONNX",
+          "checking model.onnx (onnx.checker)", "running onnxruntime against PyTorch", "publishing")
+
+
 class ParityError(Exception):
     """onnxruntime and PyTorch disagree beyond the tolerance: a compiler bug, never the user's fault."""
 
@@ -196,8 +201,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           progress: Callable[[str], None] | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
-    ``progress`` is called with the name of each stage as it starts (``"exporting ONNX"``, ...): the command line
-    shows it on a terminal.
+    ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
+    terminal.
 
     ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
     spec's equations exactly as written, one line per equation, and model.onnx is a plain Scan of them.
@@ -208,7 +213,11 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
     at any B, and the parameters stay one shared initializer each.
     """
-    stage = progress or (lambda _: None)
+    def stage(name: str) -> None:
+        assert name in STAGES, name
+        if progress is not None:
+            progress(name)
+
     stage("loading PyTorch and ONNX")
     import torch
     from safetensors.torch import save_file
