@@ -393,11 +393,11 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
 
 
 @app.command()
-def explain(topic: Optional[str] = typer.Argument(None, help="An error code such as E0402, or a spec key such as "
-                                                             "recurrent.state.init."),
+def explain(topic: Optional[str] = typer.Argument(None, help="An error code such as E0402, a spec key such as "
+                                                             "recurrent.state.init, or a function such as gelu."),
             keys: bool = typer.Option(False, "--keys", help="Print every spec key with what it means (Markdown).")
             ) -> None:
-    """Print the longer story behind an error code, or what a key of a spec file means."""
+    """Print the longer story behind an error code, what a key of a spec file means, or what a function does."""
     import re
 
     from seqdsl.codes import CODES
@@ -415,12 +415,17 @@ def explain(topic: Optional[str] = typer.Argument(None, help="An error code such
             _fail(f"error: no such code {topic!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
         print(text)
         return
+    from seqdsl.ops import OPS, USER_FUNCTIONS
+
+    if topic.strip() in USER_FUNCTIONS:
+        print(f"{topic.strip()}: {OPS[topic.strip()].doc}")
+        return
     doc = key_doc(topic.strip())
     if doc is None:
         from seqdsl.errors import did_you_mean
 
-        hint = did_you_mean(topic.strip(), KEYS) or "`seqdsl explain --keys` lists them all"
-        _fail(f"error: {topic!r} is neither an error code nor a spec key\n   = help: {hint}", 2)
+        hint = did_you_mean(topic.strip(), [*KEYS, *USER_FUNCTIONS]) or "`seqdsl explain --keys` lists the keys"
+        _fail(f"error: {topic!r} is not an error code, a spec key or a function\n   = help: {hint}", 2)
     print(f"{topic.strip()}: {doc.text}")
     for example in doc.examples:
         print(f"  e.g. {json.dumps(example)}")

@@ -5,7 +5,8 @@
     DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker; with
                               ``unroll=True`` the explicit graph for one fixed length per time axis instead
     DIR/model.onnx.data       the weights, only for a model whose ONNX file would pass protobuf's 2 GiB limit
-    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, ONNX form
+    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, the ONNX
+                              form of each recurrent block, provenance (versions, opset, spec hashes, seed)
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
 failed build (bad spec, failed check, Ctrl-C) leaves the previous DIR exactly as it was.

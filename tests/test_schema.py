@@ -167,3 +167,30 @@ def test_seqdsl_points_at_the_same_key(name: str):
     assert (err.loc.line, err.loc.col) == (line, col), err.format()
     assert says in err.format(), err.format()
     assert path.removeprefix("$").lstrip(".") in err.loc.path, err.format()  # `= in:` names the same key
+
+
+def test_readme_key_table_is_the_generated_one():
+    from conftest import ROOT
+    from seqdsl.spec_keys import key_reference
+
+    assert key_reference() in (ROOT / "README.md").read_text(), "regenerate: seqdsl explain --keys, into README"
+
+
+def test_explain_a_key_a_function_and_a_code():
+    from typer.testing import CliRunner
+
+    import cli
+    from seqdsl.spec_keys import KEYS
+
+    run = CliRunner()
+    r = run.invoke(cli.app, ["explain", "recurrent.state.h.init"])  # a user's state name may be in the path
+    assert r.exit_code == 0 and r.output.startswith(f"recurrent.state.h.init: {KEYS['recurrent.state.init'].text}")
+    assert 'e.g. "learned"' in r.output
+    r = run.invoke(cli.app, ["explain", "recurrent.stop"])
+    assert "keys inside: when, equals" in r.output
+    r = run.invoke(cli.app, ["explain", "clamp"])
+    assert r.exit_code == 0 and "min=lo, max=hi" in r.output
+    r = run.invoke(cli.app, ["explain", "E0201"])
+    assert r.exit_code == 0 and "unknown key" in r.output
+    r = run.invoke(cli.app, ["explain", "recurent.step"])
+    assert r.exit_code == 2 and "did you mean `recurrent.step`?" in r.output
