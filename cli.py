@@ -135,12 +135,14 @@ def _shape(dims: list[Any]) -> str:
 
 
 def _spec_files(paths: list[Path]) -> list[Path]:
-    """The spec files named by ``paths``: a file as given, a folder as every ``*.yaml``/``*.yml`` under it (sorted).
+    """The spec files named by ``paths``: a file as given, a folder as every ``*.yaml``/``*.yml`` under it (sorted;
+    hidden files and folders such as ``.git`` skipped).
     A path that does not exist is kept, so that it is reported like any other spec that fails to load."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 _fail(f"error: {path}: a folder with no .yaml spec files in it", 2)
             files += found

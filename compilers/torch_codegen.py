@@ -84,6 +84,11 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _as_float(text: str) -> str:
+    """A number literal written as a float (`2` -> `2.0`), so that torch.where of two numbers gives float32."""
+    return repr(float(text)) if _is_number(text) else text
+
+
 def _extremum(fn: str, bound: str) -> Emit:
     """min/max of two values: ``torch.minimum(a, b)``; with a number (which torch.minimum does not take),
     ``torch.clamp(a, max=1)``."""
@@ -127,7 +132,7 @@ TORCH_EMIT: dict[str, Emit] = {
     "min": _extremum("torch.minimum", "max"),
     "max": _extremum("torch.maximum", "min"),
     "clamp": _clamp,
-    "where": lambda n, a: (f"torch.where({a[0]} != 0, {a[1]}, {a[2]})", ATOM),
+    "where": lambda n, a: (f"torch.where({a[0]} != 0, {_as_float(a[1])}, {_as_float(a[2])})", ATOM),
     "softmax": lambda n, a: (f"torch.softmax({a[0]}, dim={n.attrs['axis']})", ATOM),
     "log_softmax": lambda n, a: (f"torch.log_softmax({a[0]}, dim={n.attrs['axis']})", ATOM),
     "concat": lambda n, a: (f"torch.cat([{', '.join(a)}], dim={n.attrs.get('axis', -1)})", ATOM),

@@ -51,6 +51,7 @@ CASES: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     "clamp_positional": ("clamp(x, -0.5, 0.5)", lambda x, m: F.hardtanh(x, -0.5, 0.5)),
     "where": ("where(m, x, -x)", lambda x, m: torch.where(m.bool(), x, -x)),
     "where_number": ("where(m, x, 2)", lambda x, m: torch.where(m.bool(), x, torch.full_like(x, 2.0))),
+    "where_numbers": ("where(m, 1, -2)", lambda x, m: torch.where(m.bool(), 1.0, -2.0)),
 }
 
 
@@ -113,6 +114,7 @@ def _inputs(seed: int, batch: int = 3, steps: int = 4) -> tuple[np.ndarray, np.n
 
 
 def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert (got.dtype, got.shape) == (np.float32, want.shape), what
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=what)
 
 
