@@ -409,9 +409,10 @@ def explain(topic: Optional[str] = typer.Argument(None, help="An error code such
     if keys:
         print(key_reference())
         return
-    if topic is None:
-        _fail("error: give an error code (E0402), a spec key (recurrent.step) or --keys", 2)
-    if re.fullmatch(r"[EW]\d{4}", topic.strip().upper()):
+    if topic is None or not topic.strip():
+        _fail("error: give an error code (E0402), a spec key (recurrent.step), a function (gelu) or --keys", 2)
+    topic = topic.strip()
+    if re.fullmatch(r"[EW]\d{4}", topic.upper()):
         text = story(topic)
         if text is None:
             _fail(f"error: no such code {topic!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
@@ -419,21 +420,21 @@ def explain(topic: Optional[str] = typer.Argument(None, help="An error code such
         return
     from seqdsl.ops import OPS, USER_FUNCTIONS
 
-    if topic.strip() in USER_FUNCTIONS:
-        print(f"{topic.strip()}: {OPS[topic.strip()].doc}")
+    if topic in USER_FUNCTIONS:
+        print(f"{topic}: {OPS[topic].doc}")
         return
-    doc = key_doc(topic.strip())
+    doc = key_doc(topic)
     if doc is None:
         from seqdsl.errors import did_you_mean
 
-        hint = did_you_mean(topic.strip(), [*KEYS, *USER_FUNCTIONS]) or "`seqdsl explain --keys` lists the keys"
+        hint = did_you_mean(topic, [*KEYS, *USER_FUNCTIONS]) or "`seqdsl explain --keys` lists the keys"
         _fail(f"error: {topic!r} is not an error code, a spec key or a function\n   = help: {hint}", 2)
-    print(f"{topic.strip()}: {doc.text}")
+    print(f"{topic}: {doc.text}")
     for example in doc.examples:
         print(f"  e.g. {json.dumps(example)}")
-    inner = [k for k in KEYS if k.startswith(topic.strip() + ".") and k.count(".") == topic.count(".") + 1]
+    inner = [k.rsplit(".", 1)[1] for k in KEYS if k.rsplit(".", 1)[0] == topic and "." in k]
     if inner:
-        print("  keys inside: " + ", ".join(k.rsplit(".", 1)[1] for k in inner))
+        print("  keys inside: " + ", ".join(inner))
 
 
 @app.command()

@@ -9,7 +9,6 @@ non-standard tag are errors; aliases are allowed but bounded.
 from __future__ import annotations
 
 import hashlib
-
 import math
 import re
 from bisect import bisect_right

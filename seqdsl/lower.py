@@ -237,6 +237,8 @@ _FOLD = {
 
 
 def _clamped(value: float, low: float | None, high: float | None) -> float:
+    if low is None and high is None:
+        raise ValueError("clamp needs a bound: min=, max= or both")
     if low is not None and high is not None and low > high:
         raise ValueError(f"min ({low:g}) is above max ({high:g})")
     return min(max(value, low if low is not None else value), high if high is not None else value)

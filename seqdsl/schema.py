@@ -320,16 +320,13 @@ def _choose_by_if_then(node: Any) -> Any:
         rest = {k: v for k, v in node.items() if k != "oneOf"}
         return {**rest, "$ref": "#/$defs/Module"}
     branches = node.get("anyOf")
-    if isinstance(branches, list) and len(branches) == 2:
-        lists = [b for b in branches if b.get("type") == "array"]
-        others = [b for b in branches if b.get("type") != "array"]
-        if len(lists) == 1 and len(others) == 1 and "$ref" in others[0]:  # `TensorDecl | [B, T, d]`
-            rest = {k: v for k, v in node.items() if k != "anyOf"}
-            return {**rest, "if": {"type": "array"}, "then": lists[0], "else": others[0]}
-        nulls = [b for b in branches if b == {"type": "null"}]
-        if nulls and "$ref" in (objects := [b for b in branches if b != {"type": "null"}])[0]:  # `Stop | None`
-            rest = {k: v for k, v in node.items() if k != "anyOf"}
-            return {**rest, "if": {"type": "null"}, "then": nulls[0], "else": objects[0]}
+    if not (isinstance(branches, list) and len(branches) == 2):
+        return node
+    refs = [b for b in branches if "$ref" in b]
+    plain = [b for b in branches if "$ref" not in b]
+    if len(refs) == 1 and plain[0].get("type") in ("array", "null"):  # `TensorDecl | [B, T, d]`, `Stop | None`
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        return {**rest, "if": {"type": plain[0]["type"]}, "then": plain[0], "else": refs[0]}
     return node
 
 

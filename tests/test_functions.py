@@ -208,6 +208,8 @@ outputs: {y: y}
 
 @pytest.mark.parametrize("equation, message, col", [
     ("clamp(x)", "needs a bound", 6),
+    ("x + clamp(3)", "needs a bound", 10),
+    ("x + log(0)", "cannot compute `log`", 10),
     ("clamp(x, min=1, max=0)", "min (1) is above its max (0)", 6),
     ("min(x, v)", "do not match on axis -1", 6),
     ("where(1, x, x)", "always picks the same side", 6),

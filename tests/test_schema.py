@@ -105,7 +105,8 @@ def test_examples_in_the_schema_are_valid_specs_parts():
 BROKEN = {  # file: (text, the JSON path check-jsonschema must name, a word of its message, seqdsl's line:col,
     #          what seqdsl's own message must say)
     "step_misspelt.yaml": ("inputs: {x: [B, T, 4]}\nrecurrent:\n  state: {h: [B, 4]}\n  stpe:\n    h: tanh(x)\n"
-                           "outputs: {y: h}\n", "$.recurrent", "'stpe' was unexpected", (4, 3), "`step`, `steps`, `stop`"),
+                           "outputs: {y: h}\n", "$.recurrent", "'stpe' was unexpected", (4, 3),
+                           "`step`, `steps`, `stop`"),
     "state_init_misspelt.yaml": ("inputs: {x: [B, T, 4]}\nrecurrent:\n  state:\n    h: {shape: [B, 4], inti: zeros}\n"
                                  "  step: {h: x}\noutputs: {y: h}\n", "$.recurrent.state.h", "'inti' was unexpected",
                                  (4, 24), "did you mean `init`?"),
