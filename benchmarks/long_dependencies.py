@@ -69,28 +69,45 @@ def run_one(task: str, length: int, cell: str, steps: int, lr: float, data: Path
     return row
 
 
+def variants(rows: list[dict]) -> list[tuple[str, float]]:
+    """The (cell, learning rate) pairs in ``rows``, cells in `CELLS` order."""
+    found = {(r["cell"], r["lr"]) for r in rows}
+    return sorted(found, key=lambda v: (CELLS.index(v[0]), -v[1]))
+
+
+def label(cell: str, lr: float, rows: list[dict]) -> str:
+    """The cell's name, with its learning rate when the results hold several for it."""
+    several = len({r["lr"] for r in rows if r["cell"] == cell}) > 1
+    return f"{LABELS[cell]}, lr {lr:g}" if several else LABELS[cell]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     task_names = [t for t in ("adding", "brackets") if any(r["task"] == t for r in rows)]
+    colours = {v: f"C{i}" for i, v in enumerate(variants(rows))}  # one colour per cell in every panel
     fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4.2), squeeze=False)
     for ax, task in zip(axes[0], task_names):
         mine = [r for r in rows if r["task"] == task]
         lengths = sorted({r["length"] for r in mine})
         key = "val_loss" if task == "adding" else "val_accuracy"
-        for cell in CELLS:
-            points = sorted((r["length"], r[key]) for r in mine if r["cell"] == cell and r.get(key) is not None)
+        for cell, lr in variants(rows):
+            points = sorted((r["length"], r[key]) for r in mine
+                            if (r["cell"], r["lr"]) == (cell, lr) and r.get(key) is not None)
             if points:
-                ax.plot(*zip(*points), marker="o", label=LABELS[cell])
+                ax.plot(*zip(*points), marker="o", color=colours[cell, lr], label=label(cell, lr, rows))
         base = [(r["length"], r["baseline"]) for r in mine if r.get("baseline") is not None]
         if base:
             best = {length: value for length, value in sorted(base)}
             ax.plot(list(best), list(best.values()), "k--", label="trivial baseline")
         ax.set_xscale("log")
         ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("sequence length T")
         if task == "adding":
             ax.set_yscale("log")
@@ -118,10 +135,10 @@ def table(rows: list[dict]) -> str:
         out.append(f"**{task}**, {metric}; steps {mine[0]['steps']}, seconds per run in brackets\n")
         out.append("| cell | " + " | ".join(f"T={n}" for n in lengths) + " |")
         out.append("| --- |" + " --- |" * len(lengths))
-        for cell in CELLS:
+        for cell, lr in variants(mine):
             cells = []
             for n in lengths:
-                r = next((r for r in mine if r["cell"] == cell and r["length"] == n), None)
+                r = next((r for r in mine if (r["cell"], r["lr"]) == (cell, lr) and r["length"] == n), None)
                 if r is None:
                     cells.append("")
                 elif "diverged" in r:
@@ -129,7 +146,7 @@ def table(rows: list[dict]) -> str:
                 else:
                     value = r["val_loss"] if task == "adding" else r["val_accuracy"]
                     cells.append(f"{value:.4f} ({r['seconds']:.0f} s)")
-            out.append(f"| {LABELS[cell]} | " + " | ".join(cells) + " |")
+            out.append(f"| {label(cell, lr, mine)} | " + " | ".join(cells) + " |")
         base = {r["length"]: r["baseline"] for r in mine if r.get("baseline") is not None}
         out.append("| trivial baseline | " + " | ".join(f"{base[n]:.4f}" if n in base else "" for n in lengths) + " |")
         out.append("")
@@ -146,11 +163,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "seqdsl-long-dependencies",
                         help="where the generated data and each run's metrics and checkpoint go")
-    parser.add_argument("--table", action="store_true", help="print the Markdown table of --out/results.json")
+    parser.add_argument("--table", action="store_true",
+                        help="print the Markdown table of --out/results.json and redraw its plot (no training)")
     args = parser.parse_args()
     results = args.out / "results.json"
     if args.table:
-        print(table(json.loads(results.read_text())["runs"]))
+        runs = json.loads(results.read_text())["runs"]
+        plot(runs, args.out / "long_dependencies.png")
+        print(table(runs))
         return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +183,8 @@ def main() -> None:
         for length in args.lengths or DEFAULT_LENGTHS[task]:
             for cell in args.cells:
                 row = run_one(task, length, cell, args.steps or DEFAULT_STEPS[task], args.lr, data, work)
-                runs = [r for r in runs if (r["task"], r["length"], r["cell"]) != (task, length, cell)] + [row]
+                key = (task, length, cell, args.lr)
+                runs = [r for r in runs if (r["task"], r["length"], r["cell"], r["lr"]) != key] + [row]
                 results.write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
                 print(json.dumps(row), flush=True)
     plot(runs, args.out / "long_dependencies.png")
