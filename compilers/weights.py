@@ -48,7 +48,16 @@ def read_weights(model: Model, source: WeightsSource) -> dict[str, torch.Tensor]
     handle = _open(path)
     entries = {k: _Entry(tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype(),
                          handle.get_slice(k).get_dtype() in _FLOATS) for k in handle.keys()}
-    return _checked(model, where, entries, lambda name: handle.get_tensor(name))
+
+    def load(name: str) -> torch.Tensor:
+        try:
+            return handle.get_tensor(name)
+        except Exception as exc:  # noqa: BLE001 - data that does not read is the file's fault, not ours
+            raise SpecError("E0602", f"the data of `{_printable(name)}` cannot be read", where,
+                            found=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200],
+                            hint="the file is damaged: save the weights again") from None
+
+    return _checked(model, where, entries, load)
 
 
 class _Entry:
