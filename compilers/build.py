@@ -8,15 +8,15 @@
     DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, ONNX form
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
-failed build (bad spec, failed check, Ctrl-C) leaves the previous DIR exactly as it was.
+failed build (bad spec, failed check, Ctrl-C, SIGKILL) leaves the previous DIR exactly as it was. A build owns only
+what it writes: DIR must be new, empty or an earlier build's (`compilers.publish` has the rule).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import seqdsl
-from seqdsl.errors import SpecError
+from seqdsl.errors import UNKNOWN, SpecError
+from seqdsl.footprint import MAX_ACTIVATION_BYTES, MAX_STEPS, Footprint, check_footprint
 from seqdsl.ir import Model
+
+from .publish import SIGNATURE, discard, output_dir, publish, stage
 
 if TYPE_CHECKING:
     import onnx
@@ -63,6 +66,7 @@ class BuildResult:
     onnx_form: str = "scan"  # "scan": runs at any length (Scan/Loop or ONNX's LSTM/GRU/RNN); "unrolled": no loops
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
+    built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
 
 
 def time_axes(model: Model) -> list[str]:
@@ -115,6 +119,55 @@ def check_size(model: Model, max_params: int) -> None:
         raise SpecError("E0410", f"the model has {model.param_count:,} parameters, above the limit of {max_params:,}",
                         biggest.loc, found=f"largest: `{biggest.name}` {list(biggest.shape)} ({biggest.size:,})",
                         hint="check the sizes; to build it anyway, raise --max-params")
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_needed(model: Model, fp: Footprint) -> int:
+    """A lower estimate of a build's memory: the parameters held three times (the module, the ONNX file's
+    initializers, onnxruntime's session) and the check's values twice (PyTorch and onnxruntime)."""
+    return 3 * 4 * model.param_count + 2 * fp.activations
+
+
+def check_memory(model: Model, fp: Footprint, available: int | None = None) -> None:
+    """Refuse a build that cannot fit in this machine's memory, whatever the limits say (E0601), before
+    anything is allocated: raising --max-params or --max-memory cannot make room that is not there."""
+    have = physical_memory() if available is None else available
+    need = memory_needed(model, fp)
+    if have is None or need <= have:
+        return
+    biggest = max(model.params.values(), key=lambda p: p.size, default=None)
+    by_params = 12 * model.param_count >= 2 * fp.activations or fp.largest is None  # point at what takes most
+    where = biggest.loc if biggest is not None and by_params else fp.largest.loc if fp.largest is not None else UNKNOWN
+    raise SpecError("E0601", f"building `{model.name}` needs at least {_gib(need)} of memory, more than this "
+                             f"machine's {_gib(have)}", where,
+                    found=f"{model.param_count:,} parameters ({_gib(4 * model.param_count)}) and "
+                          f"{_gib(fp.activations)} of values for the check run",
+                    hint="check the sizes: this machine cannot hold the model at these sizes")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: Python's, numpy's, torch's (a RuntimeError saying so) or onnxruntime's."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return bool(re.search(r"(can't|cannot|unable to|failed to) allocate|out of memory|bad_alloc", str(exc), re.I))
+
+
+def _memory_message(model: Model, fp: Footprint, exc: BaseException) -> str:
+    have = physical_memory()
+    return (f"out of memory building `{model.name}`: {model.param_count:,} parameters ({_gib(4 * model.param_count)}) "
+            f"and {_gib(fp.activations)} of values for the check run did not fit"
+            + (f" in this machine's {_gib(have)}" if have else "") + "; lower the sizes")
 
 
 def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -186,7 +239,8 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
-          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True) -> BuildResult:
+          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
+          max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
@@ -197,6 +251,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     unrolled graph (no Scan: what CUDA graph capture needs) for every recurrent time axis at its length
     (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
     at any B, and the parameters stay one shared initializer each.
+
+    Before anything is allocated: at most ``max_params`` parameters, and the check run at most ``max_memory``
+    bytes of values and ``max_steps`` loop steps (`seqdsl.footprint`), all within this machine's memory.
     """
     import torch
     from safetensors.torch import save_file
@@ -208,14 +265,18 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
 
+    if out_dir is not None:
+        output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
     model = seqdsl.load(spec, sizes)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})
+    wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)} if unroll else {}
+    fp = check_footprint(model, _axis_lengths(model, batch, steps, {**wanted, **lengths}), max_memory, max_steps)
+    check_memory(model, fp)
     unrolled_lengths: dict[str, int] | None = None
     exported = model
     if unroll:
-        wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)}
         # the default passes first, so that step work hoisted out of a loop (input projections) stays one
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
         try:
@@ -230,25 +291,30 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         warnings.append(f"note: --unroll: `{model.name}` has no recurrent loop to unroll; model.onnx is the same "
                         "graph at every length")
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
+    staging = stage(target)
     try:
-        cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
-        torch.manual_seed(seed)
-        net = cls()
-        weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-        # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
-        save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
-        proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
-        set_weights(proto, {k: v.numpy() for k, v in weights.items()})
-        if unrolled_lengths is not None:
-            _fix_dims(proto, unrolled_lengths)
-        onnx_nodes = len(proto.graph.node)
-        external = save_onnx(proto, staging / "model.onnx")
-        del proto  # may be gigabytes; the runtime reads the file
-        inputs = example_inputs(model, batch, steps, seed, lengths)
-        expected = run_torch(net, inputs)
-        got = run(str(staging / "model.onnx"), inputs, provider)
+        try:
+            cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
+            torch.manual_seed(seed)
+            net = cls()
+            weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+            # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
+            save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
+            proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
+            set_weights(proto, {k: v.numpy() for k, v in weights.items()})
+            if unrolled_lengths is not None:
+                _fix_dims(proto, unrolled_lengths)
+            onnx_nodes = len(proto.graph.node)
+            external = save_onnx(proto, staging / "model.onnx")
+            del proto  # may be gigabytes; the runtime reads the file
+            inputs = example_inputs(model, batch, steps, seed, lengths)
+            expected = run_torch(net, inputs)
+            got = run(str(staging / "model.onnx"), inputs, provider)
+        except Exception as exc:
+            if _out_of_memory(exc):
+                raise UsageError(_memory_message(model, fp, exc)) from None
+            raise
         diff = max_abs_diff(expected, got.outputs)
         worst = max(diff.values(), default=0.0)
         if not worst <= tolerance:
@@ -271,31 +337,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_form="scan" if unrolled_lengths is None else "unrolled", unrolled_lengths=unrolled_lengths,
             onnx_external_data=external)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-        _publish(staging, out)
+        result.warnings += publish(staging, target)
         return result
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging``: the old directory is moved aside first and removed only afterwards."""
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; the published directory is an ordinary one
-    for f in staging.iterdir():
-        f.chmod(0o666 & ~umask)
-    old = None
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(staging)  # a failed build's files; after publishing, nothing or what `publish` kept on purpose
