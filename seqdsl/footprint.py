@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import SpecError
-from .ir import Graph, Model, Node, Shape, loop_of
+from .ir import Graph, Model, Node, Shape, all_nodes, loop_of
 
 MAX_ACTIVATION_BYTES = 4 * 2**30  # the check run's values, above parameters: --max-memory raises it
 MAX_STEPS = 100_000  # loop steps of the check run: --max-steps raises it
@@ -39,17 +39,22 @@ class Footprint:
     longest_steps: int
 
 
-def tensor_bytes(shape: Shape, dtype: str, lengths: Mapping[str, int]) -> int:
-    """Bytes of one tensor of ``shape`` with the symbolic axes at ``lengths`` (an axis not given counts as 1)."""
+def tensor_bytes(shape: Shape, dtype: str, lengths: Mapping[str, int], other: int = 1) -> int:
+    """Bytes of one tensor of ``shape`` with the symbolic axes at ``lengths`` (an axis not given: ``other``)."""
     n = DTYPE_BYTES.get(dtype, 8)
     for d in shape:
-        n *= lengths.get(d, 1) if isinstance(d, str) else d
+        n *= lengths.get(d, other) if isinstance(d, str) else d
     return n
 
 
 def footprint(model: Model, lengths: Mapping[str, int]) -> Footprint:
-    """The cost of running ``model`` once with its symbolic axes (``B``, ``T``, ``S``, ...) at ``lengths``."""
-    acc = _Walk(lengths)
+    """The cost of running ``model`` once with its symbolic axes (``B``, ``T``, ``S``, ...) at ``lengths``.
+
+    An axis known only when the model runs (``T_stop``: the steps a loop with ``stop:`` took) counts as the most
+    steps any loop may take, an upper bound."""
+    runs = [loop_of(n).steps if loop_of(n).steps is not None else lengths.get(loop_of(n).time, 1)
+            for n in all_nodes(model.graph) if n.op == "loop"]
+    acc = _Walk(lengths, max(runs, default=1))
     acc.graph(model.graph, 1)
     return Footprint(acc.largest, acc.largest_bytes, acc.total, acc.steps, acc.longest, acc.longest_steps)
 
@@ -81,8 +86,8 @@ _ALIASES = frozenset({"param", "capture"})
 
 
 class _Walk:
-    def __init__(self, lengths: Mapping[str, int]) -> None:
-        self.lengths = lengths
+    def __init__(self, lengths: Mapping[str, int], other: int) -> None:
+        self.lengths, self.other = lengths, other
         self.largest: Node | None = None
         self.largest_bytes = 0
         self.total = 0
@@ -103,7 +108,7 @@ class _Walk:
                 continue
             if node.op in _ALIASES:
                 continue
-            size = tensor_bytes(node.shape, node.dtype, self.lengths)
+            size = tensor_bytes(node.shape, node.dtype, self.lengths, self.other)
             self.total += size
             if size > self.largest_bytes:
                 self.largest, self.largest_bytes = node, size
