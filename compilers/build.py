@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import seqdsl
-from seqdsl.errors import UNKNOWN, SpecError
-from seqdsl.footprint import MAX_ACTIVATION_BYTES, MAX_STEPS, Footprint, check_footprint
+from seqdsl.errors import SpecError
+from seqdsl.footprint import MAX_ACTIVATION_BYTES, MAX_STEPS, check_footprint
 from seqdsl.ir import Model
 
+from .memory import check_memory, memory_message, out_of_memory
 from .publish import SIGNATURE, discard, output_dir, publish, stage
 
 if TYPE_CHECKING:
@@ -119,55 +119,6 @@ def check_size(model: Model, max_params: int) -> None:
         raise SpecError("E0410", f"the model has {model.param_count:,} parameters, above the limit of {max_params:,}",
                         biggest.loc, found=f"largest: `{biggest.name}` {list(biggest.shape)} ({biggest.size:,})",
                         hint="check the sizes; to build it anyway, raise --max-params")
-
-
-def physical_memory() -> int | None:
-    """Bytes of memory this machine has (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def memory_needed(model: Model, fp: Footprint) -> int:
-    """A lower estimate of a build's memory: the parameters held three times (the module, the ONNX file's
-    initializers, onnxruntime's session) and the check's values twice (PyTorch and onnxruntime)."""
-    return 3 * 4 * model.param_count + 2 * fp.activations
-
-
-def check_memory(model: Model, fp: Footprint, available: int | None = None) -> None:
-    """Refuse a build that cannot fit in this machine's memory, whatever the limits say (E0601), before
-    anything is allocated: raising --max-params or --max-memory cannot make room that is not there."""
-    have = physical_memory() if available is None else available
-    need = memory_needed(model, fp)
-    if have is None or need <= have:
-        return
-    biggest = max(model.params.values(), key=lambda p: p.size, default=None)
-    by_params = 12 * model.param_count >= 2 * fp.activations or fp.largest is None  # point at what takes most
-    where = biggest.loc if biggest is not None and by_params else fp.largest.loc if fp.largest is not None else UNKNOWN
-    raise SpecError("E0601", f"building `{model.name}` needs at least {_gib(need)} of memory, more than this "
-                             f"machine's {_gib(have)}", where,
-                    found=f"{model.param_count:,} parameters ({_gib(4 * model.param_count)}) and "
-                          f"{_gib(fp.activations)} of values for the check run",
-                    hint="check the sizes: this machine cannot hold the model at these sizes")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """An allocation that failed: Python's, numpy's, torch's (a RuntimeError saying so) or onnxruntime's."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return bool(re.search(r"(can't|cannot|unable to|failed to) allocate|out of memory|bad_alloc", str(exc), re.I))
-
-
-def _memory_message(model: Model, fp: Footprint, exc: BaseException) -> str:
-    have = physical_memory()
-    return (f"out of memory building `{model.name}`: {model.param_count:,} parameters ({_gib(4 * model.param_count)}) "
-            f"and {_gib(fp.activations)} of values for the check run did not fit"
-            + (f" in this machine's {_gib(have)}" if have else "") + "; lower the sizes")
 
 
 def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -294,27 +245,22 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
     staging = stage(target)
     try:
-        try:
-            cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
-            torch.manual_seed(seed)
-            net = cls()
-            weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-            # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
-            save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
-            proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
-            set_weights(proto, {k: v.numpy() for k, v in weights.items()})
-            if unrolled_lengths is not None:
-                _fix_dims(proto, unrolled_lengths)
-            onnx_nodes = len(proto.graph.node)
-            external = save_onnx(proto, staging / "model.onnx")
-            del proto  # may be gigabytes; the runtime reads the file
-            inputs = example_inputs(model, batch, steps, seed, lengths)
-            expected = run_torch(net, inputs)
-            got = run(str(staging / "model.onnx"), inputs, provider)
-        except Exception as exc:
-            if _out_of_memory(exc):
-                raise UsageError(_memory_message(model, fp, exc)) from None
-            raise
+        cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
+        torch.manual_seed(seed)
+        net = cls()
+        weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+        # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
+        save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
+        proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
+        set_weights(proto, {k: v.numpy() for k, v in weights.items()})
+        if unrolled_lengths is not None:
+            _fix_dims(proto, unrolled_lengths)
+        onnx_nodes = len(proto.graph.node)
+        external = save_onnx(proto, staging / "model.onnx")
+        del proto  # may be gigabytes; the runtime reads the file
+        inputs = example_inputs(model, batch, steps, seed, lengths)
+        expected = run_torch(net, inputs)
+        got = run(str(staging / "model.onnx"), inputs, provider)
         diff = max_abs_diff(expected, got.outputs)
         worst = max(diff.values(), default=0.0)
         if not worst <= tolerance:
@@ -339,5 +285,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         result.warnings += publish(staging, target)
         return result
+    except Exception as exc:
+        if out_of_memory(exc):  # the model passed every limit but does not fit (another process, ulimit -v)
+            raise UsageError(memory_message(model, fp)) from None
+        raise
     finally:
         discard(staging)  # a failed build's files; after publishing, nothing or what `publish` kept on purpose

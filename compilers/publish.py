@@ -52,6 +52,13 @@ class OutputError(ValueError):
 def output_dir(out: str | os.PathLike[str], spec: str | os.PathLike[str] | None = None) -> Path:
     """The real directory that a build asked for ``-o out`` publishes into (symlinks followed), after checking
     that the rule above lets it (raises `OutputError`). Writes nothing."""
+    try:
+        return _checked(out, spec)
+    except OSError as exc:  # a name too long, a path through a file, a folder we may not read
+        raise OutputError(f"-o {_show(os.fspath(out))}: {exc.strerror or exc}") from None
+
+
+def _checked(out: str | os.PathLike[str], spec: str | os.PathLike[str] | None) -> Path:
     given = _show(os.fspath(out))
     if given in ("''", "") or "\0" in os.fspath(out):
         raise OutputError(f"-o {given}: not a directory name")

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.build import build, check_memory, example_inputs, memory_needed, physical_memory, run_torch
+from compilers.build import build, example_inputs, run_torch
+from compilers.memory import check_memory, memory_needed, physical_memory
 from compilers.torch_module import to_module
 from seqdsl.errors import SpecError
 from seqdsl.footprint import DTYPE_BYTES, check_footprint, footprint

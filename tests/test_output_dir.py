@@ -123,6 +123,8 @@ REFUSED = {  # id: (makes the state, returns the -o argument; the start of the o
     "dot": (lambda tmp: Path("."), "is the current directory"),
     "dotdot": (lambda tmp: Path(".."), "holds the current directory"),
     "root": (lambda tmp: Path("/"), "is the filesystem root"),
+    "name-too-long": (lambda tmp: tmp / ("a" * 300), "File name too long"),
+    "through-a-file": (lambda tmp: _with_spec(tmp) / "rnn.yaml" / "out", "Not a directory"),
     "newline-name": (lambda tmp: (_foreign(tmp), (tmp / "out").rename(tmp / "o\nut")) and tmp / "o\nut",
                      "holds files no seqdsl build wrote"),
 }
