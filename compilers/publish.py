@@ -134,7 +134,7 @@ def built_files(directory: Path) -> frozenset[str] | None:
     return frozenset(files) & BUILD_FILES
 
 
-def stage(real: Path) -> Path:
+def make_staging(real: Path) -> Path:
     """A fresh staging directory beside ``real`` (its parents made), after removing what killed builds left."""
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def publish(staging: Path, real: Path) -> list[str]:
 
 def remove_leftovers(real: Path) -> list[Path]:
     """Remove the staging directories that builds into ``real`` left when they were killed: only those named as
-    `stage` names them, whose process is gone, holding nothing but a build's files. Returns what was removed."""
+    `make_staging` names them, whose process is gone, holding nothing but a build's files. Returns what was removed."""
     pattern = re.compile(re.escape(f".{real.name}") + _STAGING)
     removed = []
     for entry in os.scandir(real.parent):

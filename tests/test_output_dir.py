@@ -275,7 +275,7 @@ def test_a_publish_never_removes_or_changes_what_it_did_not_write(tmp_path_facto
         assert snapshot(root) == before
         return
     assert ok, "accepted a directory holding what a build did not write"
-    staging = pub.stage(real)
+    staging = pub.make_staging(real)
     new = {name: f"new {name}\n".encode() for name in BUILT}
     for name, data in new.items():
         (staging / name).write_bytes(data)
@@ -296,7 +296,7 @@ def test_a_publish_never_removes_or_changes_what_it_did_not_write(tmp_path_facto
 # ----------------------------------------------------------------------------- concurrency and signals
 
 def _fake_build(root: Path, real: Path, tag: str) -> None:
-    staging = pub.stage(real)
+    staging = pub.make_staging(real)
     for name in BUILT[1:]:
         (staging / name).write_text(f"{tag}\n")
     (staging / "build.json").write_text(json.dumps({"built_by": "seqdsl", "files": BUILT, "tag": tag}))
