@@ -32,8 +32,8 @@ import seqdsl  # noqa: E402
 from compilers.interop import load_from_torch  # noqa: E402
 from compilers.torch_module import to_module  # noqa: E402
 
-B, T, D, H = 16, 64, 64, 64
-B2, T2 = 9, 97  # the second shape: a new batch size and a new length
+B, T, D, H = 32, 128, 256, 256  # the sizes of benchmarks/run.py
+B2, T2 = 17, 150  # the second shape: a new batch size and a new length
 
 
 def first_call(fn: Callable[[], object]) -> float:
@@ -103,8 +103,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--small", action="store_true", help="B=16 T=64 d=h=64: where per-call overhead shows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.small:
+        global B, T, D, H, B2, T2
+        B, T, D, H, B2, T2 = 16, 64, 64, 64, 9, 97
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}; B={B} T={T} d=h={D}, second shape B={B2} T={T2}")

@@ -212,6 +212,7 @@ RECEIVER_OPS = {"sequence_mask", "transpose", "unsqueeze", "squeeze", "sum", "me
 STRUCTURAL = {"input", "param", "const", "step_input", "state", "capture", "loop", "item"}
 _RESERVED = set(keyword.kwlist) | {"self", "torch", "nn", "F", "t", "T", "Model", "super", "range", "reversed",
                                    "len", "print", "object", "type", "id", "list", "dict", "tuple", "int", "float"}
+_RESERVED |= {"dynamic_axes", "math"} | set(HELPERS)  # module-level names of model.py: a local must not shadow them
 
 
 def dims(shape: tuple[Any, ...]) -> str:

@@ -6,7 +6,7 @@
 A weights file is untrusted input: it is read with safetensors only (a header and raw bytes: nothing in it is
 executed, never pickle), each tensor's shape and dtype are checked from the header before its data is read, and
 a file that is not a safetensors file (truncated, corrupt, another format) is a `SpecError`, not a traceback.
-Every way the weights do not fit the spec is listed in ONE error (E0601), each with the spec line that declares
+Every way the weights do not fit the spec is listed in ONE error (E0603), each with the spec line that declares
 the parameter, so that a user fixes them all at once.
 """
 
@@ -35,8 +35,8 @@ def read_weights(model: Model, source: WeightsSource) -> dict[str, torch.Tensor]
     """The parameters of ``model`` from ``source`` (a ``.safetensors`` path or a state_dict-like mapping of
     tensors or arrays), as contiguous float32 tensors keyed by the spec's parameter names.
 
-    Raises `SpecError` E0601 listing every missing, unexpected, misshaped, non-float or non-finite entry, each with
-    the location of the parameter's declaration; E0602 for a file that cannot be read as safetensors.
+    Raises `SpecError` E0603 listing every missing, unexpected, misshaped, non-float or non-finite entry, each with
+    the location of the parameter's declaration; E0604 for a file that cannot be read as safetensors.
     """
     if isinstance(source, Mapping):
         where = Location("<state_dict>")
@@ -48,7 +48,16 @@ def read_weights(model: Model, source: WeightsSource) -> dict[str, torch.Tensor]
     handle = _open(path)
     entries = {k: _Entry(tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype(),
                          handle.get_slice(k).get_dtype() in _FLOATS) for k in handle.keys()}
-    return _checked(model, where, entries, lambda name: handle.get_tensor(name))
+
+    def load(name: str) -> torch.Tensor:
+        try:
+            return handle.get_tensor(name)
+        except Exception as exc:  # noqa: BLE001 - data that does not read is the file's fault, not ours
+            raise SpecError("E0604", f"the data of `{_printable(name)}` cannot be read", where,
+                            found=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200],
+                            hint="the file is damaged: save the weights again") from None
+
+    return _checked(model, where, entries, load)
 
 
 class _Entry:
@@ -74,13 +83,13 @@ def _open(path: Path) -> Any:
     from safetensors import safe_open
 
     if not path.is_file():
-        raise SpecError("E0602", "no such weights file" if not path.exists() else "the weights path is not a file",
+        raise SpecError("E0604", "no such weights file" if not path.exists() else "the weights path is not a file",
                         Location(str(path)), hint="give the .safetensors file written by safetensors.torch.save_file")
     try:
         return safe_open(str(path), framework="pt")
     except Exception as exc:  # noqa: BLE001 - any failure to parse the user's file is the user's to fix
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecError("E0602", "not a readable safetensors file", Location(str(path)), found=reason[:200],
+        raise SpecError("E0604", "not a readable safetensors file", Location(str(path)), found=reason[:200],
                         hint="weights are read from safetensors only (never pickle): save them with "
                              "safetensors.torch.save_file(net.state_dict(), PATH)") from None
 
@@ -107,7 +116,7 @@ def _checked(model: Model, where: Location, entries: dict[str, _Entry], load: An
     unexpected = sorted(set(entries) - set(params))
     problems += [(where, f"`{_printable(k)}`: not a parameter of `{model.name}`") for k in unexpected]
     if problems:
-        raise SpecError("E0601", f"the weights do not fit `{model.name}` ({len(problems)} "
+        raise SpecError("E0603", f"the weights do not fit `{model.name}` ({len(problems)} "
                         f"problem{'s' if len(problems) > 1 else ''})", where,
                         expected=f"{len(params)} float tensors keyed by the spec's parameter names "
                                  "(what to_module(model).state_dict() gives)",

@@ -109,13 +109,21 @@ CODES: dict[str, tuple[str, str]] = {
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
     # -- E06xx: building
-    "E0601": ("weights do not fit the spec", "The weights given to `build --weights` (or `build(weights=...)`) are "
+    "E0601": ("check run too large", "Before anything runs, the build computes from the IR the memory its check run "
+                                     "needs for values (inputs, activations, outputs, at --batch and --seq-len): "
+                                     "above `--max-memory` (4G by default) it is refused, and so is a model whose "
+                                     "parameters and values cannot fit in this machine's memory at all. Check the "
+                                     "sizes and lengths; raise --max-memory if they are intended."),
+    "E0602": ("too many loop steps", "The check run's loops would take more steps in all than `--max-steps` "
+                                     "(100,000 by default): a `steps: K` with a huge K, or a huge --seq-len. Check "
+                                     "the sizes; raise --max-steps if they are intended."),
+    "E0603": ("weights do not fit the spec", "The weights given to `build --weights` (or `build(weights=...)`) are "
                                              "keyed by the spec's parameter names, one float tensor per parameter "
                                              "of the declared shape, every value finite: what "
                                              "`to_module(model).state_dict()` gives, saved with safetensors. The "
                                              "error lists every missing, unexpected, misshaped, non-float or "
                                              "non-finite entry with the line declaring the parameter."),
-    "E0602": ("unreadable weights file", "Weights are read from safetensors files only (never pickle); the file "
+    "E0604": ("unreadable weights file", "Weights are read from safetensors files only (never pickle); the file "
                                          "is missing, truncated, or not safetensors."),
     # -- E07xx: training (`seqdsl train`): the data files and the options
     "E0701": ("cannot read data file",

@@ -40,12 +40,15 @@ KEYS: dict[str, KeyDoc] = {
                            (["h", "d"],)),
     "params.init": KeyDoc("`uniform` (default: U(-1/sqrt(n), 1/sqrt(n)), n the fan-in, the last axis, as "
                           "nn.Linear), `normal` (N(0, 1), as nn.Embedding), `zeros`, `ones`, a number (that "
-                          "constant), `orthogonal`, `identity`, `xavier_uniform` or `kaiming_uniform` "
-                          "(seqdsl/init.py gives each formula).", ("normal", "orthogonal", 1.0)),
-    "params.gain": KeyDoc("The scale of `orthogonal`, `identity`, `xavier_uniform` (default 1) or `kaiming_uniform` "
-                          "(default sqrt(2), for ReLU).", (0.5,)),
-    "params.blocks": KeyDoc("A matrix that stacks k gates along its first axis ([k·h, n]): each block of rows is "
-                            "initialised as a matrix of its own.", (4,)),
+                          "constant), `orthogonal` (gain * a (semi-)orthogonal matrix), `identity` (gain * I), "
+                          "`xavier_uniform` (U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))) or "
+                          "`kaiming_uniform` (U(-a, a), a = gain * sqrt(3 / fan_in)); fan_in = shape[1] * "
+                          "prod(shape[2:]), fan_out = shape[0] * prod(shape[2:]), as torch.nn.init.",
+                          ("normal", "orthogonal", 1.0)),
+    "params.gain": KeyDoc("The gain of `orthogonal`, `identity`, `xavier_uniform` (default 1) or `kaiming_uniform` "
+                          "(default sqrt(2), for ReLU): a positive number.", (1.0,)),
+    "params.blocks": KeyDoc("The parameter stacks this many blocks along its first axis (the gates of `[4 * h, n]`): "
+                            "each block is initialised as a matrix of its own (each gate's U orthogonal).", (4,)),
     "outputs": KeyDoc("What the module returns, in order: a value's name (`h`: every step, `(B, T, h)`), `final(h)` "
                       "(after the last step processed), `last(h)` (at position T-1), or a call's output (`enc.y`).",
                       ({"y": "h", "h_n": "final(h)"},)),

@@ -119,7 +119,7 @@ def test_damaged_weights_are_one_error_listing_each_problem(lstm_model, trained,
     with pytest.raises(SpecError) as info:
         read_weights(lstm_model, weights)
     err = info.value
-    assert err.code == "E0601"
+    assert err.code == "E0603"
     listed = {note.split("`")[1] for _, note in err.notes}
     assert listed == expected
     declared = {p.name: p.loc for p in lstm_model.params.values()}
@@ -158,7 +158,7 @@ def test_corrupt_files_are_a_clean_error(tmp_path_factory, lstm_model, trained, 
     try:
         weights = read_weights(lstm_model, bad)
     except SpecError as err:
-        assert err.code in ("E0601", "E0602")
+        assert err.code in ("E0603", "E0604")
     else:  # a flip in the data bytes that still reads: then it is a full, finite set of the right shapes
         assert weights.keys() == state.keys()
 
@@ -174,7 +174,7 @@ def test_a_pickle_is_never_unpickled(tmp_path: Path, lstm_model):
     file.write_bytes(pickle.dumps({"W_f": Payload()}))
     with pytest.raises(SpecError) as info:
         read_weights(lstm_model, file)
-    assert info.value.code == "E0602" and not marker.exists()
+    assert info.value.code == "E0604" and not marker.exists()
 
 
 def test_cli_weights_bad_and_good(tmp_path: Path, trained):
@@ -191,10 +191,10 @@ def test_cli_weights_bad_and_good(tmp_path: Path, trained):
 
     r = seqdsl("--weights", str(tmp_path / "bad.safetensors"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "error[E0601]" in r.stderr and "lstm.yaml:14:3: `U_c` [32, 32]: missing" in r.stderr
+    assert "error[E0603]" in r.stderr and "lstm.yaml:14:3: `U_c` [32, 32]: missing" in r.stderr
     assert not out.exists()  # nothing was published
     r = seqdsl("--weights", str(tmp_path / "nope.safetensors"))
-    assert r.returncode == 2 and "error[E0602]" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "error[E0604]" in r.stderr and "Traceback" not in r.stderr
     r = seqdsl("--weights", str(tmp_path / "good.safetensors"))
     assert r.returncode == 0, r.stderr
     assert torch.equal(load_file(str(out / "weights.safetensors"))["U_c"], state["U_c"])
