@@ -478,7 +478,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
             _fail("error: --nproc under torchrun: give one or the other", 2)
         from compilers.training.launch import launch, without_nproc
 
-        _guard(debug, lambda: prepare(spec, data, sizes, val, options))  # the user's mistakes, once, exit 2
+        _guard(debug, lambda: prepare(spec, data, sizes, val, options, output))  # mistakes: once, exit 2
         raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
     from compilers.training import summary_lines
     from compilers.training import train as run_train

@@ -86,11 +86,16 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
 
 
 def test_cli_bad_data_is_one_error_exit_2(adding, tmp_path: Path):
+    data, _ = adding
     bad = save(tmp_path / "bad.npz", x=np.zeros((4, 6, 2), np.float32))
     r = cli("train", str(SPECS / "adding_lstm.yaml"), "--data", str(bad), "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"{bad}: error[E0702]: no array `target`")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.train").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("not a build")  # a directory a build may not replace: before training
+    r = cli("train", str(SPECS / "adding_lstm.yaml"), "--data", str(data), "-o", str(tmp_path / "notes"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "notes.train").exists()
 
 
 # -- reproducible: the seed, and --resume

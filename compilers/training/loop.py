@@ -59,7 +59,7 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
           val: str | Path | None = None, options: TrainOptions | None = None) -> TrainResult:
     """Train ``spec`` on ``data`` and build ``out_dir`` (default ``build/<name>``) with the trained weights."""
     options = options or TrainOptions()
-    prepared = prepare(spec, data, sizes, val, options)
+    prepared = prepare(spec, data, sizes, val, options, out_dir)
     threads = torch.get_num_threads()
     world = join(options.device)
     try:

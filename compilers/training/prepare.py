@@ -24,11 +24,16 @@ class Prepared:
 
 
 def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = None, val: str | Path | None = None,
-            options: TrainOptions | None = None) -> Prepared:
-    """Load the spec and check the data and options against it: every user mistake surfaces here (SpecError),
-    before any process starts or any step runs."""
+            options: TrainOptions | None = None, out_dir: str | Path | None = None) -> Prepared:
+    """Load the spec and check the data and options against it, and that the build may publish into ``out_dir``
+    (default ``build/<name>``): every user mistake surfaces here (SpecError, OutputError), before any process
+    starts or any step runs."""
+    from ..publish import output_dir
+
     options = options or TrainOptions()
     model = seqdsl.load(spec, sizes)
+    if options.build:
+        output_dir(out_dir if out_dir is not None else Path("build") / model.name, spec)
     check_size(model, options.max_params)
     arrays = read_npz(data, "--data")
     settings = resolve(model, options, arrays)
