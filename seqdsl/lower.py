@@ -32,6 +32,7 @@ Module = RecurrentModule | GraphModule
 Path = tuple[str | int, ...]
 RESERVED = {"B", "T", "t"}
 OUTPUT_SELECTORS = {"final", "last"}  # in a recurrent module's outputs
+FLOAT32_MAX = 3.4028234663852886e38  # constants are float32 in both backends
 
 
 @dataclass
@@ -404,9 +405,9 @@ class _Env:
         return node.removeprefix(self.owner.prefix)
 
     def const(self, value: float, loc: Location) -> str:
-        if not math.isfinite(value):
-            raise SpecError("E0403", f"this constant is not a finite number: it computes to {value}", loc,
-                            expected="a finite number (a float32 is at most about 3.4e38)",
+        if not abs(value) <= FLOAT32_MAX:  # also NaN
+            raise SpecError("E0403", f"this constant is not a finite number in float32: it computes to {value:g}", loc,
+                            expected=f"a finite number, at most {FLOAT32_MAX:.4g} in magnitude (float32)",
                             hint="check the number or the arithmetic on it; write a smaller value")
         name = self.graph.fresh(self.owner.prefix + "const")
         self.graph.add(Node(name, "const", attrs={"value": float(value)}, shape=(), loc=loc))
@@ -523,8 +524,6 @@ class _Env:
             value.value if isinstance(value, E.Number) else None)
         if number is None:
             raise SpecError("E0315", "expected a number here", self.at(base, value))
-        if not math.isfinite(float(number)):
-            raise SpecError("E0315", f"expected a finite number here, found {float(number)}", self.at(base, value))
         return float(number)
 
     def int_arg(self, value: E.Expr, base: Location) -> int:
