@@ -13,7 +13,6 @@ unique against Python's own names, model.py's module-level names and the compile
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -187,8 +186,9 @@ class _Names:
             self(node.name)
 
     def fresh(self, base: str) -> str:
-        base = re.sub(r"\W", "_", normalize(base)).strip("_") or "v"
-        base = "".join(c if ("v" + c).isidentifier() and normalize(c) == c else "_" for c in base)
+        # `enc.h` -> `enc_h`, `x@3` -> `x_3`: any character that is not an identifier's as it stands becomes `_`
+        base = "".join(c if ("v" + c).isidentifier() and normalize(c) == c else "_" for c in normalize(base))
+        base = base.strip("_") or "v"
         if base[0].isdigit():
             base = "v_" + base
         out, i = base, 1
