@@ -147,7 +147,9 @@ def _parity(model: seqdsl.Model, net: nn.Module) -> onnx.ModelProto:
 
 # ------------------------------------------------------------------------------------------------ 1. payloads
 
-@given(st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=40))
+@given(st.text(st.one_of(st.characters(exclude_categories=()),  # every code point, lone surrogates included
+                         st.sampled_from(list("\"'\\\n\r\t\x00\x0b\x0c\x1c\x85\u2028\u2029\ud800\udc80\ufeff#"))),
+               max_size=40))
 @settings(max_examples=300 if LONG else 100, deadline=None)
 def test_escape_is_safe_in_every_literal_and_comment_and_keeps_the_text(text: str):
     safe = escape(text)
