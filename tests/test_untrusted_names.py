@@ -132,8 +132,8 @@ def _check_onnx(proto: onnx.ModelProto, model: seqdsl.Model) -> None:
     proto.SerializeToString()
 
 
-def _parity(model: seqdsl.Model, net: nn.Module) -> onnx.ModelProto:
-    proto = export(model)
+def _parity(model: seqdsl.Model, net: nn.Module, optimize: bool = True) -> onnx.ModelProto:
+    proto = export(model, optimize=optimize, native_cells=optimize)
     set_weights(proto, {k: v.detach().numpy() for k, v in net.state_dict().items()})
     _check_onnx(proto, model)
     inputs = example_inputs(model, 2, 3)
@@ -218,7 +218,7 @@ def _builds(text: str) -> tuple[seqdsl.Model, str]:
     for optimize in (False, True):
         cls = module_class(model, optimize=optimize, native_cells=optimize)
         torch.manual_seed(0)
-        _parity(model, cls())
+        _parity(model, cls(), optimize)
     return model, generate(model)
 
 
@@ -455,18 +455,18 @@ def hostile_names(draw: st.DrawFn) -> dict[str, str]:
 
 
 @settings(max_examples=400 if LONG else 40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(names=hostile_names())
-def test_hostile_names_build_right_or_fail_located(names: dict[str, str]):
+@given(names=hostile_names(), optimize=st.booleans())
+def test_hostile_names_build_right_or_fail_located(names: dict[str, str], optimize: bool):
     text = _hostile_spec(names)
     try:
         model = seqdsl.loads(text, file="hostile.yaml")
     except SpecError as err:
         assert err.loc.file == "hostile.yaml" and err.loc.line >= 1 and err.code.startswith("E"), err.format()
         return
-    source = generate(passes.optimize(model))
+    source = generate(passes.optimize(model) if optimize else model)
     _check_model_py(source, methods={n.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)
                                      and n.name.startswith("_") and n.name != "__init__"})
-    net = module_class(model)()
+    net = module_class(model, optimize=optimize, native_cells=optimize)()
     assert set(net.state_dict()) == set(model.params)
     assert net.input_names == tuple(model.inputs) and net.output_names == tuple(model.graph.outputs)
-    _parity(model, net)
+    _parity(model, net, optimize)
