@@ -307,14 +307,17 @@ def _value_info(name: str, node: Node) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, DTYPES[node.dtype], list(node.shape))
 
 
-def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None) -> None:
-    """Emit every node of ``graph``; ``outer`` maps capture indices to outer-scope value names."""
+def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None, read: set[str] | None = None) -> None:
+    """Emit every node of ``graph``; ``outer`` maps capture indices to outer-scope value names; ``read`` names the
+    nodes the enclosing loop reads (its updates and returns)."""
     b.graph = graph
+    read = {i for n in graph for i in n.inputs} | set(graph.outputs.values()) | (read or set())
     for node in graph:
         if node.op == "param":
             b.values[node.name] = node.attrs["name"]
         elif node.op == "const":
-            b.values[node.name] = b.const(node.attrs["value"])
+            if node.name in read:  # constants the lowering folded into others are no initializers
+                b.values[node.name] = b.const(node.attrs["value"])
         elif node.op == "input":
             b.values[node.name] = node.name
         elif node.op in ("state", "step_input"):
@@ -343,7 +346,7 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
     args = [b.values[i] for i in node.inputs]
     n_s, n_q = loop.n_states, loop.n_sequences
     captures = {i: args[n_s + n_q + i] for i in range(loop.n_captures)}
-    _emit_graph(inner, body, captures)
+    _emit_graph(inner, body, captures, set(loop.updates) | {r.node for r in loop.returns})
     states = sorted((n for n in body if n.op == "state"), key=lambda n: n.attrs["index"])
     seqs = sorted((n for n in body if n.op == "step_input"), key=lambda n: n.attrs["index"])
     body_inputs = [_value_info(inner.values[n.name], n) for n in states + seqs]

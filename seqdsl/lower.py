@@ -32,7 +32,7 @@ Module = RecurrentModule | GraphModule
 Path = tuple[str | int, ...]
 RESERVED = {"B", "T", "t"}
 OUTPUT_SELECTORS = {"final", "last"}  # in a recurrent module's outputs
-FLOAT32_MAX = 3.4028234663852886e38  # constants are float32 in both backends
+FLOAT32_MAX = 3.4028234663852886e38  # a constant that meets a tensor is a float32 in both backends
 
 
 @dataclass
@@ -379,6 +379,12 @@ class _Env:
         loc = self.at(base, e)
         if op in _FOLD and inputs and all(self.graph[i].op == "const" for i in inputs):
             return self.fold(op, inputs, loc)
+        for i in inputs:  # folding is exact (float64); a constant that meets a tensor is a float32
+            if self.graph[i].op == "const" and abs(self.graph[i].attrs["value"]) > FLOAT32_MAX:
+                value = self.graph[i].attrs["value"]
+                raise SpecError("E0403", f"this constant overflows float32: it is {value:.6g}", self.graph[i].loc,
+                                expected=f"at most {FLOAT32_MAX:.4g} in magnitude (the tensors are float32)",
+                                hint="check the number or the arithmetic on it")
         shapes = [self.graph[i].shape for i in inputs]
         dtypes = [self.graph[i].dtype for i in inputs]
         try:
@@ -405,10 +411,9 @@ class _Env:
         return node.removeprefix(self.owner.prefix)
 
     def const(self, value: float, loc: Location) -> str:
-        if not abs(value) <= FLOAT32_MAX:  # also NaN
-            raise SpecError("E0403", f"this constant is not a finite number in float32: it computes to {value:g}", loc,
-                            expected=f"a finite number, at most {FLOAT32_MAX:.4g} in magnitude (float32)",
-                            hint="check the number or the arithmetic on it; write a smaller value")
+        if not math.isfinite(value):
+            raise SpecError("E0403", f"this constant is not a finite number: it computes to {value}", loc,
+                            expected="a finite number", hint="check the number or the arithmetic on it")
         name = self.graph.fresh(self.owner.prefix + "const")
         self.graph.add(Node(name, "const", attrs={"value": float(value)}, shape=(), loc=loc))
         return name

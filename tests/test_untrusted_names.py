@@ -380,12 +380,13 @@ def test_names_are_nfkc_normalised_and_two_alike_are_one_error():
     assert fullwidth.input_nodes()[0].shape == ("B", "T", 3) and "h_0" in fullwidth.params
 
 
-@pytest.mark.parametrize("expr, code", [("exp(709) * exp(709)", "E0403"), ("x * (1e30 * 1e30)", "E0403"),
-                                        ("x + 1e20 * 1e20", "E0403"), ("-exp(100) * exp(100)", "E0403"),
+@pytest.mark.parametrize("expr, code", [("exp(709) * exp(709)", "E0403"), ("x * (exp(400) * exp(400))", "E0403"),
+                                        ("x + 1e20 * 1e20", "E0403"), ("-exp(100) * exp(100) * x", "E0403"),
+                                        ("exp(709) * exp(709) - exp(709) * exp(709)", "E0403"),
                                         ("dropout(x, 1e31)", "E0302"), ("1e999 + x", "E0302")])
 def test_constants_that_overflow_are_located_errors(expr: str, code: str):
-    """A constant that is not finite in float32 (folded arithmetic; literals are bounded by the parser) is refused
-    where it is written, never written into model.py as a bare `inf`."""
+    """A constant that is not finite (folded arithmetic; literals are bounded by the parser), or does not fit the
+    float32 tensor it meets, is refused where it is written, never written into model.py as a bare `inf`."""
     err = spec_error(f"""
         inputs: {{x: [B, 3]}}
         graph:
@@ -393,7 +394,17 @@ def test_constants_that_overflow_are_located_errors(expr: str, code: str):
         outputs: {{y: y}}
     """)
     assert err.code == code and err.loc.line == 4 and err.loc.col >= 6, err.format()
-    assert code == "E0302" or "finite" in err.message
+    assert code == "E0302" or "finite" in err.message or "overflows float32" in err.message
+
+
+def test_constant_arithmetic_is_exact_and_only_its_result_must_fit_float32():
+    model, source = _builds("""
+        inputs: {x: [B, 3]}
+        graph:
+          y: x * (exp(100) / exp(99)) + 1e30 / 1e29
+        outputs: {y: y}
+    """)
+    assert "2.718281828459045" in source and "10" in source
 
 
 def test_generated_methods_never_shadow_nn_module():
