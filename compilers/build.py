@@ -239,7 +239,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         net = cls()
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
-        save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {escape(Path(spec).name)}"})
+        save_file(weights, str(staging / "weights.safetensors"),
+                  metadata={"seqdsl": f"0.1; spec {escape(Path(spec).name)}"})
         proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
         if unrolled_lengths is not None:

@@ -258,8 +258,8 @@ class _Builder:
                     first = self.keys[sub]
                     raw = {_raw_key(key_ref), _raw_key(first)}
                     same = f" (`{'` and `'.join(sorted(raw))}` are one name to Python: NFKC)" if len(raw) > 1 else ""
-                    self.fail("E0109", f"duplicate key `{key}`{same}", key_ref, sub, hint="remove or rename one of them",
-                              notes=[(self.at.of(first, sub), "first defined here")])
+                    self.fail("E0109", f"duplicate key `{key}`{same}", key_ref, sub,
+                              hint="remove or rename one of them", notes=[(self.at.of(first, sub), "first defined here")])
                 self.keys[sub] = key_ref
                 out[key] = self.value(value_ref, sub, depth + 1)
             return out

@@ -325,7 +325,8 @@ def test_the_learned_initial_state_is_h_0_and_nothing_else_may_be(where: str):
     """
     model, source = _builds(spec)
     assert "h_0" in model.params and "self.h_0 = nn.Parameter" in source
-    clash = {"params": ("{W: [h, d]}", "{W: [h, d], h_0: [h]}"), "inputs": ("{x: [B, T, d]}", "{x: [B, T, d], h_0: [B, h]}"),
+    clash = {"params": ("{W: [h, d]}", "{W: [h, d], h_0: [h]}"),
+             "inputs": ("{x: [B, T, d]}", "{x: [B, T, d], h_0: [B, h]}"),
              "step": ("h: tanh(W @ x + h[t-1])", "h_0: tanh(W @ x)\n            h: h_0 + h[t-1]"),
              "outputs": ("{y: h}", "{y: h, h_0: final(h)}")}[where]
     err = spec_error(spec.replace(*clash))
