@@ -2,7 +2,9 @@
 
 Spec names are identifiers, NFKC-normalised when loaded (as Python itself reads identifiers, so ``ﬁ`` *is*
 ``fi``); two spec names that normalise alike are one name, and defining it twice is an error. Everything else a
-spec carries (file names, import paths, free text) reaches generated source only through `escape`.
+spec carries (file names, import paths, free text) reaches generated *source* (model.py) only through `escape`,
+which keeps its exact value; what a build writes as *data* (ONNX doc strings and metadata, build.json) takes it
+through `seqdsl.text.plain_text`, which keeps it readable.
 
 What the compiler invents never takes a spec name:
   * model.py: every scope has one allocator (``compilers.torch_codegen._Names``) that knows the spec's names,
