@@ -124,7 +124,7 @@ def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
         out = net(*(torch.from_numpy(inputs[n]) for n in net.input_names))
     out = out if isinstance(out, tuple) else (out,)
-    return {name: t.numpy() for name, t in zip(net.output_names, out)}
+    return {name: t.detach().numpy() for name, t in zip(net.output_names, out)}  # an output may be a parameter
 
 
 def check_lengths(model: Model, axis_lengths: dict[str, int] | None) -> None:

@@ -179,6 +179,9 @@ def eval_size(text: int | str, sizes: dict[str, int], loc: Location, what: str =
     if isinstance(text, bool):
         raise SpecError("E0306", f"{what} must be a positive integer", loc, found=repr(text))
     if isinstance(text, int):
+        if abs(text) > MAX_SIZE_VALUE:
+            raise SpecError("E0302", f"{what} is too large: {text} (above {MAX_SIZE_VALUE})", loc,
+                            expected=f"an integer from 1 to {MAX_SIZE_VALUE}", hint="check the number")
         value = text
     else:
         tree = _parse(str(text), loc, "a size expression such as `4 * h`")

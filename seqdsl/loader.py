@@ -269,6 +269,7 @@ class _Builder:
         if not isinstance(node, ScalarNode):
             self.fail("E0111", "mapping keys must be plain strings", ref, parent,
                       found=_NODE_KIND[type(node)], hint="use a name as the key")
+        self.check_text(node.value, ref, parent)
         if node.style is None and node.tag == _IMPLICIT and node.value in ("", "<<"):
             if node.value == "<<":
                 self.fail("E0119", "merge keys (`<<`) are not supported", ref, parent,
@@ -276,8 +277,20 @@ class _Builder:
             self.fail("E0111", "empty mapping key", ref, parent, found="an empty key", hint="write a name before `:`")
         return node.value
 
+    def check_text(self, text: str, ref: Node | _Alias, path: PathT) -> None:
+        """A string holds the characters a spec file may hold, after YAML's escapes too: ``"\\0"`` (NUL) and
+        ``"\\ud800"`` (a lone surrogate, which no file system, printer or encoder takes) are refused here, once,
+        for every name, equation and import path."""
+        if m := _BAD_CHAR.search(text):
+            char = m.group()
+            what = ("NUL character" if char == "\0" else f"lone surrogate U+{ord(char):04X}"
+                    if "\ud800" <= char <= "\udfff" else f"control character U+{ord(char):04X}")
+            self.fail("E0102", f"{what} in a string (written as an escape)", ref, path, found=f"U+{ord(char):04X}",
+                      expected="printable text", hint="remove the escape; names and paths are plain text")
+
     def scalar(self, node: ScalarNode, path: PathT) -> Any:
         text, tag = node.value, node.tag
+        self.check_text(text, node, path)
         if tag == _IMPLICIT and node.style is not None or tag == _Y + "str":
             return text
         if tag == _IMPLICIT:
@@ -342,10 +355,15 @@ def _check_chars(text: str, file: str) -> None:
                         hint="remove it; a spec must be UTF-8 text (is this a binary or UTF-16 file?)")
 
 
+def _whole(file: str) -> Location:
+    """Where an error about a whole file points: its first line and column, so that editors and grep find it."""
+    return Location(file, 1, 1)
+
+
 def _size_check(size: int, file: str) -> None:
     if size > MAX_SPEC_BYTES:
         raise SpecError("E0103", f"spec is too large: {size:,} bytes (the limit is {MAX_SPEC_BYTES:,})",
-                        Location(file), expected=f"at most {MAX_SPEC_BYTES:,} bytes", found=f"{size:,} bytes",
+                        _whole(file), expected=f"at most {MAX_SPEC_BYTES:,} bytes", found=f"{size:,} bytes",
                         hint="split the spec into smaller files")
 
 
@@ -417,19 +435,24 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
 def load_file(path: str | Path) -> Document:
     """Read and parse a spec file; a missing, unreadable or oversized file raises `SpecError`."""
     p, name = Path(path), str(path)
-    if not p.exists() and not p.is_symlink():
+    try:
+        missing = not p.exists() and not p.is_symlink()
+    except (OSError, ValueError):  # a name too long for the file system, say: reading it says why
+        missing = False
+    if missing:
         try:
             hint = did_you_mean(p.name, (c.name for c in p.parent.iterdir()))
         except OSError:
             hint = None
-        raise SpecError("E0118", f"spec file not found: {name}", Location(name), hint=hint or "check the path")
+        raise SpecError("E0118", f"spec file not found: {name}", Location(name), hint=hint or "check the path")  # no line 1
     try:
         if p.is_dir():
             raise IsADirectoryError(21, "it is a directory")
         _size_check(p.stat().st_size, name)  # before reading anything
         with p.open("rb") as f:
             raw = f.read(MAX_SPEC_BYTES + 1)  # the file may have grown since stat()
-    except OSError as e:
-        raise SpecError("E0120", f"cannot read spec file: {e.strerror or e}", Location(name),
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SpecError("E0120", f"cannot read spec file: {why}", _whole(name),
                         hint="check the path and its permissions") from None
     return load_text(raw, name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,7 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs."""
     graph = Graph()
     params: dict[str, Param] = {}
-    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides or {}), bound={})
-    _check_overrides(unit, overrides or {})
+    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=check_overrides(unit, overrides), bound={})
     lowering.run()
     name = name or unit.module.name or "model"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", name):
@@ -87,12 +87,39 @@ def _unused(node: Node) -> SpecError:
                      hint="remove it, or name it under `outputs:`")
 
 
-def _check_overrides(unit: Unit, overrides: dict[str, int]) -> None:
-    for key in overrides:
-        if key not in unit.module.sizes:
-            raise SpecError("E0309", f"`--set {key}=...` names no size of this spec", unit.doc.loc(unit.path + ("sizes",)),
+def check_overrides(unit: Unit, overrides: Any) -> dict[str, int]:
+    """The per-build size overrides (``--set h=128``, ``sizes={"h": 128}``) as checked integers: each names a size
+    of the spec and is an integer a size may be (1 to `expr.MAX_SIZE_VALUE`, not a bool, str or float). A mistake
+    is a SpecError at the size's declaration, so that the API and the command line refuse alike."""
+    if overrides is None:
+        return {}
+    sizes_loc = unit.doc.loc(unit.path + ("sizes",))
+    if not isinstance(overrides, Mapping):
+        raise SpecError("E0309", "size overrides must be a mapping of size names to integers", sizes_loc,
+                        expected='for example {"h": 128}', found=type(overrides).__name__)
+    checked: dict[str, int] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or key not in unit.module.sizes:
+            raise SpecError("E0309", f"`--set {key}=...` names no size of this spec", sizes_loc,
                             expected="one of " + ", ".join(unit.module.sizes) if unit.module.sizes else "no sizes",
-                            hint=did_you_mean(key, unit.module.sizes))
+                            hint=did_you_mean(key, unit.module.sizes) if isinstance(key, str) else None)
+        loc = unit.doc.loc(unit.path + ("sizes", key))
+        if type(value) is not int:  # not bool (an int subclass), not 4.0, not "4"
+            raise SpecError("E0306", f"size `{key}` must be an integer", loc, expected=f"an integer from 1 to "
+                            f"{E.MAX_SIZE_VALUE}", found=f"{value!r} ({type(value).__name__})",
+                            hint=f"--set {key}=128, or sizes={{{key!r}: 128}} in Python")
+        checked[key] = E.eval_size(value, {}, loc, what=f"size `{key}`")
+    return checked
+
+
+def check_output(node: Node, name: str, loc: Location) -> None:
+    """An output is a tensor the model computes or reads: not a number or a size, which has no batch axis and
+    which no backend can return as a tensor (E0408)."""
+    if node.op == "const":
+        raise SpecError("E0408", f"output `{name}` is a constant, not a tensor", loc,
+                        expected="a value computed from the inputs and parameters, e.g. `y: h`",
+                        found=f"the number {node.attrs['value']:g}",
+                        hint="a constant needs no output: whoever reads the model knows it")
 
 
 class _ModuleLowering:
@@ -335,7 +362,9 @@ class _Env:
     def output(self, name: str, text: str) -> str:
         loc = self.owner.loc("outputs", name)
         expr = E.parse_equation(text, loc.shifted(max(self.owner.doc.value_col_offset(self.owner.unit.path + ("outputs", name)), 0)))
-        return self.lower(expr, loc, eq=name)
+        node = self.lower(expr, loc, eq=name)
+        check_output(self.graph[node], name, loc)
+        return node
 
     # ----------------------------------------------------------------------------------------- expressions
 
@@ -461,23 +490,30 @@ class _Env:
                             expected="one of " + ", ".join(known), hint=did_you_mean(e.func, known))
         opdef = OPS[e.func]
         n_tensors = opdef.arity[1] if opdef.arity[1] >= 0 else len(e.args)
-        given = dict(zip((a[0] for a in opdef.attrs), e.args[n_tensors:]))
+        given = dict(zip((a.name for a in opdef.attrs), e.args[n_tensors:]))
         if len(e.args) > n_tensors + len(opdef.attrs):
             raise SpecError("E0315", f"`{e.func}` takes at most {n_tensors + len(opdef.attrs)} arguments",
                             self.at(base, e), hint=opdef.doc)
         for key, value in e.kwargs:
-            if key not in {a[0] for a in opdef.attrs} or key in given:
+            if key not in {a.name for a in opdef.attrs} or key in given:
                 raise SpecError("E0315", f"`{e.func}` takes no argument `{key}`" if key not in given
                                 else f"`{key}` is given twice", self.at(base, value), hint=opdef.doc)
             given[key] = value
         attrs: dict[str, Any] = {}
-        for key, kind, default in opdef.attrs:
-            if key in given:
-                attrs[key] = self.number_arg(given[key], base, kind)
-            elif default is REQUIRED:
-                raise SpecError("E0315", f"`{e.func}` needs the argument `{key}`", self.at(base, e), hint=opdef.doc)
+        for attr in opdef.attrs:
+            if attr.name in given:
+                value = self.number_arg(given[attr.name], base, attr.kind)
+                problem = attr.problem(value)
+                if problem:
+                    raise SpecError("E0315", f"{problem} in `{e.func}`", self.at(base, given[attr.name]),
+                                    expected=f"{attr.kind.__name__} in {attr.range()}", found=repr(value),
+                                    hint=opdef.doc)
+                attrs[attr.name] = value
+            elif attr.default is REQUIRED:
+                raise SpecError("E0315", f"`{e.func}` needs the argument `{attr.name}`", self.at(base, e),
+                                hint=opdef.doc)
             else:
-                attrs[key] = default
+                attrs[attr.name] = attr.default
         args = [self.lower(a, base, eq) for a in e.args[:n_tensors]]
         return self.add(e.func, args, base, e, eq, **attrs)
 
@@ -601,6 +637,9 @@ class _Env:
             result = {"+": a + b, "-": a - b, "*": a * b}[value.op]
         else:
             raise SpecError("E0306", "a size argument must be an integer or a size expression", self.at(base, value))
+        if abs(result) > E.MAX_SIZE_VALUE:
+            raise SpecError("E0302", f"size argument too large (above {E.MAX_SIZE_VALUE})", self.at(base, value),
+                            found=str(result))
         if result <= 0:
             raise SpecError("E0306", "sizes must be positive integers", self.at(base, value), found=str(result))
         return result
