@@ -21,6 +21,16 @@ out = Console(highlight=False)
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
+# how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
+MAX_NODES = typer.Option(30_000, "--max-nodes", min=1, help="Refuse a spec that lowers to more IR nodes.")
+MAX_DEPTH = typer.Option(32, "--max-depth", min=1, help="Refuse module calls nested deeper.")
+MAX_REPEAT = typer.Option(1_000, "--max-repeat", min=1, help="Refuse a larger `repeat=N`.")
+
+
+def _limits(nodes: int, depth: int, repeat: int) -> Any:
+    import seqdsl
+
+    return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -93,12 +103,14 @@ def _shape(dims: list[Any]) -> str:
 
 @app.command()
 def validate(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
+             max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
              debug: bool = DEBUG) -> None:
     """Check a spec: YAML, schema, names, cycles and shapes. Prints nothing but a summary line when it is fine."""
     import seqdsl
 
     sizes = _parse_sets(sets)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+    limits = _limits(max_nodes, max_depth, max_repeat)
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
     _warn([w.format() for w in model.warnings])
     out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
               f"{model.graph.count()} IR nodes")
@@ -126,6 +138,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="Length of a time axis: --axis-len S=12 (repeatable). A model with several time axes "
                    "(seq2seq: S and T) unrolls each to its own length; every axis not given defaults to --seq-len "
                    "with --unroll. Also the length used for the check against PyTorch."),
+          max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import build as run_build
@@ -134,7 +147,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     lengths = _parse_axis_lengths(axis_lens)
     result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
                                              max_params=max_params, unroll=unroll, axis_lengths=lengths,
-                                             optimize_passes=not as_written))
+                                             optimize_passes=not as_written,
+                                             limits=_limits(max_nodes, max_depth, max_repeat)))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -288,13 +302,15 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
 
 @app.command()
 def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
+            max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
             debug: bool = DEBUG) -> None:
     """Show a spec's inputs, outputs and parameters per module, without building anything."""
     import seqdsl
     from seqdsl.summary import params_by_module
 
     sizes = _parse_sets(sets)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+    limits = _limits(max_nodes, max_depth, max_repeat)
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
     g = model.graph
     out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
     for n in model.input_nodes():

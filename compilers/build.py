@@ -186,7 +186,8 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
-          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True) -> BuildResult:
+          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
+          limits: seqdsl.Limits | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
@@ -196,7 +197,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     by default S, ... differ from T so that mixing them up shows). With ``unroll`` model.onnx is the explicit
     unrolled graph (no Scan: what CUDA graph capture needs) for every recurrent time axis at its length
     (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
-    at any B, and the parameters stay one shared initializer each.
+    at any B, and the parameters stay one shared initializer each. ``limits`` bounds how far the spec may expand
+    while it is lowered (`seqdsl.Limits`).
     """
     import torch
     from safetensors.torch import save_file
@@ -208,7 +210,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
 
-    model = seqdsl.load(spec, sizes)
+    model = seqdsl.load(spec, sizes, limits)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})

@@ -29,7 +29,7 @@ from .errors import Location, SpecError, did_you_mean
 # Codes E0101-E0120 are documented in seqdsl/codes.py.
 
 MAX_SPEC_BYTES = 1_000_000
-MAX_NODES = 100_000
+MAX_NODES = 15_000  # YAML nodes; with the other limits this keeps any spec decided within 2 s (seqdsl.budget)
 MAX_DEPTH = 64
 MAX_INT = 10**18
 
@@ -120,10 +120,18 @@ class Document:
 
     def __post_init__(self) -> None:
         self._locator = _Locator(self.file, self.source)
+        self._locs: dict[PathT, Location] = {}  # a module inlined many times asks for the same places again
 
     def loc(self, path: PathT) -> Location:
         """Where the value at ``path`` starts (or its nearest existing ancestor); ``.path`` names ``path``."""
-        found = path = tuple(path)
+        path = tuple(path)
+        loc = self._locs.get(path)
+        if loc is None:
+            loc = self._locs[path] = self._loc(path)
+        return loc
+
+    def _loc(self, path: PathT) -> Location:
+        found = path
         while found and found not in self._values:
             found = found[:-1]
         if found not in self._values:
@@ -133,7 +141,13 @@ class Document:
     def key_loc(self, path: PathT) -> Location:
         """Where the mapping key of ``path`` is written (falls back to `loc`)."""
         path = tuple(path)
-        return self._locator.of(self._keys[path], path) if path in self._keys else self.loc(path)
+        if path not in self._keys:
+            return self.loc(path)
+        key = ("<key>", *path)  # cached beside the values' locations, under paths no value has
+        loc = self._locs.get(key)
+        if loc is None:
+            loc = self._locs[key] = self._locator.of(self._keys[path], path)
+        return loc
 
     def value_col_offset(self, path: PathT) -> int:
         """0 (plain) or 1 (quoted) so that ``loc(path).col + offset + i`` is the file column of the
