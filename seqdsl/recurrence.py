@@ -244,6 +244,9 @@ class RecurrentLowering:
             if init == "zeros":
                 name = self.graph.fresh(owner.prefix + key + "_init")
                 return self.graph.add(Node(name, "zeros", [ref], {"shape": shape[1:]}, shape, loc=loc)).name
+            if len(shape) < 2:  # the parameter would be a scalar, which parameters never are (see ParamDecl)
+                raise SpecError("E0404", f"a learned initial state needs an axis besides B, but `{key}` is {fmt(shape)}",
+                                loc, expected="[B, n]", found=fmt(shape), hint=f"declare `{key}` as [B, 1]")
             pname = owner.prefix + key + "_0"
             owner.params[pname] = Param(pname, tuple(shape[1:]), "zeros", loc)  # type: ignore[arg-type]
             pnode = self.graph.add(Node(self.graph.fresh(pname), "param", attrs={"name": pname, "shape": shape[1:]},
