@@ -120,7 +120,9 @@ class Document:
 
     def __post_init__(self) -> None:
         self._locator = _Locator(self.file, self.source)
-        self._locs: dict[PathT, Location] = {}  # a module inlined many times asks for the same places again
+        # a module inlined many times asks for the same places again
+        self._locs: dict[PathT, Location] = {}
+        self._key_locs: dict[PathT, Location] = {}
 
     def loc(self, path: PathT) -> Location:
         """Where the value at ``path`` starts (or its nearest existing ancestor); ``.path`` names ``path``."""
@@ -143,10 +145,9 @@ class Document:
         path = tuple(path)
         if path not in self._keys:
             return self.loc(path)
-        key = ("<key>", *path)  # cached beside the values' locations, under paths no value has
-        loc = self._locs.get(key)
+        loc = self._key_locs.get(path)
         if loc is None:
-            loc = self._locs[key] = self._locator.of(self._keys[path], path)
+            loc = self._key_locs[path] = self._locator.of(self._keys[path], path)
         return loc
 
     def value_col_offset(self, path: PathT) -> int:
