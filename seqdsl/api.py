@@ -35,7 +35,7 @@ def loads(text: str, sizes: Mapping[str, int] | None = None, file: str = "<spec>
     return _lower(load_text(text, file), sizes, limits)
 
 
-def _lower(doc: Document, sizes: Mapping[str, int] | None, limits: Limits | None) -> Model:
+def _lower(doc: Document, sizes: Mapping[str, int] | None, limits: Limits | None = None) -> Model:
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError(f"limits must be a seqdsl.Limits, got {type(limits).__name__}")
     root = parse_module(doc)
