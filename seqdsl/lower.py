@@ -16,6 +16,7 @@ import heapq
 import keyword
 import math
 import re
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,11 +75,14 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
 def spec_sources(unit: Unit) -> dict[str, str]:
     """The sha256 of every file ``unit`` was read from: its own file first, then each imported one once."""
     found: dict[str, str] = {}
-    pending = [unit]
-    while pending:
-        u = pending.pop(0)
+    pending, seen = deque([unit]), {id(unit)}
+    while pending:  # each unit once: modules see their earlier siblings, so paths to a unit can be exponential
+        u = pending.popleft()
         found.setdefault(u.doc.file, u.doc.sha256)
-        pending += u.modules.values()
+        for sub in u.modules.values():
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                pending.append(sub)
     return found
 
 
