@@ -49,6 +49,7 @@ _BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # the line breaks PyYAML cou
 _PREFIX = re.compile(r"(?:[&!]\S*(?:\s|#[^\n\r\x85\u2028\u2029]*)*)*")  # `&anchor !tag # comment` before a value
 _NODE_KIND = {MappingNode: "a mapping", SequenceNode: "a list", ScalarNode: "a scalar"}
 _EMPTY_HINT = "a spec is a YAML mapping, e.g. `sizes: {d: 16}`"
+_UNENCODABLE = re.compile("[\0\ud800-\udfff]")  # no file name, terminal or UTF-8 encoder takes these
 _BAD_CHAR = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -295,13 +296,11 @@ class _Builder:
         return node.value
 
     def check_text(self, text: str, ref: Node | _Alias, path: PathT) -> None:
-        """A string holds the characters a spec file may hold, after YAML's escapes too: ``"\\0"`` (NUL) and
-        ``"\\ud800"`` (a lone surrogate, which no file system, printer or encoder takes) are refused here, once,
-        for every name, equation and import path."""
-        if m := _BAD_CHAR.search(text):
+        """No string holds, after YAML's escapes, ``"\\0"`` (NUL) or ``"\\ud800"`` (a lone surrogate), which no
+        file system, printer or UTF-8 encoder takes: refused here, once, for every name, equation and import path."""
+        if m := _UNENCODABLE.search(text):  # other control characters are text that output escapes (a `doc:`)
             char = m.group()
-            what = ("NUL character" if char == "\0" else f"lone surrogate U+{ord(char):04X}"
-                    if "\ud800" <= char <= "\udfff" else f"control character U+{ord(char):04X}")
+            what = "NUL character" if char == "\0" else f"lone surrogate U+{ord(char):04X}"
             self.fail("E0102", f"{what} in a string (written as an escape)", ref, path, found=f"U+{ord(char):04X}",
                       expected="printable text", hint="remove the escape; names and paths are plain text")
 
