@@ -192,7 +192,7 @@ def recurrences(draw: st.DrawFn) -> tuple[str, str]:
     return "recurrent", text
 
 
-@settings(max_examples=200 if LONG else 12, deadline=None,
+@settings(max_examples=200 if LONG else 10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=st.one_of(calls(), recurrences()))
 def test_validate_refuses_or_build_succeeds(tmp_path: Path, case: tuple[str, str]):
