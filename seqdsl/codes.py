@@ -13,8 +13,7 @@ CODES: dict[str, tuple[str, str]] = {
     "E0102": ("NUL or control character in spec",
               "The file holds a NUL byte or another control character, which YAML does not allow. It is often a "
               "binary file given by mistake, or a copy-paste from a terminal. Inside strings, after YAML's "
-              "escapes, `\"\\0\"` (NUL) and `\"\\ud800\"` (a lone surrogate, which no file system or terminal "
-              "takes) are refused too, in names, equations and import paths."),
+              "escapes, `\"\\0\"` (NUL) is refused too, in names, equations and import paths."),
     "E0103": ("spec file too large", "Spec files are capped at 1 MB; a spec describes a network, not its data."),
     "E0104": ("tab character in indentation",
               "YAML indents with spaces only. Configure your editor to insert spaces in .yaml files."),

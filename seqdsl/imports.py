@@ -12,6 +12,7 @@ A relative path is read from the importing file's folder and may not leave the t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,12 @@ def _resolve(session: _Session, target: str, importer: Path, loc: Location) -> P
         base, rel = importer.resolve().parent, target
         tree = STD_ROOT if _inside(importer.resolve(), STD_ROOT) and not _inside(importer.resolve(), session.root) \
             else session.root
+    try:
+        os.fsencode(rel)  # surrogateescape: U+DC80-U+DCFF stand for a file name's raw bytes; other surrogates name nothing
+    except UnicodeEncodeError as exc:
+        raise SpecError("E0502", f"import path `{ascii(target)[1:-1]}` cannot name a file: it holds a lone surrogate "
+                        f"U+{ord(exc.object[exc.start]):04X}", loc,
+                        hint="write the path as plain text; remove the `\\u` escape") from None
     if not rel or Path(rel).is_absolute() or rel.startswith("~") or "\\" in rel:
         raise SpecError("E0502", f"import path `{target}` must be relative to this file", loc,
                         hint="write a path such as `lstm.yaml` or `lib/attention.yaml`, or `std:lstm.yaml`")
