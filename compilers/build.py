@@ -203,6 +203,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
     from seqdsl.passes import optimize
     from seqdsl.passes import unroll as unroll_pass
+    from seqdsl.passes.unroll import UnrollError
 
     from .onnx_export import export, set_weights
     from .onnx_runtime import max_abs_diff, run
@@ -220,7 +221,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
         try:
             exported, changed = unroll_pass(optimize(model) if optimize_passes else model, wanted)
-        except ValueError as exc:
+        except UnrollError as exc:  # what the request asks cannot be done; anything else is a seqdsl bug
             raise UsageError(f"--unroll: {exc}") from None
         if changed:
             unrolled_lengths = wanted

@@ -89,11 +89,11 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.outputs: dict[str, str] = {}
-        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add
+        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add: `fresh` avoids them
 
     def add(self, node: Node) -> Node:
-        if node.name in self.nodes:
-            raise ValueError(f"internal: node `{node.name}` defined twice")
+        if node.name in self.nodes:  # a broken invariant of a pass, never the user's mistake (exit 1, not 2)
+            raise AssertionError(f"internal: node `{node.name}` defined twice")
         self.nodes[node.name] = node
         return node
 
@@ -107,11 +107,12 @@ class Graph:
         return len(self.nodes)
 
     def fresh(self, base: str, avoid: set[str] | frozenset[str] = frozenset()) -> str:
-        """A node name not yet used (nor in ``avoid``), derived from ``base``."""
-        if base not in self.nodes and base not in avoid:
+        """A node name not yet used (nor reserved, nor in ``avoid``), derived from ``base``."""
+        taken = lambda name: name in self.nodes or name in self.reserved or name in avoid  # noqa: E731
+        if not taken(base):
             return base
         i = 1
-        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in avoid:
+        while taken(f"{base}_{i}"):
             i += 1
         return f"{base}_{i}"
 
@@ -172,6 +173,9 @@ def _verify_loop(node: Node) -> None:
     loop.body.verify()
     for name in loop.updates + [r.node for r in loop.returns]:
         assert name in loop.body.nodes, f"loop `{node.name}` refers to missing body node `{name}`"
+    # one return per (value, kind): outputs naming the same value share it (their item, or the graph output)
+    returned = [(r.node, r.kind) for r in loop.returns]
+    assert len(set(returned)) == len(returned), f"loop `{node.name}` returns a value twice: {returned}"
     for b in loop.body:
         if b.op in ("state", "step_input", "capture"):
             limit = {"state": loop.n_states, "step_input": loop.n_sequences, "capture": loop.n_captures}[b.op]
