@@ -9,19 +9,24 @@ reverse, over padded batches (``lengths:``), with a decoder, and with several ou
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import SPECS
+from conftest import ROOT, SPECS
 
 import seqdsl
 from compilers.build import UsageError, build, example_inputs, loop_axes
 from compilers.onnx_runtime import run
-from seqdsl.ir import all_nodes, loop_of
+from seqdsl.errors import SpecError
+from seqdsl.ir import Graph, Node, all_nodes, loop_of
+from seqdsl.passes.unroll import UnrollError
 
 MODES = {"default": {}, "as_written": {"optimize_passes": False}, "unroll": {"unroll": True}}
 STEPS, BATCH = 4, 3
@@ -149,3 +154,44 @@ def test_recurrent_variants_build_in_every_mode(name: str, tmp_path: Path):
                     assert not ours[:, n:].any(), f"{name} {padded}: {out} past the row's end"
                     ours = ours[:, :n]
                 np.testing.assert_allclose(ours, value, atol=1e-5, rtol=1e-5, err_msg=f"{name} {padded}: {out} row {b}")
+
+
+# ------------------------------------------------------------------------------------------- the command line
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_unroll_of_a_sunk_decoder_builds_from_the_command_line(tmp_path: Path):
+    r = _cli("build", str(SPECS / "seq2seq_attention.yaml"), "--unroll", "--seq-len", "6", "--axis-len", "S=5",
+             "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert info["onnx_form"] == "unrolled" and info["unrolled_lengths"] == {"S": 5, "T": 6}
+
+
+def test_a_block_that_stops_refuses_to_unroll_as_a_usage_error(tmp_path: Path):
+    r = _cli("build", str(SPECS / "generator.yaml"), "--unroll", "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "cannot be unrolled" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_invariant_while_unrolling_is_internal_not_the_users(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Only `UnrollError` is a mistake in the request (exit 2); a pass defining a node twice is a bug (exit 1)."""
+    import seqdsl.passes
+
+    with pytest.raises(UnrollError, match="several time axes"):
+        seqdsl.passes.unroll(seqdsl.load(SPECS / "seq2seq.yaml"), 4)
+
+    def broken(model: seqdsl.Model, steps: object) -> tuple[seqdsl.Model, bool]:
+        graph = Graph()
+        graph.add(Node("twice", "const", attrs={"value": 0.0}))
+        graph.add(Node("twice", "const", attrs={"value": 0.0}))
+        return model, True
+
+    monkeypatch.setattr(seqdsl.passes, "unroll", broken)
+    with pytest.raises(AssertionError, match="defined twice") as caught:
+        build(SPECS / "rnn.yaml", tmp_path / "out", unroll=True)
+    assert not isinstance(caught.value, (ValueError, SpecError))
+    assert not (tmp_path / "out").exists()
