@@ -232,8 +232,12 @@ class RecurrentLowering:
         for i, (ret, shape) in enumerate(returns):
             n = body[ret.node]
             if ret.kind == "all":
+                pad = zero
+                if n.dtype != "float32":  # a zero of the value's own type (ids, say): ONNX's Where wants one type
+                    pad = body.add(Node(body.fresh(ret.node + "_zero"), "zeros", [ret.node],
+                                        {"shape": n.shape[1:], "dtype": n.dtype}, n.shape, n.dtype, n.loc)).name
                 node = body.add(Node(body.fresh(ret.node + "_or_0"), "select",
-                                     [mask_of_rank("valid", len(n.shape)), masked.get(ret.node, ret.node), zero],
+                                     [mask_of_rank("valid", len(n.shape)), masked.get(ret.node, ret.node), pad],
                                      {}, n.shape, n.dtype, n.loc)).name
                 returns[i] = (LoopOutput(node, "all"), shape)
             elif not n.shape or n.shape[0] != "B":

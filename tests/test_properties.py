@@ -68,6 +68,8 @@ def random_cells(draw: st.DrawFn) -> str:
     params["U"] = [h, values[last]]
     params["b"] = [h]
     step.append(("h", f"tanh(U @ {last} + b)"))
+    if draw(st.booleans()):  # an int64 value (B,): ids have their own zero and their own type
+        step.append(("tok", f"argmax({draw(st.sampled_from(sorted(values)))})".replace("h[t-1]", "h")))
     decoder = []
     if draw(st.booleans()):  # y(t) = Dec(z(t)): what the sinking pass moves after the loop
         params["W_y"] = [draw(st.integers(1, 4)), h]
@@ -80,7 +82,7 @@ def random_cells(draw: st.DrawFn) -> str:
     lines += ["  state:", "    h: [B, h]", "  step:"]
     lines += [f"    {n}: {e}" for n, e in step]
     lines += (["  decoder:"] + [f"    {n}: {e}" for n, e in decoder]) if decoder else []
-    named = ["h"] + [n for n, _ in step[:-1] + decoder]
+    named = ["h"] + [n for n, _ in step + decoder if n != "h"]
     extra = draw(st.lists(st.tuples(st.sampled_from(named), st.sampled_from(["{}", "final({})", "last({})"])),
                           max_size=4))
     lines += ["outputs:", "  y: h", "  h_n: final(h)"] + [f"  o{i}: {how.format(v)}" for i, (v, how) in enumerate(extra)]
@@ -120,7 +122,7 @@ def test_random_valid_cells_build_and_backends_agree(spec: str, steps: int, batc
             row = run_torch(alone, {"x": inputs["x"][b:b + 1, :n]})
             for name, value in row.items():
                 ours = got[name][b:b + 1]
-                if model.graph[model.graph.outputs[name]].shape[1] == "T":  # every step
+                if model.graph[model.graph.outputs[name]].shape[1:2] == ("T",):  # every step
                     ours, padding = ours[:, :n], ours[:, n:]
                     assert not padding.any(), f"{mode}: {name} is not 0 past the row's length\n{spec}"
                 np.testing.assert_allclose(ours, value, atol=1e-4, rtol=1e-4, err_msg=f"{mode}: {name}, row {b}\n{spec}")
