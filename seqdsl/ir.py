@@ -193,6 +193,8 @@ class Model:
     sizes: dict[str, int]
     source: str = "<spec>"
     warnings: list[Any] = field(default_factory=list)  # SpecErrors with W codes: builds, but probably not as meant
+    doc: str | None = None  # the spec's `doc:` (untrusted text: copy it only through seqdsl.text.plain_text)
+    sources: dict[str, str] = field(default_factory=dict)  # every spec file read (the spec, then its imports): sha256
 
     def verify(self) -> None:
         self.graph.verify()
