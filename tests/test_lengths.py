@@ -94,9 +94,9 @@ def test_final_and_last_follow_packed_sequences(reverse: bool):
     text = (SPECS / "rnn.yaml").read_text().replace("  h_n: final(h)", "  h_n: final(h)\n  h_last: last(h)\n"
                                                        "  a_n: final(a)\n  a_last: last(a)")
     text = text.replace("    h: tanh(W @ x + U @ h[t-1] + b)", "    a: W @ x + U @ h[t-1] + b\n    h: tanh(a)")
-    model = seqdsl.loads(text.replace("  x: [B, T, d]", "  x: [B, T, d]\n  lens: {shape: [B], dtype: int64}")
-                         .replace("recurrent:\n", "recurrent:\n  lengths: lens\n" + ("  direction: reverse\n" if reverse else "")),
-                         {"d": D, "h": H})
+    text = text.replace("  x: [B, T, d]", "  x: [B, T, d]\n  lens: {shape: [B], dtype: int64}")
+    text = text.replace("recurrent:\n", "recurrent:\n  lengths: lens\n" + ("  direction: reverse\n" if reverse else ""))
+    model = seqdsl.loads(text, {"d": D, "h": H})
     net, layer = to_module(model), nn.RNN(D, H, batch_first=True, bidirectional=True)
     half = "_reverse" if reverse else ""
     with torch.no_grad():

@@ -85,7 +85,8 @@ def random_cells(draw: st.DrawFn) -> str:
     named = ["h"] + [n for n, _ in step + decoder if n != "h"]
     extra = draw(st.lists(st.tuples(st.sampled_from(named), st.sampled_from(["{}", "final({})", "last({})"])),
                           max_size=4))
-    lines += ["outputs:", "  y: h", "  h_n: final(h)"] + [f"  o{i}: {how.format(v)}" for i, (v, how) in enumerate(extra)]
+    lines += ["outputs:", "  y: h", "  h_n: final(h)"]
+    lines += [f"  o{i}: {how.format(v)}" for i, (v, how) in enumerate(extra)]
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +117,8 @@ def test_random_valid_cells_build_and_backends_agree(spec: str, steps: int, batc
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, atol=1e-4, rtol=1e-4, err_msg=f"{mode}: {name}\n{spec}")
     if "lengths: n" in spec:  # packed sequences: each row gives what it gives alone, unpadded (0 past its end)
-        alone = to_module(seqdsl.loads(spec.replace("  lengths: n\n", "").replace("  n: {shape: [B], dtype: int64}\n", "")))
+        unpadded = spec.replace("  lengths: n\n", "").replace("  n: {shape: [B], dtype: int64}\n", "")
+        alone = to_module(seqdsl.loads(unpadded))
         alone.load_state_dict(net.state_dict())
         for b, n in enumerate(inputs["n"]):
             row = run_torch(alone, {"x": inputs["x"][b:b + 1, :n]})
@@ -125,7 +127,8 @@ def test_random_valid_cells_build_and_backends_agree(spec: str, steps: int, batc
                 if model.graph[model.graph.outputs[name]].shape[1:2] == ("T",):  # every step
                     ours, padding = ours[:, :n], ours[:, n:]
                     assert not padding.any(), f"{mode}: {name} is not 0 past the row's length\n{spec}"
-                np.testing.assert_allclose(ours, value, atol=1e-4, rtol=1e-4, err_msg=f"{mode}: {name}, row {b}\n{spec}")
+                np.testing.assert_allclose(ours, value, atol=1e-4, rtol=1e-4,
+                                           err_msg=f"{mode}: {name}, row {b}\n{spec}")
 
 
 SEEDS = [p.read_text() for p in sorted(SPECS.glob("*.yaml"))]
