@@ -22,7 +22,7 @@ import networkx as nx
 
 from . import expr as E
 from .errors import Location, SpecError, did_you_mean
-from .ir import Graph, Model, Node, Param, Shape, loop_of
+from .ir import Graph, Model, Node, Param, Scope, Shape, loop_of
 from .loader import Document
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
 from .schema import GraphModule, RecurrentModule
@@ -47,7 +47,8 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs."""
     graph = Graph()
     params: dict[str, Param] = {}
-    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides or {}), bound={})
+    scopes: dict[str, Scope] = {}
+    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides or {}), bound={}, scopes=scopes)
     _check_overrides(unit, overrides or {})
     lowering.run()
     name = name or unit.module.name or "model"
@@ -56,7 +57,7 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                         expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
                         hint="for example `name: my_lstm`")
     model = Model(name=name, graph=graph, params=params,
-                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file)
+                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file, scopes=scopes)
     model.verify()
     model.warnings = unused_values(graph)
     return model
@@ -100,8 +101,9 @@ class _ModuleLowering:
 
     def __init__(self, unit: Unit, graph: Graph, params: dict[str, Param], prefix: str,
                  sizes_in: dict[str, int], bound: dict[str, str], call_loc: Location | None = None,
-                 direction: str | None = None):
+                 direction: str | None = None, scopes: dict[str, Scope] | None = None):
         self.unit, self.mod, self.doc = unit, unit.module, unit.doc
+        self.scopes = scopes if scopes is not None else {}  # the model's call scopes, shared by every instance
         self.direction = direction  # a caller's override of a recurrent block's direction
         self.graph, self.params, self.prefix = graph, params, prefix
         self.sizes_in, self.bound, self.call_loc = sizes_in, bound, call_loc
@@ -555,8 +557,15 @@ class _Env:
         if missing:
             raise SpecError("E0316", f"`{e.func}(...)` is missing input(s) " + ", ".join(f"`{m}`" for m in missing), loc)
         outputs: dict[str, str] = {}
+        scopes = self.owner.scopes
+        scopes[self.owner.prefix + name] = Scope(e.func, repeat if numbered else None, direction, loc)
         for layer in range(repeat):
             prefix = self.owner.prefix + name + (f".{layer}." if numbered else ".")
+            if numbered:
+                scopes[prefix[:-1]] = Scope(e.func, None, direction, loc, part=f"layer {layer}")
+            if direction == "both":
+                scopes[prefix + "fw"] = Scope(e.func, None, "forward", loc, part="forward")
+                scopes[prefix + "bw"] = Scope(e.func, None, "reverse", loc, part="backward")
             if layer:
                 bound = {**bound, inputs[0]: next(iter(outputs.values()))}
             if direction == "both":
@@ -580,7 +589,7 @@ class _Env:
                 if isinstance(dim, str) and dim in callee.module.sizes and dim not in sizes and isinstance(got, int):
                     sizes[dim] = got
         lowering = _ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, call_loc=loc,
-                                   direction=direction)
+                                   direction=direction, scopes=self.owner.scopes)
         return lowering.run()
 
     def direction_arg(self, value: E.Expr, base: Location, cmod: Module) -> str:
