@@ -310,6 +310,47 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
 
 
 @app.command()
+def graph(spec: Path = typer.Argument(..., help="The spec file."),
+          output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                help="FILE.svg, FILE.png or FILE.dot [DOT on standard output]."),
+          unroll: Optional[int] = typer.Option(None, "--unroll", min=1, max=64,
+                                               help="Draw each recurrent block unrolled over N steps (Figure 2)."),
+          sets: Optional[list[str]] = SETS,
+          module: Optional[str] = typer.Option(None, "--module", help="Draw one module of the spec on its own."),
+          depth: Optional[int] = typer.Option(None, "--depth", min=0,
+                                              help="Draw module calls nested deeper than K as one box each."),
+          debug: bool = DEBUG) -> None:
+    """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
+    import seqdsl
+    from seqdsl import render
+    from seqdsl.figure import figure
+
+    fmt = output.suffix.lower().lstrip(".") if output is not None else "dot"
+    if fmt not in render.FORMATS:
+        _fail(f"error: -o {output}: the file name must end in .svg, .png or .dot", 2)
+    sizes = _parse_sets(sets)
+
+    def action() -> bytes:
+        model = seqdsl.load(spec, sizes, module=module)
+        try:
+            return render.render(figure(model, unroll=unroll, depth=depth), fmt)
+        except render.RenderError as exc:
+            _fail(f"error: {exc}", 2)
+
+    data = _guard(debug, action)
+    if output is None:
+        sys.stdout.write(data.decode("utf-8"))
+        return
+    try:
+        render.write(output, data)
+    except render.RenderError as exc:
+        _fail(f"error: {exc}", 2)
+    except OSError as exc:
+        _fail(f"error: -o {output}: {exc.strerror or exc}", 2)
+    print(f"wrote {output}")
+
+
+@app.command()
 def explain(code: str = typer.Argument(..., help="An error code such as E0402.")) -> None:
     """Print the longer story behind an error code."""
     from seqdsl.codes import CODES
