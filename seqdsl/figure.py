@@ -43,9 +43,7 @@ SYMBOLS: dict[str, str] = {
     "sequence_mask": "t < lengths", "select": "keep if t < length", "stack": "stack", "loop": "loop",
     "cell": "cell", "item": "item",
 }
-# Edges that fan a sequence out to its steps, or the steps back in: left out of the ranking, which otherwise
-# shuffles the copies (Graphviz keeps neither flat edges nor `ordering` in order inside clusters).
-_FEED = {"color": "#9e9e9e", "arrowsize": "0.5", "constraint": "false"}
+_FEED = {"color": "#9e9e9e", "arrowsize": "0.5"}  # a sequence fanned out to its steps, or the steps back in
 _HIDDEN_ATTRS = {"shape", "dtype", "index", "eq_root", "loop", "name", "value", "_op"}
 
 COLORS = {"module": "#eef3fb", "part": "#f7f9fd", "loop": "#fff8e6", "enc": "#ffffff", "G": "#ffffff",
@@ -183,8 +181,12 @@ class _Figure:
         self.cluster(scope_path, labels).nodes.append((_node_id(node_id), attrs))
         return node_id
 
-    def same_rank(self, path: tuple[str, ...], labels: dict[str, Any], ids: list[str]) -> None:
+    def same_rank(self, path: tuple[str, ...], labels: dict[str, Any], ids: list[str], chain: bool = True) -> None:
+        """``ids`` side by side, in this order: one rank, held in order by invisible flat edges."""
         self.cluster(path, labels).same_rank.append([_node_id(i) for i in ids])
+        if chain:
+            for a, b in zip(ids, ids[1:]):
+                self.edge(a, b, style="invis")
 
     def edge(self, a: str, b: str, **attrs: str) -> None:
         self.edges.append((_node_id(a), _node_id(b), attrs))
@@ -378,7 +380,7 @@ class _Figure:
     def draw_unrolled(self, node: Node, ctx: str, path: tuple[str, ...], labels: dict[str, Any], key: str) -> None:
         """Figure 2: ``unroll`` copies of Enc → G → Dec, the state handed on, one shared weights node."""
         loop = loop_of(node)
-        steps = self.unroll or 1
+        steps = min(self.unroll or 1, loop.steps or self.unroll or 1)
         sec = sections(loop)
         base = ctx + node.name + "@"
         body = loop.body
@@ -443,13 +445,8 @@ class _Figure:
                 self.edge(f"{base}{a}~G", f"{base}{b_}~{p}", color="#c62828", fontcolor="#c62828", penwidth="1.8",
                           dir="forward" if not loop.reverse else "back",
                           label=label((f"z({sender})", "b"), (state_text, "small")))
-        self.same_rank(path, labels, [f"{base}{t}~G" for t in order])
-        # flat edges alone do not keep the steps in order inside clusters: one invisible node with ordered out-edges
-        anchor = self.place(path, labels, base + "order", style="invis", ordering="out", label="", width="0",
-                            height="0")
-        firsts = [b.name for b in body if b.op == "step_input"]
-        for t in order:
-            self.edge(anchor, f"{base}{t}~in~{firsts[0]}" if firsts else f"{base}{t}~{parts[0]}", style="invis")
+        for part in parts:
+            self.same_rank(path, labels, [f"{base}{t}~{part}" for t in order], chain=part != "G" or not states)
         weights = sorted(set().union(*used.values()))
         if weights:
             rows = [(f"{w.rsplit('.', 1)[-1]} {fmt(self.model.params[w].shape)}", "small") for w in weights]
@@ -459,8 +456,7 @@ class _Figure:
             for t in order:
                 for p in parts:
                     if used[p]:
-                        self.edge(wid, f"{base}{t}~{p}", style="dashed", color="#8e24aa", arrowsize="0.6",
-                                  constraint="false")  # constrained, these edges shuffle the steps
+                        self.edge(wid, f"{base}{t}~{p}", style="dashed", color="#8e24aa", arrowsize="0.6")
 
         def source(ret: Any) -> str:
             return f"{base}{flow[-1]}~{sec.get(ret.node, 'G') if sec.get(ret.node) in parts else 'G'}"
@@ -471,18 +467,18 @@ class _Figure:
                 continue
             ret = loop.returns[item.attrs["index"]]
             part = sec.get(ret.node) if sec.get(ret.node) in parts else "G"
-            kind = {"all": "y(1..N): every step", "final": "after the last step", "last": "at t = T"}[ret.kind]
+            local = ret.node.rsplit(".", 1)[-1]
+            kind = {"all": f"{local}(1..{steps}) stacked", "final": "after the last step", "last": "at t = T"}[ret.kind]
             item_id = self.place(path, labels, ctx + item.name, shape="box", style="rounded,filled", fillcolor="white",
                                  label=label((item.name.rsplit(".", 1)[-1], "b"), (kind, "small")))
             self.drawn[ctx + item.name] = item_id
-            local = ret.node.rsplit(".", 1)[-1]
             if ret.kind == "all":
                 self.same_rank(path, labels, [f"{base}{t}~out~{item.name}" for t in order])
                 for t in order:
                     yid = self.place(path, labels, f"{base}{t}~out~{item.name}", shape="ellipse", style="filled",
                                      fillcolor=COLORS["io"], label=label((f"{local}({t})", "b")))
                     self.edge(f"{base}{t}~{part}", yid, label=label((shape_text(body[ret.node]), "small")))
-                    self.edge(yid, item_id, **{**_FEED, "constraint": "true"})
+                    self.edge(yid, item_id, **_FEED)
             else:
                 self.edge(source(ret), item_id, label=label((shape_text(body[ret.node]), "small")))
 
@@ -491,6 +487,8 @@ class _Figure:
     def dot(self, title: str) -> graphviz.Digraph:
         g = graphviz.Digraph(self.model.name, graph_attr=dict(rankdir="BT", fontname="Helvetica", fontsize="12",
                                                                label=title, labelloc="t", nodesep="0.25",
+                                                               remincross="false",  # a last crossing pass
+                                                               # over the whole graph reorders unrolled steps
                                                                ranksep="0.35"),
                              node_attr=dict(fontname="Helvetica", fontsize="11", margin="0.08,0.04", height="0.3"),
                              edge_attr=dict(fontname="Helvetica", fontsize="9", arrowsize="0.7"))
