@@ -54,11 +54,12 @@ SECTIONS = {"enc": "Enc: h(t) = Enc(x(t))", "G": "G: z(t) = G(h(t), z(t−1), w)
 def label(*lines: str | tuple[str, str]) -> str:
     """The one escaping function: plain text lines (or (text, style) pairs) as a Graphviz HTML-like label.
 
-    Styles: "b" bold, "small" a smaller grey line. Everything is XML-escaped, so no text can close the label,
-    start an element or reach a DOT attribute."""
+    Styles: "b" bold, "small" a smaller grey line. Everything is XML-escaped and unprintable characters are
+    replaced, so no text can close the label, start an element or reach a DOT attribute."""
     parts = []
     for line in lines:
         text, style = (line, "") if isinstance(line, str) else line
+        text = "".join(c if c.isprintable() else "\ufffd" for c in text)  # no control characters reach Graphviz
         escaped = html.escape(text, quote=True)
         if style == "b":
             escaped = f"<b>{escaped}</b>"
