@@ -5,13 +5,16 @@ from __future__ import annotations
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, SPECS
-from test_cli import seqdsl as cli
+from typer.testing import CliRunner
+
+import cli as seqdsl_cli
 
 import seqdsl
 from seqdsl.figure import SYMBOLS, figure, label, op_symbol
@@ -20,6 +23,13 @@ from seqdsl.ops import OPS
 from seqdsl.render import MARK, render
 
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+def cli(*args: str) -> Any:
+    """The command line, in this process (as a user would type it, without paying for a new interpreter)."""
+    result = CliRunner().invoke(seqdsl_cli.app, list(args))
+    result.returncode = result.exit_code
+    return result
 SHIPPED = sorted(p for p in SPECS.glob("*.yaml"))
 
 

@@ -12,19 +12,29 @@ f⊙c + i⊙tanh(·) and o⊙tanh(c)).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SPECS
-from test_cli import seqdsl as cli
+from typer.testing import CliRunner
+
+import cli as seqdsl_cli
 
 import seqdsl
 from seqdsl.cost import COSTS, node_cost
 from seqdsl.ir import Node
 from seqdsl.ops import OPS
 from seqdsl.summary import summarize
+
+def cli(*args: str) -> Any:
+    """The command line, in this process."""
+    result = CliRunner().invoke(seqdsl_cli.app, list(args))
+    result.returncode = result.exit_code
+    return result
+
 
 CELLS = {  # spec: (gates, elementwise FLOPs per B·h)
     "rnn.yaml": (1, 3),
