@@ -43,6 +43,7 @@ SYMBOLS: dict[str, str] = {
     "sequence_mask": "t < lengths", "select": "keep if t < length", "stack": "stack", "loop": "loop",
     "cell": "cell", "item": "item",
 }
+INFIX = {"add", "sub", "mul", "div", "matmul", "matvec"}  # ops written between their operands: 1 − ·, · + b
 _FEED = {"color": "#9e9e9e", "arrowsize": "0.5"}  # a sequence fanned out to its steps, or the steps back in
 _HIDDEN_ATTRS = {"shape", "dtype", "index", "eq_root", "loop", "name", "value", "_op"}
 
@@ -111,7 +112,7 @@ def sections(loop: Loop) -> dict[str, str]:
 
 @dataclass
 class _Cluster:
-    label: str
+    label: str  # HTML-like markup made by `label`, without its outer <>
     color: str
     style: str = "rounded,filled"
     nodes: list[tuple[str, dict[str, str]]] = field(default_factory=list)
@@ -126,6 +127,7 @@ class _Figure:
         self.model, self.depth, self.unroll = model, depth, unroll
         self.root = _Cluster("", "white")
         self.edges: list[tuple[str, str, dict[str, str]]] = []
+        self.edge_keys: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
         self.drawn: dict[str, str] = {}  # IR value (qualified) -> the drawn node standing for it
         self.collapsed: dict[str, str] = {}  # scope path -> its box
 
@@ -190,7 +192,10 @@ class _Figure:
                 self.edge(a, b, style="invis")
 
     def edge(self, a: str, b: str, **attrs: str) -> None:
-        self.edges.append((_node_id(a), _node_id(b), attrs))
+        key = (a, b, tuple(sorted(attrs.items())))
+        if key not in self.edge_keys:  # several values flowing into one collapsed box draw one edge
+            self.edge_keys.add(key)
+            self.edges.append((_node_id(a), _node_id(b), attrs))
 
     # ---------------------------------------------------------------------------------------------- graphs
 
@@ -282,12 +287,14 @@ class _Figure:
         local = node.name.rsplit(".", 1)[-1]
         attached = [graph[i] for i in node.inputs if graph[i].op in ("param", "const")]
         head = op_symbol(node)
-        for index, i in enumerate(node.inputs):  # W @ ·, 1 − ·, · + b: operands written where they stand
-            a = graph[i]
-            if a.op not in ("param", "const"):
-                continue
-            text = a.attrs["name"].rsplit(".", 1)[-1] if a.op == "param" else f"{a.attrs['value']:g}"
-            head = f"{text} {head}" if index == 0 or node.op in ("linear", "contract") else f"{head} {text}"
+        operands = [a.attrs["name"].rsplit(".", 1)[-1] if a.op == "param" else f"{a.attrs['value']:g}"
+                    if a.op == "const" else "·" for a in (graph[i] for i in node.inputs)]
+        if attached and node.op in ("linear", "contract"):
+            head = f"{operands[1]} {head}"  # W @ ·
+        elif attached and node.op in INFIX:
+            head = " ".join(o for pair in zip(operands, [head] * len(operands)) for o in pair)[:-len(head) - 1]
+        elif attached:
+            head = f"{head}({', '.join(operands)})"  # embedding(E, ·)
         if node.op == "input":
             lines = [(local, "b"), (shape_text(node), "small")]
             return dict(label=label(*lines), shape="ellipse", style="filled", fillcolor=COLORS["io"])
@@ -401,13 +408,12 @@ class _Figure:
                     reads[part].add("part:" + sec[i])
         parts = [p for p in ("enc", "G", "dec") if any(sec[b.name] == p for b in body)] or ["G"]
         order = list(range(1, steps + 1))
-        t_name = "t" if not loop.reverse else "t"
         for t in order:
             for part in parts:
                 title = {"enc": "Enc", "G": "G", "dec": "Dec"}[part]
                 self.place(path, labels, f"{base}{t}~{part}", shape="box", style="rounded,filled,bold",
                            fillcolor=COLORS["box"] if part != "G" else COLORS["state"],
-                           label=label((title, "b"), (f"{t_name} = {t}", "small")))
+                           label=label((title, "b"), (f"t = {t}", "small")))
             for part in parts:
                 for src in sorted(reads[part]):
                     if src.startswith("part:") and src[5:] in parts:
@@ -441,7 +447,7 @@ class _Figure:
             for p in sorted(state_parts):
                 self.edge(init, f"{base}{first}~{p}", style="dashed", label=label(("initial", "small")))
         for a, b_ in zip(order, order[1:]):  # drawn left to right; a loop backwards in time points them back
-            sender, receiver = (a, b_) if not loop.reverse else (b_, a)
+            sender = a if not loop.reverse else b_
             for p in sorted(state_parts):
                 self.edge(f"{base}{a}~G", f"{base}{b_}~{p}", color="#c62828", fontcolor="#c62828", penwidth="1.8",
                           dir="forward" if not loop.reverse else "back",
@@ -458,9 +464,6 @@ class _Figure:
                 for p in parts:
                     if used[p]:
                         self.edge(wid, f"{base}{t}~{p}", style="dashed", color="#8e24aa", arrowsize="0.6")
-
-        def source(ret: Any) -> str:
-            return f"{base}{flow[-1]}~{sec.get(ret.node, 'G') if sec.get(ret.node) in parts else 'G'}"
 
         graph = self.graph_holding(node)
         for item in graph:
@@ -481,16 +484,15 @@ class _Figure:
                     self.edge(f"{base}{t}~{part}", yid, label=label((shape_text(body[ret.node]), "small")))
                     self.edge(yid, item_id, **_FEED)
             else:
-                self.edge(source(ret), item_id, label=label((shape_text(body[ret.node]), "small")))
+                self.edge(f"{base}{flow[-1]}~{part}", item_id, label=label((shape_text(body[ret.node]), "small")))
 
     # ---------------------------------------------------------------------------------------------- DOT
 
     def dot(self, title: str) -> graphviz.Digraph:
+        # remincross off: a last crossing pass over the whole graph reorders the unrolled steps inside clusters
         g = graphviz.Digraph(self.model.name, graph_attr=dict(rankdir="BT", fontname="Helvetica", fontsize="12",
                                                                label=title, labelloc="t", nodesep="0.25",
-                                                               remincross="false",  # a last crossing pass
-                                                               # over the whole graph reorders unrolled steps
-                                                               ranksep="0.35"),
+                                                               remincross="false", ranksep="0.35"),
                              node_attr=dict(fontname="Helvetica", fontsize="11", margin="0.08,0.04", height="0.3"),
                              edge_attr=dict(fontname="Helvetica", fontsize="9", arrowsize="0.7"))
         counter = iter(range(1_000_000))
@@ -503,7 +505,8 @@ class _Figure:
             for child in cluster.children.values():
                 sub = graphviz.Digraph(name=f"cluster_{next(counter)}",
                                        graph_attr=dict(label=f"<{child.label}>", style=child.style,
-                                                       fillcolor=child.color, color="#8a9bb5", labeljust="l"))
+                                                       fillcolor=child.color, color="#8a9bb5", labeljust="l",
+                                                       labelloc="b"))
                 fill(sub, child)
                 target.subgraph(sub)
 
