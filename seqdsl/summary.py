@@ -79,7 +79,7 @@ def summarize(model: Model, batch: int = 1, seq_len: int = 100) -> Summary:
     and training activation memory, at batch ``batch`` and every time axis of length ``seq_len``."""
     rows = {"": ModuleSummary("", model.name, 0)}
     for path, scope in model.scopes.items():
-        depth = sum(1 for p in _ancestors(path, model.scopes))
+        depth = len(_ancestors(path, model.scopes))
         title = scope.module + (f" ×{scope.repeat}" if scope.repeat else "") + (
             f" ({'both directions' if scope.direction == 'both' else scope.direction})"
             if scope.direction and not scope.part else "")
@@ -88,7 +88,8 @@ def summarize(model: Model, batch: int = 1, seq_len: int = 100) -> Summary:
         for path in _owners(scope_of(p.name, model.scopes), model.scopes):
             rows[path].params += p.size
 
-    def count(graph: Graph, steps: int, in_loop: bool) -> None:
+    def count(graph: Graph, steps: int, per_step: int) -> None:
+        """``graph`` runs ``steps`` times a sequence, ``per_step`` times in one step of the outermost loop."""
         for node in graph:
             out = concrete(node.shape, batch, seq_len)
             macs, flops = node_cost(node, out, [concrete(graph[i].shape, batch, seq_len) for i in node.inputs])
@@ -98,14 +99,14 @@ def summarize(model: Model, batch: int = 1, seq_len: int = 100) -> Summary:
                 row.macs += macs * steps
                 row.flops += flops * steps
                 row.activation_bytes += size * steps
-                if in_loop:
-                    row.macs_per_step += macs
-                    row.flops_per_step += flops
+                row.macs_per_step += macs * per_step
+                row.flops_per_step += flops * per_step
             if node.op == "loop":
                 loop = loop_of(node)
-                count(loop.body, steps * (loop.steps or seq_len), True)
+                length = loop.steps or seq_len
+                count(loop.body, steps * length, per_step * length if per_step else 1)
 
-    count(model.graph, 1, False)
+    count(model.graph, 1, 0)
     _outputs(model, rows)
     return Summary(model.name, batch, seq_len, list(rows.values()))
 

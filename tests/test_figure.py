@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, SPECS
+from test_properties import random_cells
 from typer.testing import CliRunner
 
 import cli as seqdsl_cli
@@ -208,3 +209,21 @@ def test_readme_figures_are_made_by_the_tool():
             svg = ROOT / "docs" / "figures" / f"{name}_{kind}.svg"
             assert MARK.encode() in svg.read_bytes(), svg
             assert f"docs/figures/{name}_{kind}.svg" in (ROOT / "README.md").read_text()
+
+
+@settings(max_examples=15, deadline=None)
+@given(spec=random_cells(), steps=st.integers(1, 4))
+def test_random_cells_draw_every_op_and_their_delay(spec: str, steps: int):
+    model = seqdsl.loads(spec)
+    loop_node = next(n for n in model.graph if n.op == "loop")
+    loop = loop_of(loop_node)
+    nodes, edges, _ = svg_graph(render(figure(model), "svg"))
+    for b in loop.body:
+        if b.op not in ("param", "const"):
+            assert f"loop/{b.name}" in nodes, b
+    state = next(b for b in loop.body if b.op == "state")
+    assert (f"loop/{loop.updates[0]}", f"loop/{state.name}") in edges
+    unrolled, edges, root = svg_graph(render(figure(model, unroll=steps), "svg"))
+    assert [(f"loop@{t}~G", f"loop@{t + 1}~G") in edges for t in range(1, steps)] == [True] * (steps - 1)
+    xs = [x_of(root, f"loop@{t}~G") for t in range(1, steps + 1)]
+    assert xs == sorted(xs)

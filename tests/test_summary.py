@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SPECS
+from test_properties import random_cells
 from typer.testing import CliRunner
 
 import cli as seqdsl_cli
@@ -125,3 +126,14 @@ def test_inspect_json_and_table():
     assert r.returncode == 0, r.stderr
     assert "bi: LSTM (both directions)" in r.stdout and "backward" in r.stdout and "FLOPs/step" in r.stdout
     assert "costs at B=2, T=8" in r.stdout
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=random_cells(), batch=st.integers(1, 8), seq_len=st.integers(1, 9))
+def test_random_cells_cost_one_mac_per_weight_per_row_and_step(spec: str, batch: int, seq_len: int):
+    """In a cell that applies each of its matrices once per step, a step is B MACs per matrix entry."""
+    model = seqdsl.loads(spec)
+    entries = sum(p.size for p in model.params.values() if len(p.shape) == 2)
+    total = summarize(model, batch, seq_len).total
+    assert total.macs_per_step == batch * entries and total.macs == seq_len * batch * entries
+    assert total.flops_per_step >= 2 * total.macs_per_step
