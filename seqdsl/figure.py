@@ -90,7 +90,8 @@ def op_symbol(node: Node) -> str:
 
 def sections(loop: Loop) -> dict[str, str]:
     """Each body node's part of LeCun's z(t) = G(Enc(x(t)), z(t−1), w), y(t) = Dec(z(t)): ``enc`` if it reads no
-    state, ``dec`` if it reads a state but no state update depends on it, else ``G``; leaves are "leaf"."""
+    state (and is no update), ``dec`` if it reads a state but no update depends on it, else ``G``; the leaves
+    (inputs, captures, parameters, constants) are "leaf"."""
     body = loop.body
     reads_state: dict[str, bool] = {}
     for node in body:
@@ -103,7 +104,7 @@ def sections(loop: Loop) -> dict[str, str]:
     for node in body:
         if node.op in ("step_input", "capture", "param", "const"):
             out[node.name] = "leaf"
-        elif not reads_state[node.name]:
+        elif not reads_state[node.name] and node.name not in loop.updates:  # an update is G's output, always
             out[node.name] = "enc"
         else:
             out[node.name] = "G" if node.name in feeds else "dec"
@@ -406,7 +407,8 @@ class _Figure:
                     reads[part].add(src.name)
                 elif sec[i] != part and sec[i] != "leaf":
                     reads[part].add("part:" + sec[i])
-        parts = [p for p in ("enc", "G", "dec") if any(sec[b.name] == p for b in body)] or ["G"]
+        # G stands for the state update even when it is a plain copy (`h: x`) and no node of its own
+        parts = [p for p in ("enc", "G", "dec") if p == "G" or any(sec[b.name] == p for b in body)]
         order = list(range(1, steps + 1))
         for t in order:
             for part in parts:
