@@ -7,17 +7,33 @@ Exit status: 0 success, 2 a mistake in the spec or the command line (printed as 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Describe sequence networks as YAML equations; compile them to PyTorch and ONNX.")
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # soft wrap: a long line stays one line when piped
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from seqdsl.version import __version__
+
+        print(f"seqdsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print seqdsl's version and exit.")) -> None:
+    """Describe sequence networks as YAML equations; compile them to PyTorch and ONNX."""
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
@@ -81,6 +97,33 @@ def _parse_axis_lengths(items: Optional[list[str]]) -> dict[str, int]:
     return lengths
 
 
+def _interactive() -> bool:
+    """Whether a person watches: stderr is a terminal and no `CI` variable is set (CI services set it)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def _progress(what: str, stages: tuple[str, ...]) -> Iterator[Callable[[str], None]]:
+    """A callback for the stages of a long task: a live line with a spinner, the stage and a bar on a terminal
+    (stderr, so that stdout stays the result), gone when the task ends; nothing at all when piped or under CI."""
+    if not _interactive():
+        yield lambda _stage: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=len(stages))
+
+        def update(stage: str) -> None:
+            done = stages.index(stage) if stage in stages else 0
+            bar.update(task, completed=done, description=f"{what}: {stage}")
+            bar.refresh()
+
+        yield update
+
+
 def _warn(warnings: list[str]) -> None:
     for text in warnings:
         print(text, file=sys.stderr)
@@ -91,17 +134,48 @@ def _shape(dims: list[Any]) -> str:
     return f"[{', '.join(map(str, shape))}] {dtype}"
 
 
+def _spec_files(paths: list[Path]) -> list[Path]:
+    """The spec files named by ``paths``: a file as given, a folder as every ``*.yaml``/``*.yml`` under it (sorted;
+    hidden files and folders such as ``.git`` skipped).
+    A path that does not exist is kept, so that it is reported like any other spec that fails to load."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                _fail(f"error: {path}: a folder with no .yaml spec files in it", 2)
+            files += found
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))
+
+
 @app.command()
-def validate(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
-             debug: bool = DEBUG) -> None:
-    """Check a spec: YAML, schema, names, cycles and shapes. Prints nothing but a summary line when it is fine."""
+def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
+             sets: Optional[list[str]] = SETS, debug: bool = DEBUG) -> None:
+    """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
+    spec that is not; exit 2 if any failed."""
     import seqdsl
 
     sizes = _parse_sets(sets)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
-    _warn([w.format() for w in model.warnings])
-    out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
-              f"{model.graph.count()} IR nodes")
+    files = _spec_files(specs)
+    failed = 0
+    for spec in files:
+        try:
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+        except typer.Exit as stop:
+            if stop.exit_code != 2 or len(files) == 1:
+                raise
+            failed += 1
+            continue
+        _warn([w.format() for w in model.warnings])
+        out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
+                  f"{model.graph.count()} IR nodes")
+    if len(files) > 1:
+        out.print(f"{len(files) - failed} of {len(files)} specs ok" + (f", {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -128,40 +202,51 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                    "with --unroll. Also the length used for the check against PyTorch."),
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
+    from compilers.build import STAGES
     from compilers.build import build as run_build
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
-    result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
-                                             max_params=max_params, unroll=unroll, axis_lengths=lengths,
-                                             optimize_passes=not as_written))
+    with _progress("building", STAGES) as stage:
+        result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
+                                                 max_params=max_params, unroll=unroll, axis_lengths=lengths,
+                                                 optimize_passes=not as_written, progress=stage))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
 
         print(json.dumps(asdict(result), indent=2))
         return
-    table = Table(title=f"{result.name} → {result.out_dir}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("parameters", f"{result.param_count:,}")
-    table.add_row("sizes", ", ".join(f"{k}={v}" for k, v in result.sizes.items()))
-    for name, dims in result.inputs.items():
-        table.add_row(f"input {name}", _shape(dims))
-    for name, dims in result.outputs.items():
-        table.add_row(f"output {name}", _shape(dims))
-    table.add_row("files", ", ".join(result.files))
+    rows = [("parameters", f"{result.param_count:,}"),
+            ("sizes", ", ".join(f"{k}={v}" for k, v in result.sizes.items()))]
+    rows += [(f"input {name}", _shape(dims)) for name, dims in result.inputs.items()]
+    rows += [(f"output {name}", _shape(dims)) for name, dims in result.outputs.items()]
+    rows.append(("files", ", ".join(result.files)))
     data = "; weights in model.onnx.data" if result.onnx_external_data else ""
     if result.onnx_form == "unrolled":
         at = ", ".join(f"{k}={v}" for k, v in (result.unrolled_lengths or {}).items())
         form = f"unrolled for {at}, runs at that length only" if at else "unrolled (fixed step counts), any length"
+    elif result.onnx_form == "none":
+        form = "no recurrence, runs at any length"
     else:
-        form = "scan, runs at any length"
-    table.add_row("onnx", f"{form} ({result.onnx_nodes} nodes{data})")
-    table.add_row("onnxruntime", result.provider)
+        blocks = ", ".join(f"{block} {kind}" for block, kind in result.onnx_blocks.items())
+        form = f"{blocks}; runs at any length"
+    rows.append(("onnx", f"{form} ({result.onnx_nodes} nodes{data})"))
+    rows.append(("onnxruntime", result.provider))
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
-    table.add_row("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)")
+    rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
+    title = f"{result.name} → {result.out_dir}"
+    if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
+        print(title)
+        for key, value in rows:
+            print(f"  {key}: {value}")
+        return
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
     out.print(table)
 
 
@@ -389,15 +474,46 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
 
 
 @app.command()
-def explain(code: str = typer.Argument(..., help="An error code such as E0402.")) -> None:
-    """Print the longer story behind an error code."""
+def explain(topic: Optional[str] = typer.Argument(None, help="An error code such as E0402, a spec key such as "
+                                                             "recurrent.state.init, or a function such as gelu."),
+            keys: bool = typer.Option(False, "--keys", help="Print every spec key with what it means (Markdown).")
+            ) -> None:
+    """Print the longer story behind an error code, what a key of a spec file means, or what a function does."""
+    import re
+
     from seqdsl.codes import CODES
     from seqdsl.codes import explain as story
+    from seqdsl.spec_keys import KEYS, key_doc, key_reference
 
-    text = story(code)
-    if text is None:
-        _fail(f"error: no such code {code!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
-    print(text)
+    if keys:
+        print(key_reference())
+        return
+    if topic is None or not topic.strip():
+        _fail("error: give an error code (E0402), a spec key (recurrent.step), a function (gelu) or --keys", 2)
+    topic = topic.strip()
+    if re.fullmatch(r"[EW]\d{4}", topic.upper()):
+        text = story(topic)
+        if text is None:
+            _fail(f"error: no such code {topic!r}; codes run from {min(CODES)} to {max(CODES)}", 2)
+        print(text)
+        return
+    from seqdsl.ops import OPS, USER_FUNCTIONS
+
+    if topic in USER_FUNCTIONS:
+        print(f"{topic}: {OPS[topic].doc}")
+        return
+    doc = key_doc(topic)
+    if doc is None:
+        from seqdsl.errors import did_you_mean
+
+        hint = did_you_mean(topic, [*KEYS, *USER_FUNCTIONS]) or "`seqdsl explain --keys` lists the keys"
+        _fail(f"error: {topic!r} is not an error code, a spec key or a function\n   = help: {hint}", 2)
+    print(f"{topic}: {doc.text}")
+    for example in doc.examples:
+        print(f"  e.g. {json.dumps(example)}")
+    inner = [k.rsplit(".", 1)[1] for k in KEYS if k.rsplit(".", 1)[0] == topic and "." in k]
+    if inner:
+        print("  keys inside: " + ", ".join(inner))
 
 
 @app.command()
@@ -413,4 +529,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(app(prog_name="seqdsl"))  # completion and help name the command, not this file

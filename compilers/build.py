@@ -5,7 +5,8 @@
     DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker; with
                               ``unroll=True`` the explicit graph for one fixed length per time axis instead
     DIR/model.onnx.data       the weights, only for a model whose ONNX file would pass protobuf's 2 GiB limit
-    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, ONNX form
+    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, the ONNX
+                              form of each recurrent block, provenance (versions, opset, spec hashes, seed)
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
 failed build (bad spec, failed check, Ctrl-C) leaves the previous DIR exactly as it was.
@@ -19,13 +20,15 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 import seqdsl
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
+from seqdsl.text import plain_text
+from seqdsl.version import __version__
 
 if TYPE_CHECKING:
     import onnx
@@ -36,6 +39,11 @@ MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a siz
 #: the weights then go to ``model.onnx.data`` beside ``model.onnx`` (ONNX external data). Tests lower it.
 EXTERNAL_DATA_THRESHOLD = 2**31
 EXTERNAL_DATA_FILE = "model.onnx.data"
+
+
+#: The stages of a build, in order, as `build` reports them to its ``progress`` callback.
+STAGES = ("loading PyTorch and ONNX", "checking the spec", "writing model.py", "exporting ONNX",
+          "checking model.onnx (onnx.checker)", "running onnxruntime against PyTorch", "publishing")
 
 
 class ParityError(Exception):
@@ -60,9 +68,13 @@ class BuildResult:
     check_shape: dict[str, int] = field(default_factory=dict)
     onnx_nodes: int = 0
     warnings: list[str] = field(default_factory=list)
-    onnx_form: str = "scan"  # "scan": runs at any length (Scan/Loop or ONNX's LSTM/GRU/RNN); "unrolled": no loops
+    # what model.onnx really holds, read off the written file: per recurrent block LSTM/GRU/RNN (ONNX's own op),
+    # Scan, Loop or unrolled; onnx_form is the forms present joined by "+" ("GRU+Scan"), or "none" (no recurrence)
+    onnx_form: str = "none"
+    onnx_blocks: dict[str, str] = field(default_factory=dict)
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
+    provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
 
 
 def time_axes(model: Model) -> list[str]:
@@ -186,8 +198,12 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
-          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True) -> BuildResult:
+          axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
+          progress: Callable[[str], None] | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
+
+    ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
+    terminal.
 
     ``optimize_passes=False`` skips seqdsl's passes (recognition, fusion, hoisting): model.py then computes the
     spec's equations exactly as written, one line per equation, and model.onnx is a plain Scan of them.
@@ -198,16 +214,24 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
     at any B, and the parameters stay one shared initializer each.
     """
+    def stage(name: str) -> None:
+        assert name in STAGES, name
+        if progress is not None:
+            progress(name)
+
+    stage("loading PyTorch and ONNX")
     import torch
     from safetensors.torch import save_file
 
     from seqdsl.passes import optimize
     from seqdsl.passes import unroll as unroll_pass
 
+    from .build_record import onnx_form, onnx_forms, provenance
     from .onnx_export import export, set_weights
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
 
+    stage("checking the spec")
     model = seqdsl.load(spec, sizes)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
@@ -233,19 +257,26 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
+        stage("writing model.py")
         cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
         torch.manual_seed(seed)
         net = cls()
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
-        save_file(weights, str(staging / "weights.safetensors"), metadata={"seqdsl": f"0.1; spec {Path(spec).name}"})
+        save_file(weights, str(staging / "weights.safetensors"),
+                  metadata={"seqdsl": f"{__version__}; spec {plain_text(Path(spec).name, 255)}"})
+        stage("exporting ONNX")
         proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
         if unrolled_lengths is not None:
             _fix_dims(proto, unrolled_lengths)
         onnx_nodes = len(proto.graph.node)
+        stage("checking model.onnx (onnx.checker)")
         external = save_onnx(proto, staging / "model.onnx")
         del proto  # may be gigabytes; the runtime reads the file
+        written = _read_structure(staging / "model.onnx")
+        forms = onnx_forms(written, model)
+        stage("running onnxruntime against PyTorch")
         inputs = example_inputs(model, batch, steps, seed, lengths)
         expected = run_torch(net, inputs)
         got = run(str(staging / "model.onnx"), inputs, provider)
@@ -268,14 +299,25 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             provider=got.provider, max_abs_diff=diff,
             check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
             onnx_nodes=onnx_nodes, warnings=warnings,
-            onnx_form="scan" if unrolled_lengths is None else "unrolled", unrolled_lengths=unrolled_lengths,
-            onnx_external_data=external)
+            onnx_form=onnx_form(forms), onnx_blocks=forms, unrolled_lengths=unrolled_lengths,
+            onnx_external_data=external, provenance=provenance(model, written, seed))
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        stage("publishing")
         _publish(staging, out)
         return result
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_structure(path: Path) -> "onnx.ModelProto":
+    """The written model without its weights (external or not): what the file holds, for build.json."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        tensor.ClearField("raw_data")
+    return proto
 
 
 def _publish(staging: Path, out: Path) -> None:

@@ -9,13 +9,14 @@ Graph inputs and outputs carry the spec's names; ``B`` and ``T`` are symbolic di
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from seqdsl.ir import Graph, LoopOutput, Model, Node, loop_of
+from seqdsl.version import __version__
 
 OPSET = 17  # LayerNormalization, Scan v16 and everything the op table uses; loads in old and new runtimes
 DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
@@ -195,6 +196,27 @@ def _sequence_mask(b: _Builder, node: Node, args: list[str]) -> str:
     return b.op("Cast", [b.op("Less", [row, lengths], node.name)], node.name, to=TensorProto.FLOAT)
 
 
+def _gelu(b: _Builder, node: Node, args: list[str]) -> str:
+    """x Φ(x) = x (1 + erf(x / √2)) / 2: ONNX's Gelu op needs opset 20, Erf is in every opset we write."""
+    erf = b.op("Erf", [b.op("Mul", [args[0], b.const(float(np.sqrt(0.5)))], node.name)], node.name)
+    half_x = b.op("Mul", [args[0], b.const(0.5)], node.name)
+    return b.op("Mul", [half_x, b.op("Add", [erf, b.const(1.0)], node.name)], node.name)
+
+
+def _silu(b: _Builder, node: Node, args: list[str]) -> str:
+    return b.op("Mul", [args[0], b.op("Sigmoid", args, node.name)], node.name)
+
+
+def _clip(b: _Builder, node: Node, args: list[str]) -> str:
+    bounds = [b.const(node.attrs[k]) if node.attrs.get(k) is not None else "" for k in ("min", "max")]
+    return b.op("Clip", [args[0], *bounds], node.name)
+
+
+def _where(b: _Builder, node: Node, args: list[str]) -> str:
+    cond = b.op("Cast", [args[0]], node.name, to=TensorProto.BOOL)  # not 0 (NaN included) is true, as torch's != 0
+    return b.op("Where", [cond, args[1], args[2]], node.name)
+
+
 def _select(b: _Builder, node: Node, args: list[str]) -> str:
     keep = b.op("Greater", [args[0], b.const(0.0)], node.name)
     return b.op("Where", [keep, args[1], args[2]], node.name)
@@ -212,6 +234,17 @@ ONNX_EMIT: dict[str, Emit] = {
     "tanh": _simple("Tanh"),
     "relu": _simple("Relu"),
     "exp": _simple("Exp"),
+    "log": _simple("Log"),
+    "abs": _simple("Abs"),
+    "gelu": _gelu,
+    "silu": _silu,
+    "softplus": _simple("Softplus"),
+    "elu": lambda b, n, a: b.op("Elu", a, n.name, alpha=n.attrs["alpha"]),
+    "leaky_relu": lambda b, n, a: b.op("LeakyRelu", a, n.name, alpha=n.attrs["negative_slope"]),
+    "min": _simple("Min"),
+    "max": _simple("Max"),
+    "clamp": _clip,
+    "where": _where,
     "softmax": _simple("Softmax", axis=-1),
     "log_softmax": _simple("LogSoftmax", axis=-1),
     "concat": _simple("Concat", axis=-1),
@@ -423,7 +456,7 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
     opset = min(opset or OPSET, max_opset)
     b = _Builder()
     _emit_graph(b, model.graph)
-    for p in model.params.values():  # every parameter, used or not, so state_dicts round-trip
+    for p in model.params.values():  # placeholders, filled by set_weights; one that no node reads is dropped below
         b.initializer(p.name, np.zeros(p.shape, dtype=np.float32))
     g = model.graph
     outputs = []
@@ -433,17 +466,63 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
             b.op("Identity", [value], out, out=out)
         outputs.append(_value_info(out, g[ref]))
     inputs = [_value_info(n.name, n) for n in model.input_nodes()]
-    graph = helper.make_graph(b.nodes, model.name, inputs, outputs, initializer=list(b.initializers.values()))
+    read = _names_read(b.nodes) | {o.name for o in outputs}
+    unread_params = sorted(p.name for p in model.params.values() if p.name not in read)
+    initializers = [t for name, t in b.initializers.items() if name in read]
+    graph = helper.make_graph(b.nodes, model.name, inputs, outputs, initializer=initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="seqdsl")
+                              producer_name="seqdsl", producer_version=__version__)
     proto.ir_version = min(ir_version or max_ir, max_ir, onnx.IR_VERSION)
+    _describe(proto, model, unread_params)
     return proto
 
 
+def _names_read(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """Every value name that ``nodes`` or the subgraphs inside them (Scan and Loop bodies) read."""
+    read: set[str] = set()
+    for node in nodes:
+        read.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                read |= _names_read(sub.node) | {o.name for o in sub.output}
+    return read
+
+
+#: metadata key listing parameters that no node reads (a spec may declare one it does not use): they are not
+#: written as initializers (onnxruntime would warn on every load), and `set_weights` accepts weights for them.
+UNREAD_PARAMETERS = "seqdsl.unread_parameters"
+
+
+def _describe(proto: onnx.ModelProto, model: Model, unread_params: list[str]) -> None:
+    """What a reader of the file (Netron, onnx's printer, a model registry) should know: the spec's name, file
+    and `doc:`, each through `seqdsl.text.plain_text` (spec text is untrusted)."""
+    from pathlib import Path
+
+    from seqdsl.text import plain_text
+
+    source = Path(model.source).name if model.source and not model.source.startswith("<") else ""
+    summary = f"{model.name}: generated by seqdsl {__version__}" + (f" from {source}" if source else "")
+    doc = plain_text(model.doc) if model.doc else ""
+    proto.doc_string = plain_text(summary)
+    proto.graph.doc_string = doc or proto.doc_string
+    meta = {"seqdsl.spec": model.name, "seqdsl.sizes": ", ".join(f"{k}={v}" for k, v in model.sizes.items())}
+    if source:
+        meta["seqdsl.spec_file"] = plain_text(source, 255)
+        digest = model.sources.get(model.source)
+        if digest:
+            meta["seqdsl.spec_sha256"] = digest
+    if unread_params:
+        meta[UNREAD_PARAMETERS] = ",".join(unread_params)
+    onnx.helper.set_model_props(proto, meta)
+
+
 def set_weights(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
-    """Fill the parameter initializers with trained values; every parameter, by its spec name, exactly once."""
+    """Fill the parameter initializers with trained values; every parameter, by its spec name, exactly once
+    (a parameter that no node reads has no initializer: its weight is accepted and not stored)."""
     params = {i.name: i for i in proto.graph.initializer if "#" not in i.name}
-    unknown, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+    unread = next((p.value.split(",") for p in proto.metadata_props if p.key == UNREAD_PARAMETERS), [])
+    unknown = sorted(set(weights) - set(params) - set(unread))
+    missing = sorted(set(params) - set(weights))
     if unknown or missing:
         raise KeyError(f"weights do not match the model's parameters: unknown {unknown}, missing {missing}")
     for name, init in params.items():

@@ -75,6 +75,37 @@ HELPERS = {
 HELPER_OF = {"causal": "causal_mask", "mask": "padding_mask", "positional_encoding": "sinusoidal_positions"}
 
 
+def _is_number(text: str) -> bool:
+    """Whether an argument's source is a number literal (a constant of the spec, written inline)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_float(text: str) -> str:
+    """A number literal written as a float (`2` -> `2.0`), so that torch.where of two numbers gives float32."""
+    return repr(float(text)) if _is_number(text) else text
+
+
+def _extremum(fn: str, bound: str) -> Emit:
+    """min/max of two values: ``torch.minimum(a, b)``; with a number (which torch.minimum does not take),
+    ``torch.clamp(a, max=1)``."""
+    def emit(node: Node, args: list[str]) -> tuple[str, int]:
+        a, b = args
+        if _is_number(b) or _is_number(a):
+            value, number = (a, b) if _is_number(b) else (b, a)
+            return f"torch.clamp({value}, {bound}={number})", ATOM
+        return f"{fn}({a}, {b})", ATOM
+    return emit
+
+
+def _clamp(node: Node, args: list[str]) -> tuple[str, int]:
+    bounds = "".join(f", {k}={node.attrs[k]!r}" for k in ("min", "max") if node.attrs.get(k) is not None)
+    return f"torch.clamp({args[0]}{bounds})", ATOM
+
+
 def _contract(node: Node, args: list[str]) -> tuple[str, int]:
     return f'torch.einsum("...d,mnd->...mn", {args[0]}, {args[1]})', ATOM
 
@@ -91,6 +122,17 @@ TORCH_EMIT: dict[str, Emit] = {
     "tanh": _call("torch.tanh"),
     "relu": _call("torch.relu"),
     "exp": _call("torch.exp"),
+    "log": _call("torch.log"),
+    "abs": _call("torch.abs"),
+    "gelu": _call("F.gelu"),
+    "silu": _call("F.silu"),
+    "softplus": _call("F.softplus"),
+    "elu": lambda n, a: (f"F.elu({a[0]}, {n.attrs['alpha']!r})", ATOM),
+    "leaky_relu": lambda n, a: (f"F.leaky_relu({a[0]}, {n.attrs['negative_slope']!r})", ATOM),
+    "min": _extremum("torch.minimum", "max"),
+    "max": _extremum("torch.maximum", "min"),
+    "clamp": _clamp,
+    "where": lambda n, a: (f"torch.where({a[0]} != 0, {_as_float(a[1])}, {_as_float(a[2])})", ATOM),
     "softmax": lambda n, a: (f"torch.softmax({a[0]}, dim={n.attrs['axis']})", ATOM),
     "log_softmax": lambda n, a: (f"torch.log_softmax({a[0]}, dim={n.attrs['axis']})", ATOM),
     "concat": lambda n, a: (f"torch.cat([{', '.join(a)}], dim={n.attrs.get('axis', -1)})", ATOM),

@@ -9,5 +9,6 @@ from __future__ import annotations
 from .api import load, loads
 from .errors import Location, SpecError, SpecErrors
 from .ir import Graph, Model, Node, Param
+from .version import __version__
 
-__all__ = ["load", "loads", "SpecError", "SpecErrors", "Location", "Model", "Graph", "Node", "Param"]
+__all__ = ["__version__", "load", "loads", "SpecError", "SpecErrors", "Location", "Model", "Graph", "Node", "Param"]

@@ -42,6 +42,8 @@ SYMBOLS: dict[str, str] = {
     "slice": "slice", "zeros": "0", "expand_batch": "learned", "time_slice": "x[:, t]",
     "sequence_mask": "t < lengths", "select": "keep if t < length", "stack": "stack", "loop": "loop",
     "cell": "cell", "item": "item",
+    "gelu": "gelu", "silu": "silu", "softplus": "softplus", "elu": "elu", "leaky_relu": "leaky_relu", "log": "log",
+    "abs": "abs", "min": "min", "max": "max", "clamp": "clamp", "where": "where",
 }
 INFIX = {"add", "sub", "mul", "div", "matmul", "matvec"}  # ops written between their operands: 1 − ·, · + b
 _FEED = {"color": "#9e9e9e", "arrowsize": "0.5"}  # a sequence fanned out to its steps, or the steps back in
@@ -84,7 +86,8 @@ def op_symbol(node: Node) -> str:
     """The op of ``node`` as it reads in a figure, with its attributes (``softmax axis=-1``)."""
     if node.op not in SYMBOLS:
         raise KeyError(f"op `{node.op}` has no entry in seqdsl.figure.SYMBOLS")
-    extra = [f"{k}={v}" for k, v in node.attrs.items() if k not in _HIDDEN_ATTRS]
+    extra = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in node.attrs.items()
+             if k not in _HIDDEN_ATTRS and v is not None]
     return " ".join([SYMBOLS[node.op], *extra])
 
 

@@ -215,6 +215,8 @@ class Model:
     source: str = "<spec>"
     warnings: list[Any] = field(default_factory=list)  # SpecErrors with W codes: builds, but probably not as meant
     scopes: dict[str, Scope] = field(default_factory=dict)  # module calls by path ("enc", "enc.fw", "layers.0")
+    doc: str | None = None  # the spec's `doc:` (untrusted text: copy it only through seqdsl.text.plain_text)
+    sources: dict[str, str] = field(default_factory=dict)  # every spec file read (the spec, then its imports): sha256
 
     def verify(self) -> None:
         self.graph.verify()

@@ -8,6 +8,7 @@ non-standard tag are errors; aliases are allowed but bounded.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from bisect import bisect_right
@@ -117,6 +118,7 @@ class Document:
     source: str
     _values: dict[PathT, Node | _Alias] = field(default_factory=dict, repr=False)
     _keys: dict[PathT, Node | _Alias] = field(default_factory=dict, repr=False)
+    sha256: str = ""  # of the bytes read (the text, UTF-8 encoded, when given as a string): build provenance
 
     def __post_init__(self) -> None:
         self._locator = _Locator(self.file, self.source)
@@ -382,9 +384,12 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
     if isinstance(text, (bytes, bytearray, memoryview)):
         raw = bytes(text)
         _size_check(len(raw), file)
+        digest = hashlib.sha256(raw).hexdigest()
         text = _decode(raw, file)
     else:
-        _size_check(len(text.encode("utf-8", "surrogatepass")), file)
+        encoded = text.encode("utf-8", "surrogatepass")
+        _size_check(len(encoded), file)
+        digest = hashlib.sha256(encoded).hexdigest()
     text = text.removeprefix("\ufeff")
     _check_chars(text, file)
     loader = _Composer(text, file)
@@ -411,7 +416,7 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
     if not isinstance(data, dict):
         raise SpecError("E0108", "the spec must be a mapping of sections", builder.at.of(root, ()),
                         expected="a mapping (`key: value` lines)", found=_kind(data))
-    return Document(data, file, text, builder.values, builder.keys)
+    return Document(data, file, text, builder.values, builder.keys, sha256=digest)
 
 
 def load_file(path: str | Path) -> Document:

@@ -57,10 +57,23 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                         expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
                         hint="for example `name: my_lstm`")
     model = Model(name=name, graph=graph, params=params,
-                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file, scopes=scopes)
+                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
+                  doc=unit.module.doc, scopes=scopes)
     model.verify()
     model.warnings = unused_values(graph)
+    model.sources = spec_sources(unit)
     return model
+
+
+def spec_sources(unit: Unit) -> dict[str, str]:
+    """The sha256 of every file ``unit`` was read from: its own file first, then each imported one once."""
+    found: dict[str, str] = {}
+    pending = [unit]
+    while pending:
+        u = pending.pop(0)
+        found.setdefault(u.doc.file, u.doc.sha256)
+        pending += u.modules.values()
+    return found
 
 
 def unused_values(graph: Graph) -> list[SpecError]:
@@ -213,7 +226,24 @@ class _ModuleLowering:
 _FOLD = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
     "neg": lambda a: -a, "sqrt": math.sqrt, "exp": math.exp,
+    # the functions on numbers alone (`log(2)`, `max(1, 2)`), as their shape rules' docs define them
+    "log": math.log, "abs": abs, "min": min, "max": max,
+    "gelu": lambda a: a * 0.5 * (1 + math.erf(a / math.sqrt(2))),
+    "silu": lambda a: a / (1 + math.exp(-a)),
+    "softplus": lambda a: max(a, 0.0) + math.log1p(math.exp(-abs(a))),
+    "elu": lambda a, alpha: a if a > 0 else alpha * math.expm1(a),
+    "leaky_relu": lambda a, negative_slope: a if a > 0 else negative_slope * a,
+    "clamp": lambda a, min=None, max=None: _clamped(a, min, max),
+    "where": lambda c, a, b: a if c != 0 else b,
 }
+
+
+def _clamped(value: float, low: float | None, high: float | None) -> float:
+    if low is None and high is None:
+        raise ValueError("clamp needs a bound: min=, max= or both")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"min ({low:g}) is above max ({high:g})")
+    return min(max(value, low if low is not None else value), high if high is not None else value)
 
 
 @dataclass
@@ -348,7 +378,7 @@ class _Env:
             **attrs: Any) -> str:
         loc = self.at(base, e)
         if op in _FOLD and inputs and all(self.graph[i].op == "const" for i in inputs):
-            return self.fold(op, inputs, loc)
+            return self.fold(op, inputs, loc, attrs)
         shapes = [self.graph[i].shape for i in inputs]
         dtypes = [self.graph[i].dtype for i in inputs]
         try:
@@ -362,11 +392,11 @@ class _Env:
         self.graph.add(Node(name, op, inputs, attrs, shape, dtype, loc))
         return name
 
-    def fold(self, op: str, inputs: list[str], loc: Location) -> str:
+    def fold(self, op: str, inputs: list[str], loc: Location, attrs: dict[str, Any] | None = None) -> str:
         """Arithmetic on numbers and sizes (``1 / sqrt(d_k)``) is done here, once, not at every step."""
         values = [self.graph[i].attrs["value"] for i in inputs]
         try:
-            value = _FOLD[op](*values)
+            value = _FOLD[op](*values, **(attrs or {}))
         except (ZeroDivisionError, ValueError, OverflowError) as exc:
             raise SpecError("E0403", f"cannot compute `{op}` of {values}: {exc}", loc) from None
         return self.const(value, loc)

@@ -290,6 +290,24 @@ def _select(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tu
     return broadcast(broadcast(shapes[0], shapes[1]), shapes[2]), dtypes[1]
 
 
+def _clamp(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    low, high = attrs.get("min"), attrs.get("max")
+    if low is None and high is None:
+        raise ShapeError("clamp(x, min=..., max=...) needs a bound", expected="min=, max= or both",
+                         hint="for example clamp(x, min=-1, max=1), or clamp(x, min=0) (which is relu)")
+    if low is not None and high is not None and low > high:
+        raise ShapeError(f"clamp's min ({low:g}) is above its max ({high:g})", expected="min <= max")
+    return shapes[0], _float(dtypes, "clamp")
+
+
+def _where(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    if shapes[0] == ():
+        raise ShapeError("the condition of `where(cond, a, b)` is a number, so it always picks the same side",
+                         hint="write that side itself, or give a tensor condition such as a mask")
+    out = broadcast(broadcast(shapes[0], shapes[1]), shapes[2])
+    return out, _float(dtypes[1:], "where")
+
+
 def _const(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     return (), "float32"
 
@@ -329,6 +347,25 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("relu", _elementwise, (1, 1), user=True, doc="max(x, 0)"),
     _op("exp", _elementwise, (1, 1), user=True, doc="e ** x"),
     _op("sqrt", _elementwise, (1, 1), user=True, doc="square root (of a size too: sqrt(d_k))"),
+    _op("log", _elementwise, (1, 1), user=True, doc="natural logarithm, ln x (-inf at 0)"),
+    _op("abs", _elementwise, (1, 1), user=True, doc="|x|"),
+    _op("gelu", _elementwise, (1, 1), user=True, doc="x Φ(x), Φ the standard normal CDF (the exact form, as "
+        "torch.nn.GELU); the transformer's feed-forward activation"),
+    _op("silu", _elementwise, (1, 1), user=True, doc="x σ(x), also called swish"),
+    _op("softplus", _elementwise, (1, 1), user=True, doc="ln(1 + e^x), a smooth relu, always > 0"),
+    _op("elu", _elementwise, (1, 1), user=True, doc="elu(x, alpha=1.0): x if x > 0, else alpha (e^x - 1)",
+        attrs=(("alpha", float, 1.0),)),
+    _op("leaky_relu", _elementwise, (1, 1), user=True,
+        doc="leaky_relu(x, negative_slope=0.01): x if x > 0, else negative_slope x",
+        attrs=(("negative_slope", float, 0.01),)),
+    _op("min", _elementwise, (2, 2), user=True, doc="min(a, b): the elementwise smaller value (broadcasting); "
+        "min(x, 1) caps at 1"),
+    _op("max", _elementwise, (2, 2), user=True, doc="max(a, b): the elementwise larger value (broadcasting); "
+        "max(x, 0) is relu"),
+    _op("clamp", _clamp, (1, 1), user=True, doc="clamp(x, min=lo, max=hi): x limited to [lo, hi]; either bound "
+        "may be left out", attrs=(("min", float, None), ("max", float, None))),
+    _op("where", _where, (3, 3), user=True, doc="where(cond, a, b): a where cond is not 0, else b (broadcasting); "
+        "cond is a mask such as a float 0/1 or int64 input"),
     _op("transpose", _transpose, (1, 1), user=True, doc="swap the last two axes: transpose(K) is Kᵀ"),
     _op("unsqueeze", _unsqueeze, (1, 1), user=True, doc="unsqueeze(x, axis): a new axis of size 1", attrs=AXIS),
     _op("squeeze", _squeeze, (1, 1), user=True, doc="squeeze(x, axis): drop an axis of size 1", attrs=AXIS),

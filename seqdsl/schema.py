@@ -157,13 +157,6 @@ def parse_module(doc: Document) -> RecurrentModule | GraphModule:
         raise _to_spec_error(doc, errors[0]) from None
 
 
-_SECTION_FIELDS: dict[str, type[BaseModel]] = {
-    "recurrent": Recurrent,
-    "inputs": TensorDecl,
-    "params": ParamDecl,
-    "state": StateDecl,
-}
-
 
 def _to_spec_error(doc: Document, err: Any) -> SpecError:
     """Map one pydantic error to a located SpecError; drop pydantic's own routing entries from the path."""
@@ -218,14 +211,34 @@ _UNION_TAGS = {"TensorDecl", "ParamDecl", "StateDecl"}
 
 
 def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
-    last = next((p for p in reversed(parent) if isinstance(p, str)), None)
-    if len(parent) >= 2 and parent[-2] in ("inputs", "params", "state"):
-        model: type[BaseModel] = _SECTION_FIELDS[str(parent[-2])]
-    elif last in _SECTION_FIELDS and last == "recurrent":
-        model = Recurrent
-    else:
+    """The keys allowed in the mapping at ``parent`` (the section holding an unknown key)."""
+    model = _SECTION_MODELS.get(_section(parent))
+    if model is None:
         return sorted((set(RecurrentModule.model_fields) | set(GraphModule.model_fields)) - {"kind"})
     return sorted(model.model_fields)
+
+
+def _section(path: tuple[str | int, ...]) -> str:
+    """``("modules", "Cell", "recurrent", "state", "h")`` -> ``"recurrent.state"``: the section a path is in,
+    without the names a user chose (of modules, inputs, parameters, states)."""
+    keys: list[str] = []
+    parts = list(path)
+    while parts:
+        part = parts.pop(0)
+        if part == "modules" and parts and not keys:
+            parts.pop(0)  # a module of its own: its keys start again at the top
+            continue
+        keys.append(str(part))
+        if ".".join(keys) in _NAMED_ENTRIES and parts:
+            parts.pop(0)  # the user's name of the input, parameter or state
+    return ".".join(keys)
+
+
+_NAMED_ENTRIES = {"inputs", "params", "recurrent.state"}
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "recurrent": Recurrent, "recurrent.stop": Stop, "recurrent.state": StateDecl, "inputs": TensorDecl,
+    "params": ParamDecl,
+}
 
 
 _EXPECTED = {
@@ -269,13 +282,67 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a spec file, for editors (`# yaml-language-server: $schema=...`)."""
+    """The JSON Schema of a spec file, for editors (`# yaml-language-server: $schema=...`).
+
+    pydantic's schema, made precise for validators that report one error: the two kinds of module and the
+    ``[shape]`` shorthands are chosen by ``if``/``then`` (on the key ``recurrent``, on being a list) instead of a
+    ``oneOf``/``anyOf`` that reports a misspelt nested key as the whole section being wrong; and every property
+    carries its description and examples from `seqdsl.spec_keys` (what an editor shows on hover).
+    """
     from pydantic import TypeAdapter
 
-    schema = TypeAdapter(Module).json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "seqdsl spec"
-    return schema
+    schema = _choose_by_if_then(TypeAdapter(Module).json_schema())
+    defs = schema.setdefault("$defs", {})
+    defs["Module"] = {
+        "description": "A spec module: `recurrent:` (a recurrent block) or `graph:` (equations over whole tensors).",
+        "if": {"type": "object", "required": ["recurrent"]},
+        "then": {"$ref": "#/$defs/RecurrentModule"},
+        "else": {"$ref": "#/$defs/GraphModule"},
+    }
+    for name, definition in defs.items():
+        _describe_properties(name, definition)
+    root = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "seqdsl spec",
+            "$ref": "#/$defs/Module", "$defs": dict(sorted(defs.items()))}
+    return root
+
+
+_MODULE_UNION = [{"$ref": "#/$defs/RecurrentModule"}, {"$ref": "#/$defs/GraphModule"}]
+
+
+def _choose_by_if_then(node: Any) -> Any:
+    """pydantic's unions rewritten so that a validator knows which branch is meant before it looks inside."""
+    if isinstance(node, list):
+        return [_choose_by_if_then(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _choose_by_if_then(v) for k, v in node.items()}
+    if node.get("oneOf") == _MODULE_UNION:
+        rest = {k: v for k, v in node.items() if k != "oneOf"}
+        return {**rest, "$ref": "#/$defs/Module"}
+    branches = node.get("anyOf")
+    if not (isinstance(branches, list) and len(branches) == 2):
+        return node
+    refs = [b for b in branches if "$ref" in b]
+    plain = [b for b in branches if "$ref" not in b]
+    if len(refs) == 1 and plain[0].get("type") in ("array", "null"):  # `TensorDecl | [B, T, d]`, `Stop | None`
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        return {**rest, "if": {"type": plain[0]["type"]}, "then": plain[0], "else": refs[0]}
+    return node
+
+
+def _describe_properties(def_name: str, definition: dict[str, Any]) -> None:
+    from .spec_keys import KEYS, OWNER_PATHS
+
+    owner = OWNER_PATHS.get(def_name)
+    if owner is None:
+        return
+    for key, prop in definition.get("properties", {}).items():
+        path = f"{owner}.{key}" if owner else key
+        doc = KEYS[path]  # a KeyError here names a key that seqdsl.spec_keys does not document yet
+        prop.pop("title", None)  # "Over", "Steps": the description says it better
+        prop["description"] = doc.text
+        if doc.examples:
+            prop["examples"] = list(doc.examples)
 
 
 __all__ = [

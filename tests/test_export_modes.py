@@ -73,7 +73,8 @@ def built_long(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_scan_export_agrees_with_pytorch_at_any_length(spec: Path, built: dict[str, Path]):
     out = built[spec.stem]
     summary = json.loads((out / "build.json").read_text())
-    assert summary["onnx_form"] == "scan" and summary["unrolled_lengths"] is None
+    assert summary["onnx_form"] != "unrolled" and summary["unrolled_lengths"] is None  # Scan, Loop or a native op
+    assert "unrolled" not in summary["onnx_blocks"].values()
     model, net = seqdsl.load(spec), load_net(out)
     session, _ = make_session(out / "model.onnx", "cpu")  # one session, every length and batch size
     names = [o.name for o in session.get_outputs()]
@@ -211,7 +212,7 @@ def test_cli_bad_axis_len(tmp_path: Path, args: list[str], message: str):
 
 def test_axis_len_without_unroll_sets_the_check_lengths(tmp_path: Path):
     result = build(SPECS / "seq2seq.yaml", tmp_path / "s", steps=5, axis_lengths={"S": 3})
-    assert result.onnx_form == "scan" and result.check_shape == {"B": 3, "T": 5, "S": 3}
+    assert result.onnx_form == "LSTM" and result.check_shape == {"B": 3, "T": 5, "S": 3}
     assert result.inputs["src"] == ["B", "S", 8, "float32"]  # the Scan graph keeps every axis free
     with pytest.raises(compilers.build.UsageError, match="has no axis `Q`; its time axes: S, T"):
         build(SPECS / "seq2seq.yaml", tmp_path / "q", axis_lengths={"Q": 3})
@@ -220,7 +221,7 @@ def test_axis_len_without_unroll_sets_the_check_lengths(tmp_path: Path):
 
 def test_unroll_of_a_model_without_a_loop_writes_the_scan_form(tmp_path: Path):
     result = build(SPECS / "transformer_encoder.yaml", tmp_path / "t", steps=5, unroll=True)
-    assert result.onnx_form == "scan" and result.unrolled_lengths is None
+    assert result.onnx_form == "none" and result.unrolled_lengths is None
     assert any("no recurrent loop to unroll" in w for w in result.warnings)
 
 
