@@ -131,6 +131,15 @@ def test_every_shipped_spec_draws_rolled_and_unrolled(spec: Path):
             assert xs == sorted(xs), (loop, row)
 
 
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_spec_collapses_to_its_top_level_calls(spec: Path):
+    model = seqdsl.load(spec)
+    nodes, edges, _ = svg_graph(render(figure(model, depth=0), "svg"))
+    calls = [path for path, scope in model.scopes.items() if "." not in path]
+    assert {k for k in nodes if k.startswith("box~")} == {f"box~{c}" for c in calls}
+    assert not [k for k in nodes if any(k.startswith(c + ".") or f"/{c}." in k for c in calls)]
+
+
 def test_bidirectional_passes_the_state_backwards():
     nodes, edges, root = svg_graph(render(figure(seqdsl.load(SPECS / "bilstm.yaml"), unroll=3), "svg"))
     assert ("bi.fw.loop@1~G", "bi.fw.loop@2~G") in edges and ("bi.bw.loop@1~G", "bi.bw.loop@2~G") in edges
