@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,8 +63,8 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
         if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
             _fail(str(exc), 2)
-        if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.onnx_runtime",
-                                                                             "RuntimeUnavailable")):
+        if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
+                      + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
             _fail(f"error: {exc}", 2)
         if debug:
             raise
@@ -72,15 +73,38 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
 
+#: The one form of an integer on the command line: ASCII digits, optionally signed (`int()` alone would also take
+#: `²`-like digits from other scripts, `1_000` and spaces).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,100}", re.ASCII)
+#: A size in bytes: an integer, optionally with a binary unit (`8G`, `8GiB`, `512M`).
+_BYTES = re.compile(r"(?P<n>[0-9]{1,100})\s*(?P<unit>[KMGT]i?B?|B)?", re.ASCII | re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _integer(option: str, text: str, minimum: int = 1, example: str = "") -> int:
+    """``text`` as an integer of at least ``minimum``, or a one-line error (exit 2) naming ``option``."""
+    if not _INTEGER.fullmatch(text.strip()) or int(text) < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        _fail(f"error: {option} expects {what}, got {text!r}" + (f" (for example {example})" if example else ""), 2)
+    return int(text)
+
+
+def _byte_count(option: str, text: str) -> int:
+    match = _BYTES.fullmatch(text.strip())
+    if not match or int(match["n"]) < 1:
+        _fail(f"error: {option} expects a size in bytes such as 8G, 512M or 1000000, got {text!r}", 2)
+    return int(match["n"]) * _UNITS[(match["unit"] or "")[:1].upper()]
+
+
 def _parse_sets(sets: Optional[list[str]]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for item in sets or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip().isidentifier() or not value.strip().lstrip("-").isdigit():
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name.isidentifier() or not _INTEGER.fullmatch(value):
             _fail(f"error[E0309]: --set expects NAME=INTEGER, got {item!r}\n   = help: for example --set h=128", 2)
-        sizes[name.strip()] = int(value)
-        if sizes[name.strip()] <= 0:
-            _fail(f"error[E0306]: size `{name.strip()}` must be a positive integer, got {value}", 2)
+        sizes[name] = int(value)
+        if sizes[name] <= 0:
+            _fail(f"error[E0306]: size `{name}` must be a positive integer, got {value}", 2)
     return sizes
 
 
@@ -88,7 +112,7 @@ def _parse_axis_lengths(items: Optional[list[str]]) -> dict[str, int]:
     lengths: dict[str, int] = {}
     for item in items or []:
         name, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or not name.isidentifier() or not value.isdigit() or int(value) < 1:
+        if not sep or not name.isidentifier() or not _INTEGER.fullmatch(value) or int(value) < 1:
             _fail(f"error: --axis-len expects NAME=LENGTH with a positive length (for example --axis-len S=12), "
                   f"got {item!r}", 2)
         if name in lengths and lengths[name] != int(value):
@@ -182,12 +206,18 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
 def build(spec: Path = typer.Argument(..., help="The spec file."),
           output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output directory [build/<name>]."),
           sets: Optional[list[str]] = SETS,
-          seq_len: int = typer.Option(7, "--seq-len", min=1, help="T used to check ONNX against PyTorch."),
-          batch: int = typer.Option(3, "--batch", min=1, help="B used to check ONNX against PyTorch."),
+          seq_len: str = typer.Option("7", "--seq-len", metavar="T", help="T used to check ONNX against PyTorch."),
+          batch: str = typer.Option("3", "--batch", metavar="B", help="B used to check ONNX against PyTorch."),
           provider: str = typer.Option("auto", "--provider", help="onnxruntime provider: auto, cpu, cuda, tensorrt."),
           as_json: bool = typer.Option(False, "--json", help="Print the build summary as JSON."),
-          max_params: int = typer.Option(100_000_000, "--max-params", min=1,
+          max_params: str = typer.Option("100000000", "--max-params", metavar="N",
                                          help="Refuse models with more parameters (checked before allocating)."),
+          max_memory: str = typer.Option("4G", "--max-memory", metavar="BYTES",
+                                         help="Refuse a check run whose values (activations, inputs, outputs) "
+                                              "would take more memory (computed before anything runs; 8G, 512M)."),
+          max_steps: str = typer.Option("100000", "--max-steps", metavar="N",
+                                        help="Refuse a check run of more loop steps in all (computed before "
+                                             "anything runs)."),
           as_written: bool = typer.Option(False, "--as-written",
                                           help="Skip the optimisation passes: model.py computes the equations "
                                                "exactly as written, one line each (slower; for reading)."),
@@ -207,10 +237,15 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
+    limits = {"steps": _integer("--seq-len", seq_len, example="--seq-len 16"),
+              "batch": _integer("--batch", batch, example="--batch 4"),
+              "max_params": _integer("--max-params", max_params, example="--max-params 500000000"),
+              "max_memory": _byte_count("--max-memory", max_memory),
+              "max_steps": _integer("--max-steps", max_steps, example="--max-steps 1000000")}
     with _progress("building", STAGES) as stage:
-        result = _guard(debug, lambda: run_build(spec, output, sizes, steps=seq_len, batch=batch, provider=provider,
-                                                 max_params=max_params, unroll=unroll, axis_lengths=lengths,
-                                                 optimize_passes=not as_written, progress=stage))
+        result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
+                                                 axis_lengths=lengths, optimize_passes=not as_written,
+                                                 progress=stage, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict

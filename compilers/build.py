@@ -9,15 +9,14 @@
                               form of each recurrent block, provenance (versions, opset, spec hashes, seed)
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
-failed build (bad spec, failed check, Ctrl-C) leaves the previous DIR exactly as it was.
+failed build (bad spec, failed check, Ctrl-C, SIGKILL) leaves the previous DIR exactly as it was. A build owns only
+what it writes: DIR must be new, empty or an earlier build's (`compilers.publish` has the rule).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -26,9 +25,13 @@ import numpy as np
 
 import seqdsl
 from seqdsl.errors import SpecError
+from seqdsl.footprint import MAX_ACTIVATION_BYTES, MAX_STEPS, check_footprint
 from seqdsl.ir import Model
 from seqdsl.text import plain_text
 from seqdsl.version import __version__
+
+from .memory import check_memory, memory_message, out_of_memory
+from .publish import SIGNATURE, discard, make_staging, output_dir, publish
 
 if TYPE_CHECKING:
     import onnx
@@ -75,6 +78,7 @@ class BuildResult:
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
+    built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
 
 
 def time_axes(model: Model) -> list[str]:
@@ -199,6 +203,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
+          max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
@@ -213,6 +218,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     unrolled graph (no Scan: what CUDA graph capture needs) for every recurrent time axis at its length
     (``axis_lengths`` or else ``steps``); it runs at that length only (those axes are fixed in its signature),
     at any B, and the parameters stay one shared initializer each.
+
+    Before anything is allocated: at most ``max_params`` parameters, and the check run at most ``max_memory``
+    bytes of values and ``max_steps`` loop steps (`seqdsl.footprint`), all within this machine's memory.
     """
     def stage(name: str) -> None:
         assert name in STAGES, name
@@ -231,15 +239,19 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
 
+    if out_dir is not None:
+        output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
     stage("checking the spec")
     model = seqdsl.load(spec, sizes)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})
+    wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)} if unroll else {}
+    fp = check_footprint(model, _axis_lengths(model, batch, steps, {**wanted, **lengths}), max_memory, max_steps)
+    check_memory(model, fp)
     unrolled_lengths: dict[str, int] | None = None
     exported = model
     if unroll:
-        wanted = {axis: lengths.get(axis, steps) for axis in loop_axes(model)}
         # the default passes first, so that step work hoisted out of a loop (input projections) stays one
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
         try:
@@ -254,8 +266,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         warnings.append(f"note: --unroll: `{model.name}` has no recurrent loop to unroll; model.onnx is the same "
                         "graph at every length")
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
+    staging = make_staging(target)
     try:
         stage("writing model.py")
         cls = module_class(model, staging / "model.py", optimize=optimize_passes, native_cells=optimize_passes)
@@ -303,11 +315,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_external_data=external, provenance=provenance(model, written, seed))
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         stage("publishing")
-        _publish(staging, out)
+        result.warnings += publish(staging, target)
         return result
+    except Exception as exc:
+        if out_of_memory(exc):  # the model passed every limit but does not fit (another process, ulimit -v)
+            raise UsageError(memory_message(model, fp)) from None
+        raise
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)  # a failed build's files; after publishing, nothing or what `publish` kept on purpose
 
 
 def _read_structure(path: Path) -> "onnx.ModelProto":
@@ -318,26 +333,3 @@ def _read_structure(path: Path) -> "onnx.ModelProto":
     for tensor in proto.graph.initializer:
         tensor.ClearField("raw_data")
     return proto
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging``: the old directory is moved aside first and removed only afterwards."""
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; the published directory is an ordinary one
-    for f in staging.iterdir():
-        f.chmod(0o666 & ~umask)
-    old = None
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

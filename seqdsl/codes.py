@@ -103,6 +103,15 @@ CODES: dict[str, tuple[str, str]] = {
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    # -- E06xx: building
+    "E0601": ("check run too large", "Before anything runs, the build computes from the IR the memory its check run "
+                                     "needs for values (inputs, activations, outputs, at --batch and --seq-len): "
+                                     "above `--max-memory` (4G by default) it is refused, and so is a model whose "
+                                     "parameters and values cannot fit in this machine's memory at all. Check the "
+                                     "sizes and lengths; raise --max-memory if they are intended."),
+    "E0602": ("too many loop steps", "The check run's loops would take more steps in all than `--max-steps` "
+                                     "(100,000 by default): a `steps: K` with a huge K, or a huge --seq-len. Check "
+                                     "the sizes; raise --max-steps if they are intended."),
     # -- warnings
     "W0401": ("unused value", "An equation or input is never used by any output. Remove it, or output it."),
 }

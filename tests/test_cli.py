@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, SPECS
 
@@ -99,3 +105,42 @@ def test_internal_failure_exits_1_and_says_it_is_a_bug(monkeypatch, tmp_path: Pa
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom" in result.output and "bug in seqdsl" in result.output
     assert "Traceback" not in result.output
+
+
+INTEGER_OPTIONS = ["--seq-len", "--batch", "--max-params", "--max-steps", "--set h=", "--axis-len T="]
+
+
+@settings(max_examples=60, deadline=None)
+@given(option=st.sampled_from([*INTEGER_OPTIONS, "--max-memory"]),
+       value=st.one_of(st.text(max_size=8), st.sampled_from(["²", "١٢", "１２", "1_000", "+-1", "0", "-3", "1e3",
+                                                              " 7", "4G", "9" * 5000, "8GiB", "12x"])))
+def test_every_number_on_the_command_line_parses_one_way(option: str, value: str):
+    """An ASCII integer (a byte count may end in K/M/G/T) is the one form; anything else (`²`, Arabic-Indic or
+    full-width digits, `1_000`) is one line naming the option, exit 2: never a traceback."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    name, _, prefix = option.partition(" ")
+    args = [name, prefix + value] if prefix else [name, value]
+    r = CliRunner().invoke(cli.app, ["build", "/nonexistent/x.yaml", *args])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.stdout == ""
+    digits = re.fullmatch(r"\s*[+-]?[0-9]{1,100}\s*", value, re.ASCII)
+    unit = re.fullmatch(r"\s*[0-9]{1,100}\s*([KMGT]i?B?|B)?\s*", value, re.ASCII | re.IGNORECASE)
+    valid = (unit if name == "--max-memory" else digits) and int(re.sub(r"\D", "", value) or 0) >= 1 \
+        and not value.strip().startswith("-")
+    if valid:
+        assert "nonexistent" in r.stderr  # the value was taken; the spec is what is missing
+    else:
+        first = r.stderr.splitlines()[0]
+        assert name in first or (name == "--set" and "size `h` must be a positive integer" in first), r.stderr
+
+
+def test_output_directory_mistake_exits_2(tmp_path: Path):
+    """`-o .` (and `/`, `..`, a file, a folder of other files: tests/test_output_dir.py) is one line, exit 2."""
+    (tmp_path / "cwd").mkdir()
+    r = seqdsl("build", str(SPECS / "rnn.yaml"), "-o", ".", cwd=tmp_path / "cwd")
+    assert r.returncode == 2 and r.stderr == "error: -o .: is the current directory; give a directory of its own, " \
+        "e.g. -o build/NAME\n"
+    assert sorted(os.listdir(tmp_path)) == ["cwd"] and os.listdir(tmp_path / "cwd") == []

@@ -61,6 +61,10 @@ def test_modules_from_files_and_the_standard_library_with_other_sizes(tmp_path: 
 @pytest.mark.parametrize("target, code, words", [
     ("../outside.yaml", "E0502", "leaves the spec's folder"),
     ("/etc/passwd", "E0502", "must be relative"),
+    ("std:../pyproject.toml", "E0502", "leaves the spec's folder"),      # std: is specs/, and no further
+    ("std:lib/../../cli.py", "E0502", "leaves the spec's folder"),
+    ("std:/etc/passwd", "E0502", "must be relative"),
+    ("std:~/x.yaml", "E0502", "must be relative"),
     ("lib/nope.yaml", "E0506", "does not exist"),
     ("lib/cells.yaml#Cel", "E0505", "did you mean `Cell`?"),
     ("top.yaml", "E0503", "import cycle: top.yaml -> top.yaml"),

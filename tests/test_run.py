@@ -3,6 +3,7 @@ Python API under it (`compilers.onnx_runtime.run` / `check_inputs`). A user's mi
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -213,3 +214,34 @@ def test_python_api_raises_the_same_messages(models: dict[str, Path]):
     with pytest.raises(ValueError, match="unknown execution provider"):
         rt.run(models["rnn"], {"x": x}, "tpu")
     rt.check_inputs(models["rnn"], {"x": x})  # fine: returns nothing
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "{root}/secret.bin", "link.bin", "sub/../../secret.bin"])
+def test_external_data_outside_the_models_folder_is_refused(tmp_path: Path, location: str):
+    """A model.onnx may name a file for its weights (ONNX external data): `run` reads it only from inside the
+    model's own folder, never `..`, an absolute path or a symlink out; refused as one line, exit 2."""
+    from onnx import TensorProto, helper, numpy_helper
+    from typer.testing import CliRunner
+
+    import cli
+
+    secret = np.arange(4, dtype=np.float32)
+    secret.tofile(tmp_path / "secret.bin")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "sub").mkdir()
+    os.symlink(tmp_path / "secret.bin", tmp_path / "m" / "link.bin")
+    weight = numpy_helper.from_array(secret, "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": location.format(root=tmp_path), "offset": "0", "length": "16"}.items():
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    (tmp_path / "m" / "model.onnx").write_bytes(proto.SerializeToString())
+    np.save(tmp_path / "x.npy", np.zeros(4, np.float32))
+    r = CliRunner().invoke(cli.app, ["run", str(tmp_path / "m" / "model.onnx"), "--input", f"x={tmp_path}/x.npy"])
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "External data path" in r.stderr, r.stderr
