@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from .footprint import DTYPE_BYTES
 from .ir import Node, Shape
 
 Sizes = tuple[int, ...]
 # (node, its shape, its inputs' shapes), all concrete -> (MACs, FLOPs)
 Rule = Callable[[Node, Sizes, list[Sizes]], tuple[int, int]]
-BYTES = {"float32": 4, "int64": 8, "bool": 1}
 
 
 def concrete(shape: Shape, batch: int, seq_len: int) -> Sizes:
@@ -103,4 +103,4 @@ LEAVES = {"input", "param", "const", "step_input", "state", "capture", "loop"}
 def node_bytes(node: Node, out: Sizes) -> int:
     """Bytes of the value ``node`` computes; leaves (inputs, parameters, constants, a step's views of them) and
     the loop node itself (its values are its items) take none."""
-    return 0 if node.op in LEAVES else numel(out) * BYTES.get(node.dtype, 4)
+    return 0 if node.op in LEAVES else numel(out) * DTYPE_BYTES.get(node.dtype, 8)
