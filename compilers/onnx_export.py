@@ -3,7 +3,9 @@
 A recurrent block becomes one ``Scan`` whose body is the step graph: the graph's size does not depend on T.
 Parameters are initializers named as in the spec (``W_f``, ``enc.W_f``) and are read from the loop body through
 ONNX's outer scope, so the weights are stored once. `ONNX_EMIT` is the op table: one entry per IR op.
-Graph inputs and outputs carry the spec's names; ``B`` and ``T`` are symbolic dimensions.
+Graph inputs and outputs carry the spec's names; ``B`` and ``T`` are symbolic dimensions. Every other value name
+is the compiler's and contains ``#`` or ``/``, which no spec name does (`seqdsl.naming`); doc strings and metadata
+carry spec text only through `seqdsl.text.plain_text`.
 """
 
 from __future__ import annotations
@@ -336,14 +338,17 @@ def _value_info(name: str, node: Node) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, DTYPES[node.dtype], list(node.shape))
 
 
-def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None) -> None:
-    """Emit every node of ``graph``; ``outer`` maps capture indices to outer-scope value names."""
+def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None, read: set[str] | None = None) -> None:
+    """Emit every node of ``graph``; ``outer`` maps capture indices to outer-scope value names; ``read`` names the
+    nodes the enclosing loop reads (its updates and returns)."""
     b.graph = graph
+    read = {i for n in graph for i in n.inputs} | set(graph.outputs.values()) | (read or set())
     for node in graph:
         if node.op == "param":
             b.values[node.name] = node.attrs["name"]
         elif node.op == "const":
-            b.values[node.name] = b.const(node.attrs["value"])
+            if node.name in read:  # constants the lowering folded into others are no initializers
+                b.values[node.name] = b.const(node.attrs["value"])
         elif node.op == "input":
             b.values[node.name] = node.name
         elif node.op in ("state", "step_input"):
@@ -372,7 +377,7 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
     args = [b.values[i] for i in node.inputs]
     n_s, n_q = loop.n_states, loop.n_sequences
     captures = {i: args[n_s + n_q + i] for i in range(loop.n_captures)}
-    _emit_graph(inner, body, captures)
+    _emit_graph(inner, body, captures, set(loop.updates) | {r.node for r in loop.returns})
     states = sorted((n for n in body if n.op == "state"), key=lambda n: n.attrs["index"])
     seqs = sorted((n for n in body if n.op == "step_input"), key=lambda n: n.attrs["index"])
     body_inputs = [_value_info(inner.values[n.name], n) for n in states + seqs]
@@ -400,13 +405,14 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
         b.nodes.append(helper.make_node("Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g,
                                         num_scan_inputs=n_q, **scan_attrs))
     else:  # no sequence to scan: a Loop of fixed trip count; its per-step outputs stack on axis 0
-        step_no = helper.make_tensor_value_info(f"{scope}step", TensorProto.INT64, [])
-        cond_in = helper.make_tensor_value_info(f"{scope}cond", TensorProto.BOOL, [])
+        step_name, cond_name = inner.name("step"), inner.name("cond")
+        step_no = helper.make_tensor_value_info(step_name, TensorProto.INT64, [])
+        cond_in = helper.make_tensor_value_info(cond_name, TensorProto.BOOL, [])
         carried_in, carried_out, init = [], [], []
         if loop.stop is None:
-            cond_out = inner.op("Identity", [f"{scope}cond"], "cond_out")
+            cond_out = inner.op("Identity", [cond_name], "cond_out")
         else:  # `done` rides along as one more carried value; the loop goes on while some row is not done
-            done_in = f"{scope}done"
+            done_in = inner.name("done")
             hit = inner.op("Equal", [inner.values[loop.stop[0]], b.const(loop.stop[1], np.int64)], "hit")
             done = inner.op("Or", [done_in, hit], "done_out")
             all_done = inner.op("ReduceMin", [inner.op("Cast", [done], "done_int", to=TensorProto.INT64)], "all_done",

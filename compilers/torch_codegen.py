@@ -5,18 +5,21 @@ once are written inline (``f = torch.sigmoid(F.linear(x_t, self.W_f) + F.linear(
 A recurrent block becomes a method with a Python loop over time; parameters are created once in ``__init__`` and
 shared by every step. `TORCH_EMIT` is the op table: one entry per IR op.
 
-Names reach the source only as checked identifiers (the spec's names, made unique) or through ``repr()``.
+Spec text reaches the source only as identifiers from one allocator per scope (`_Names`: spec names, made
+unique against Python's own names, model.py's module-level names and the compiler's temporaries) or through
+`seqdsl.naming.escape` (file names in comments and docstrings, names in string literals).
 """
 
 from __future__ import annotations
 
-import keyword
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from seqdsl.ir import Graph, Loop, Model, Node, Param, loop_of
+from seqdsl.naming import MODULE_ATTRIBUTES, PYTHON_RESERVED, escape, normalize, string_literal
 
 Emit = Callable[[Node, list[str]], tuple[str, int]]  # (source, precedence)
 ATOM, UNARY, PRODUCT, SUM = 4, 3, 2, 1
@@ -75,13 +78,13 @@ HELPERS = {
 HELPER_OF = {"causal": "causal_mask", "mask": "padding_mask", "positional_encoding": "sinusoidal_positions"}
 
 
+_LITERAL = re.compile(r"-?[0-9]+(\.[0-9]*)?(e[-+]?[0-9]+)?")  # what `number` writes; no identifier matches
+
+
 def _is_number(text: str) -> bool:
-    """Whether an argument's source is a number literal (a constant of the spec, written inline)."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """Whether an argument's source is a number literal (a constant of the spec, written inline by `number`).
+    Judged by the literal's form, not by ``float()``, which would also take a value named ``inf`` or ``nan``."""
+    return _LITERAL.fullmatch(text) is not None
 
 
 def _as_float(text: str) -> str:
@@ -102,7 +105,7 @@ def _extremum(fn: str, bound: str) -> Emit:
 
 
 def _clamp(node: Node, args: list[str]) -> tuple[str, int]:
-    bounds = "".join(f", {k}={node.attrs[k]!r}" for k in ("min", "max") if node.attrs.get(k) is not None)
+    bounds = "".join(f", {k}={number(node.attrs[k])}" for k in ("min", "max") if node.attrs.get(k) is not None)
     return f"torch.clamp({args[0]}{bounds})", ATOM
 
 
@@ -127,8 +130,8 @@ TORCH_EMIT: dict[str, Emit] = {
     "gelu": _call("F.gelu"),
     "silu": _call("F.silu"),
     "softplus": _call("F.softplus"),
-    "elu": lambda n, a: (f"F.elu({a[0]}, {n.attrs['alpha']!r})", ATOM),
-    "leaky_relu": lambda n, a: (f"F.leaky_relu({a[0]}, {n.attrs['negative_slope']!r})", ATOM),
+    "elu": lambda n, a: (f"F.elu({a[0]}, {number(n.attrs['alpha'])})", ATOM),
+    "leaky_relu": lambda n, a: (f"F.leaky_relu({a[0]}, {number(n.attrs['negative_slope'])})", ATOM),
     "min": _extremum("torch.minimum", "max"),
     "max": _extremum("torch.maximum", "min"),
     "clamp": _clamp,
@@ -148,7 +151,7 @@ TORCH_EMIT: dict[str, Emit] = {
     "mean": _method("{0}.mean({axis})"),
     "argmax": _method("{0}.argmax({axis})"),
     "layer_norm": lambda n, a: (f"F.layer_norm({a[0]}, ({n.shape[-1]},), {a[1]}, {a[2]})", ATOM),
-    "dropout": lambda n, a: (f"F.dropout({a[0]}, {n.attrs['p']!r}, self.training)", ATOM),
+    "dropout": lambda n, a: (f"F.dropout({a[0]}, {number(n.attrs['p'])}, self.training)", ATOM),
     "split_heads": _method("{0}.unflatten(-1, ({heads}, {shape[3]})).transpose(1, 2)"),
     "merge_heads": _method("{0}.transpose(1, 2).flatten(2)"),
     "causal": _helper("causal_mask"),
@@ -190,8 +193,9 @@ RECEIVER_OPS = {"sequence_mask", "transpose", "unsqueeze", "squeeze", "sum", "me
                 "last", "first", "slice", "zeros", "expand_batch", "time_slice", "matvec"}
 # Ops handled by the code generator itself rather than by an expression template.
 STRUCTURAL = {"input", "param", "const", "step_input", "state", "capture", "loop", "item"}
-_RESERVED = set(keyword.kwlist) | {"self", "torch", "nn", "F", "t", "T", "Model", "super", "range", "reversed",
-                                   "len", "print", "object", "type", "id", "list", "dict", "tuple", "int", "float"}
+#: What a local variable of model.py may never be called: Python's keywords and builtins, the module-level names
+#: (imports, helpers, the class) and the loop machinery's own (self, T, t).
+_RESERVED = PYTHON_RESERVED | {"math", "torch", "F", "nn", "Model", *HELPERS} | {"self", "T", "t"}
 
 
 def dims(shape: tuple[Any, ...]) -> str:
@@ -199,25 +203,41 @@ def dims(shape: tuple[Any, ...]) -> str:
 
 
 class _Names:
-    """Spec names made into unique Python identifiers."""
+    """The identifiers of one scope of model.py (a method's locals, or the class's methods), from one allocator.
 
-    def __init__(self, taken: set[str] | None = None, strip: str = ""):
-        self.used = set(_RESERVED) | (taken or set())
+    ``names(node)`` is the variable of IR node ``node`` (its spec name where it has one, made valid and unique);
+    ``names.fresh(base)`` is a compiler temporary (``x_t``, ``h_steps``), which never takes a name already given.
+    Spec-named nodes are given their names first (`claim`), so temporaries yield to them, not the other way.
+    """
+
+    def __init__(self, nodes: Graph | None = None, strip: str = "", reserved: frozenset[str] = frozenset()):
+        self.used = set(_RESERVED) | set(reserved)
         self.map: dict[str, str] = {}
+        self.nodes = nodes  # the IR nodes of this scope: the only names `__call__` maps
         self.strip = strip  # a called module's prefix (`enc.`), dropped inside its own loop method
 
     def __call__(self, name: str) -> str:
         if name not in self.map:
+            if self.nodes is not None and name not in self.nodes.nodes:
+                raise KeyError(f"internal: `{name}` is no IR node of this scope; a temporary takes names.fresh()")
             self.map[name] = self.fresh(name.removeprefix(self.strip))
         return self.map[name]
 
+    def claim(self, nodes: list[Node]) -> None:
+        """Give these nodes their names now, before any temporary is made."""
+        for node in nodes:
+            self(node.name)
+
     def fresh(self, base: str) -> str:
-        base = re.sub(r"\W", "_", base).strip("_") or "v"
+        # `enc.h` -> `enc_h`, `x@3` -> `x_3`: any character that is not an identifier's as it stands becomes `_`
+        base = "".join(c if ("v" + c).isidentifier() and normalize(c) == c else "_" for c in normalize(base))
+        base = base.strip("_") or "v"
         if base[0].isdigit():
             base = "v_" + base
         out, i = base, 1
         while out in self.used:
             out, i = f"{base}_{i}", i + 1
+        assert out.isidentifier() and normalize(out) == out, out
         self.used.add(out)
         return out
 
@@ -251,8 +271,7 @@ class _GraphWriter:
             return
         if node.op == "const":
             v = node.attrs["value"]
-            text = repr(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
-            self.inline[node.name] = (text, ATOM if v >= 0 else UNARY)
+            self.inline[node.name] = (number(v), ATOM if v >= 0 else UNARY)
             return
         if node.op in ("input", "state", "step_input", "capture", "item"):
             return  # bound by the enclosing signature or loop machinery
@@ -290,7 +309,8 @@ class _Generator:
     def __init__(self, model: Model):
         self.model = model
         self.methods: list[list[str]] = []
-        self.method_names = _Names({"forward", "reset_parameters", "input_names", "output_names"})
+        attributes = {p.split(".")[0] for p in model.params}  # parameters and the submodules of calls
+        self.method_names = _Names(reserved=MODULE_ATTRIBUTES | attributes)
         self.helpers: set[str] = set()
 
     def param_ref(self, name: str) -> str:
@@ -315,9 +335,9 @@ class _Generator:
         reverse = node.attrs["reverse"]
         seq = f"{x}.flip(1)" if reverse else x
         owner = node.name.rsplit(".", 1)[0] + "_" if "." in node.name else ""
-        base = writer.names.fresh(owner + layout.fn.split(".")[-1])
-        outs = [f"{base}_y", *(f"{base}_{s}_n" for s in layout.states)]
-        where = f"{Path(node.loc.file).name}:{node.loc.line}" if node.loc.line else self.model.name
+        base = owner + layout.fn.split(".")[-1]
+        outs = [writer.names.fresh(f"{base}_y"), *(writer.names.fresh(f"{base}_{s}_n") for s in layout.states)]
+        where = self.where(node)
         ind = writer.indent
         writer.lines += [
             f"{ind}# {where}: a standard {layout.title}, run by {layout.fn} (oneDNN on the CPU, cuDNN on the GPU)",
@@ -347,13 +367,15 @@ class _Generator:
     def loop_method(self, method: str, node: Node, loop: Loop) -> list[str]:
         body = loop.body
         prefix = node.name[: node.name.rfind(".") + 1]
-        names = _Names(strip=prefix)
+        names = _Names(body, strip=prefix)
+        # spec names first (the step's equations, states, whole inputs): the loop's temporaries yield to them
+        names.claim([n for n in body if n.attrs.get("eq_root") or n.op in ("state", "capture")])
         ind = " " * 12
         states = [n for n in body if n.op == "state"]
         seqs = sorted((n for n in body if n.op == "step_input"), key=lambda n: n.attrs["index"])
         caps = sorted((n for n in body if n.op == "capture"), key=lambda n: n.attrs["index"])
         # the carried variable of a state is its update's name when the update is the equation `h: ...`
-        carried = [names(u) if u.removeprefix(prefix) == s else names(prefix + s + "_state")
+        carried = [names(u) if u.removeprefix(prefix) == s else names.fresh(s + "_state")
                    for u, s in zip(loop.updates, loop.state_names)]
         seq_args = [names.fresh(n.name.removeprefix(prefix)) for n in seqs]  # the whole sequence (B, T, ...)
         for n in seqs:
@@ -373,7 +395,7 @@ class _Generator:
         collect = {}
         for i, r in enumerate(loop.returns):
             if r.kind == "all":
-                collect[i] = names(f"{writer.var(r.node)}_steps")
+                collect[i] = names.fresh(f"{writer.var(r.node)}_steps")
                 out.append(f"        {collect[i]} = []")
         steps = "range(T - 1, -1, -1)" if loop.reverse else "range(T)"
         # time-major copies: a step's slice is then contiguous, and matrix products on strided slices are slow
@@ -394,7 +416,7 @@ class _Generator:
             if r.kind == "all":
                 out.append(f"            {collect[i]}.append({writer.value(r.node)})")
             elif r.kind == "last":
-                last[i] = names(f"{writer.var(r.node)}_last")
+                last[i] = names.fresh(f"{writer.var(r.node)}_last")
                 out.append("            if t == T - 1:")
                 out.append(f"                {last[i]} = {writer.value(r.node)}")
         if loop.stop is not None:  # stop once every row has produced the stop token
@@ -419,15 +441,17 @@ class _Generator:
         return out
 
     def where(self, node: Node) -> str:
+        """``file.yaml:12`` for comments and docstrings: the file name is the user's, so it is escaped."""
         loc = node.loc
-        return f"{Path(loc.file).name}:{loc.line}" if loc.line else self.model.name
+        return f"{escape(Path(loc.file).name)}:{loc.line}" if loc.line else escape(self.model.name)
 
     def generate(self) -> str:
         m = self.model
         g = m.graph
-        names = _Names({n for n in self.method_names.used})
+        names = _Names(g)
         for name in m.inputs:
             names(name)
+        names.claim([n for n in g if n.attrs.get("eq_root") or n.op == "item"])
         writer = _GraphWriter(self, g, names, " " * 8)
         for node in g:
             writer.emit_node(node)
@@ -435,12 +459,12 @@ class _Generator:
         ret = ", ".join(writer.value(g.outputs[o]) for o in outs)
         inputs = m.input_nodes()
         sig = ", ".join(["self"] + [names(n.name) for n in inputs])
-        in_doc = ", ".join(f"{n.name} {dims(n.shape)} {n.dtype}" for n in inputs)
-        out_doc = ", ".join(f"{o} {dims(g[g.outputs[o]].shape)}" for o in outs)
+        in_doc = escape(", ".join(f"{n.name} {dims(n.shape)} {n.dtype}" for n in inputs))
+        out_doc = escape(", ".join(f"{o} {dims(g[g.outputs[o]].shape)}" for o in outs))
         lines = [
-            f'"""{m.name}: generated by seqdsl from {Path(m.source).name}. Rebuild rather than edit.',
+            f'"""{escape(m.name)}: generated by seqdsl from {escape(Path(m.source).name)}. Rebuild rather than edit.',
             "",
-            f"Sizes: {', '.join(f'{k}={v}' for k, v in m.sizes.items()) or 'none'}. "
+            f"Sizes: {escape(', '.join(f'{k}={v}' for k, v in m.sizes.items()) or 'none')}. "
             f"Parameters: {m.param_count:,}.",
             '"""',
             "",
@@ -458,15 +482,15 @@ class _Generator:
             "class Model(nn.Module):",
             f'    """{in_doc} -> {out_doc}."""',
             "",
-            f"    input_names = {tuple(n.name for n in inputs)!r}",
-            f"    output_names = {tuple(outs)!r}",
+            f"    input_names = {_tuple_literal([n.name for n in inputs])}",
+            f"    output_names = {_tuple_literal(outs)}",
             "",
             "    def __init__(self):",
             "        super().__init__()",
         ]
         lines += _containers(m.params)
         for p in m.params.values():
-            where = f"  # {Path(p.loc.file).name}:{p.loc.line}" if p.loc.line else ""
+            where = f"  # {escape(Path(p.loc.file).name)}:{p.loc.line}" if p.loc.line else ""
             lines.append(f"        {attribute_path(p.name)} = nn.Parameter(torch.empty({', '.join(map(str, p.shape))})){where}")
         lines += ["        self.reset_parameters()", "",
                   "    def reset_parameters(self):",
@@ -481,6 +505,18 @@ class _Generator:
         for method in self.methods:
             lines += [""] + method
         return "\n".join(lines) + "\n"
+
+
+def number(value: float) -> str:
+    """A constant as a Python literal; constants are finite (lowering refuses the others, with their place)."""
+    if not math.isfinite(value):
+        raise ValueError(f"internal: constant {value} reached the code generator")
+    return repr(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+def _tuple_literal(texts: list[str]) -> str:
+    items = ", ".join(string_literal(t) for t in texts)
+    return f"({items},)" if len(texts) == 1 else f"({items})"
 
 
 def attribute_path(name: str) -> str:

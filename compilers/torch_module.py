@@ -22,11 +22,12 @@ from torch import nn
 from seqdsl import passes
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
+from seqdsl.naming import MODULE_ATTRIBUTES
 
 from .torch_codegen import TORCH_CELLS, generate
 
 # Attributes of nn.Module a parameter must not shadow (`self.training = nn.Parameter(...)` would break it).
-_MODULE_ATTRS = set(dir(nn.Module())) | {"input_names", "output_names"}
+_MODULE_ATTRS = set(dir(nn.Module())) | MODULE_ATTRIBUTES
 
 
 def check_param_names(model: Model) -> None:

@@ -24,7 +24,8 @@ CODES: dict[str, tuple[str, str]] = {
     "E0108": ("spec root is not a mapping", "A spec is a mapping of sections: `sizes:`, `inputs:`, `params:`, ..."),
     "E0109": ("duplicate key",
               "A key appears twice in one mapping. YAML loaders usually keep the last one silently; seqdsl refuses, "
-              "since one of the two is a mistake."),
+              "since one of the two is a mistake. Keys are names read as Python reads identifiers (NFKC): `ﬁ` "
+              "and `fi` are the same key."),
     "E0110": ("YAML tags are not allowed",
               "Tags such as `!!python/object` can make YAML loaders construct objects or run code. Specs are "
               "untrusted text: seqdsl never constructs anything from a tag and refuses them all."),
@@ -62,7 +63,9 @@ CODES: dict[str, tuple[str, str]] = {
                                     "only inside a recurrent step."),
     "E0306": ("bad size", "Sizes are positive integers: `0`, `-4`, `3 / 2` (not whole) and `h / 0` are refused."),
     "E0307": ("unknown size", "A size expression names a size that is not declared (or declared later)."),
-    "E0308": ("name defined twice", "Each name is defined once per module: input, parameter, or equation."),
+    "E0308": ("name defined twice", "Each name is defined once per module: input, parameter, equation, or the "
+                                    "learned initial state `<state>_0` of `init: learned`. The model's outputs are "
+                                    "named apart from its inputs and parameters too: all are ONNX value names."),
     "E0309": ("unknown size override", "`--set NAME=VALUE` (or `sizes=` in the API) names no size of the spec."),
     "E0310": ("bad name", "Names are identifiers: letters, digits and `_`, not a Python keyword, not a function "
                           "name, not `B`, `T` or `t`, and not an attribute torch.nn.Module already uses."),

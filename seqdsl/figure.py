@@ -26,7 +26,7 @@ import graphviz
 from .ir import Graph, Loop, Model, Node, Scope, loop_of, scope_of
 from .ops import fmt
 
-_ID = re.compile(r"[A-Za-z0-9_.~@/]+")  # no `:`, which DOT reads as a port
+_ID = re.compile(r"[\w.~@/]+")  # spec names are (Unicode) identifiers; no `:`, which DOT reads as a port
 
 # How an op reads in a node (one entry per op of seqdsl.ops.OPS); attributes are written after it.
 SYMBOLS: dict[str, str] = {

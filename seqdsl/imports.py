@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import Location, SpecError, did_you_mean
 from .loader import Document, load_file
 from .lower import Unit
+from .naming import normalize
 from .schema import GraphModule, RecurrentModule, parse_module
 
 STD_ROOT = Path(__file__).resolve().parent.parent / "specs"
@@ -66,6 +67,7 @@ def _check_module_name(name: str, doc: Document, key: tuple[str | int, ...]) -> 
 def _import(session: _Session, target: str, doc: Document, key: tuple[str | int, ...]) -> Unit:
     loc = doc.loc(key)
     file_part, _, inner = target.partition("#")
+    inner = normalize(inner)  # a module name, read as Python reads identifiers; the file part is a path
     path = _resolve(session, file_part, Path(doc.file), loc)
     if path in session.chain:
         chain = session.chain[session.chain.index(path):] + [path]

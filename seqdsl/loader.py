@@ -26,6 +26,7 @@ from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
 from .errors import Location, SpecError, did_you_mean
+from .naming import normalize
 
 # Codes E0101-E0120 are documented in seqdsl/codes.py.
 
@@ -256,8 +257,11 @@ class _Builder:
                 key = self.key(key_ref, path)
                 sub = path + (key,)
                 if key in out:
-                    self.fail("E0109", f"duplicate key `{key}`", key_ref, sub, hint="remove or rename one of them",
-                              notes=[(self.at.of(self.keys[sub], sub), "first defined here")])
+                    first = self.keys[sub]
+                    raw = {_raw_key(key_ref), _raw_key(first)}
+                    same = f" (`{'` and `'.join(sorted(raw))}` are one name to Python: NFKC)" if len(raw) > 1 else ""
+                    self.fail("E0109", f"duplicate key `{key}`{same}", key_ref, sub,
+                              hint="remove or rename one of them", notes=[(self.at.of(first, sub), "first defined here")])
                 self.keys[sub] = key_ref
                 out[key] = self.value(value_ref, sub, depth + 1)
             return out
@@ -276,7 +280,7 @@ class _Builder:
                 self.fail("E0119", "merge keys (`<<`) are not supported", ref, parent,
                           hint="write the keys out, or alias the whole value")
             self.fail("E0111", "empty mapping key", ref, parent, found="an empty key", hint="write a name before `:`")
-        return node.value
+        return normalize(node.value)  # keys are names: read as Python reads identifiers
 
     def scalar(self, node: ScalarNode, path: PathT) -> Any:
         text, tag = node.value, node.tag
@@ -326,6 +330,11 @@ class _Builder:
                           hint="write `.inf` if you mean infinity")
             return value
         return None
+
+
+def _raw_key(ref: Node | _Alias) -> str:
+    """A key as written, before NFKC normalisation."""
+    return str((ref.target if isinstance(ref, _Alias) else ref).value)
 
 
 def _kind(value: Any) -> str:

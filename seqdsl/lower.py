@@ -24,6 +24,7 @@ from . import expr as E
 from .errors import Location, SpecError, did_you_mean
 from .ir import Graph, Model, Node, Param, Scope, Shape, loop_of
 from .loader import Document
+from .naming import MODULE_ATTRIBUTES, normalize
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
 from .schema import GraphModule, RecurrentModule
 
@@ -31,6 +32,7 @@ Module = RecurrentModule | GraphModule
 Path = tuple[str | int, ...]
 RESERVED = {"B", "T", "t"}
 OUTPUT_SELECTORS = {"final", "last"}  # in a recurrent module's outputs
+FLOAT32_MAX = 3.4028234663852886e38  # a constant that meets a tensor is a float32 in both backends
 
 
 @dataclass
@@ -48,9 +50,11 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     graph = Graph()
     params: dict[str, Param] = {}
     scopes: dict[str, Scope] = {}
-    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides or {}), bound={}, scopes=scopes)
-    _check_overrides(unit, overrides or {})
+    overrides = {normalize(k) if isinstance(k, str) else k: v for k, v in (overrides or {}).items()}
+    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides), bound={}, scopes=scopes)
+    _check_overrides(unit, overrides)
     lowering.run()
+    _check_onnx_names(lowering, params)
     name = name or unit.module.name or "model"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", name):
         raise SpecError("E0310", f"`{name}` cannot name a model", unit.doc.loc(unit.path + ("name",)),
@@ -63,6 +67,18 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     model.warnings = unused_values(graph)
     model.sources = spec_sources(unit)
     return model
+
+
+def _check_onnx_names(lowering: "_ModuleLowering", params: dict[str, Param]) -> None:
+    """The model's inputs, outputs and parameters are ONNX value names as the spec writes them, and ONNX wants
+    every value name once: an output may not be named like an input or a parameter."""
+    for name in lowering.mod.outputs:
+        clash = "an input" if name in lowering.mod.inputs else "a parameter" if name in params else None
+        if clash:
+            raise SpecError("E0308", f"output `{name}` has the name of {clash}", lowering.key_loc("outputs", name),
+                            expected="a name of its own: the model's inputs, outputs and parameters are the ONNX "
+                                     "file's value names, each used once",
+                            hint=f"rename the output, e.g. `{name}_out`")
 
 
 def spec_sources(unit: Unit) -> dict[str, str]:
@@ -136,6 +152,8 @@ class _ModuleLowering:
         self.resolve_sizes()
         inputs = self.declare_inputs()
         self.declare_params()
+        for key in self.mod.outputs:
+            self.check_name(key, self.key_loc("outputs", key), "output")
         if isinstance(self.mod, RecurrentModule):
             from .recurrence import RecurrentLowering  # a module of its own; it builds on this one
 
@@ -163,6 +181,8 @@ class _ModuleLowering:
         or ``S``, not declared as sizes) stay symbolic."""
         out: list[int | str] = []
         for i, dim in enumerate(dims):
+            if isinstance(dim, str) and normalize(dim).isidentifier():
+                dim = normalize(dim)  # a name, read as Python reads identifiers
             symbolic = isinstance(dim, str) and dim.isidentifier() and dim.isupper() and dim not in self.sizes
             if symbolic:
                 if (dim == "B") != (i == 0):
@@ -204,6 +224,7 @@ class _ModuleLowering:
             names = [n.strip() for n in key.split(",")]
             for name in names:
                 self.check_name(name, self.key_loc("params", key), "parameter")
+                self.check_attribute(name, self.key_loc("params", key), "parameter")
                 if name in self.param_names or name in self.mod.inputs:
                     raise SpecError("E0308", f"`{name}` is declared twice", self.key_loc("params", key))
                 shape = self.resolve_shape(decl.shape, "params", key, "shape")
@@ -213,6 +234,15 @@ class _ModuleLowering:
                 full = self.prefix + name
                 self.params[full] = Param(full, shape, decl.init, self.key_loc("params", key))  # type: ignore[arg-type]
                 self.param_names[name] = full
+
+    def check_attribute(self, name: str, loc: Location, what: str) -> None:
+        """Parameters, and calls (whose parameters live under the call's name), are attributes of the generated
+        nn.Module: they may not replace one of its own."""
+        if name in MODULE_ATTRIBUTES:
+            raise SpecError("E0310", f"`{name}` cannot name a {what}: it is an attribute of torch.nn.Module and of "
+                            "the generated Model", loc, expected="a name that is not one of nn.Module's attributes "
+                            "(forward, parameters, state_dict, training, ...) nor reset_parameters",
+                            hint=f"rename it, e.g. `{name}_{'w' if what == 'parameter' else 'block'}`")
 
     def check_name(self, name: str, loc: Location, what: str) -> None:
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in RESERVED \
@@ -263,6 +293,7 @@ class _Env:
         self.param_nodes: dict[str, str] = {}
         self.delays = delays  # state name -> `state` node, inside a recurrent step
         self.locs: dict[str, Location] = {}
+        self.key_locs: dict[str, Location] = {}  # where each equation's name is written
 
     # ----------------------------------------------------------------------------------------- equations
 
@@ -278,7 +309,8 @@ class _Env:
             for n in names:
                 if n == "_" and len(names) > 1:
                     continue  # `_, b: chunk(x, 2)` discards a piece
-                self.owner.check_name(n, self.owner.doc.key_loc(self.owner.unit.path + path), "value")
+                self.key_locs[n] = self.owner.doc.key_loc(self.owner.unit.path + path)
+                self.owner.check_name(n, self.key_locs[n], "value")
                 if n in targets or n in self.values or n in self.owner.param_names:
                     raise SpecError("E0308", f"`{n}` is defined twice", self.owner.doc.key_loc(self.owner.unit.path + path),
                                     hint="each name is defined once per module; rename one of them")
@@ -379,6 +411,12 @@ class _Env:
         loc = self.at(base, e)
         if op in _FOLD and inputs and all(self.graph[i].op == "const" for i in inputs):
             return self.fold(op, inputs, loc, attrs)
+        for i in inputs:  # folding is exact (float64); a constant that meets a tensor is a float32
+            if self.graph[i].op == "const" and abs(self.graph[i].attrs["value"]) > FLOAT32_MAX:
+                value = self.graph[i].attrs["value"]
+                raise SpecError("E0403", f"this constant overflows float32: it is {value:.6g}", self.graph[i].loc,
+                                expected=f"at most {FLOAT32_MAX:.4g} in magnitude (the tensors are float32)",
+                                hint="check the number or the arithmetic on it")
         shapes = [self.graph[i].shape for i in inputs]
         dtypes = [self.graph[i].dtype for i in inputs]
         try:
@@ -405,6 +443,9 @@ class _Env:
         return node.removeprefix(self.owner.prefix)
 
     def const(self, value: float, loc: Location) -> str:
+        if not math.isfinite(value):
+            raise SpecError("E0403", f"this constant is not a finite number: it computes to {value}", loc,
+                            expected="a finite number", hint="check the number or the arithmetic on it")
         name = self.graph.fresh(self.owner.prefix + "const")
         self.graph.add(Node(name, "const", attrs={"value": float(value)}, shape=(), loc=loc))
         return name
@@ -564,6 +605,7 @@ class _Env:
         callee = self.owner.unit.modules[e.func]
         cmod = callee.module
         loc = self.at(base, e)
+        self.owner.check_attribute(name, self.key_locs.get(name, loc), "module call")  # its parameters: `name.W`
         inputs = list(cmod.inputs)
         if len(e.args) > len(inputs):
             raise SpecError("E0316", f"`{e.func}` takes {len(inputs)} input(s), got {len(e.args)}", loc,

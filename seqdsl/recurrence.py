@@ -13,6 +13,7 @@ from . import expr as E
 from .errors import SpecError, did_you_mean
 from .ir import Graph, Loop, LoopOutput, Node, Param, Shape
 from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value
+from .naming import learned_state, normalize
 from .ops import ShapeError, fmt, infer
 
 
@@ -27,7 +28,8 @@ class RecurrentLowering:
     def run(self) -> dict[str, str]:
         owner, rec = self.owner, self.rec
         decls = owner.mod.inputs
-        over = rec.over if rec.over is not None else [k for k, d in decls.items() if d.shape[:2] == ["B", "T"]]
+        over = [normalize(o) for o in rec.over] if rec.over is not None else [
+            k for k, d in decls.items() if d.shape[:2] == ["B", "T"]]
         for name in over:
             if name not in decls:
                 raise SpecError("E0301", f"`over` names `{name}`, which is not an input", owner.loc("recurrent", "over"),
@@ -103,7 +105,8 @@ class RecurrentLowering:
                                 expected=fmt(state_shapes[key]), found=fmt(update.shape),
                                 notes=[(owner.loc("recurrent", "state", key), f"`{key}` is declared here")])
             updates.append(update.name)
-        inits = [self.initial_state(key, state_shapes[key], over, captures) for key in states]
+        env_names = set(env.values) | set(states)
+        inits = [self.initial_state(key, state_shapes[key], over, captures, env_names) for key in states]
         returns, out_names = self.returns(env)
         sequences = [self.inputs[k] for k in over]
         if rec.lengths is not None:
@@ -133,7 +136,7 @@ class RecurrentLowering:
         if self.steps is None:
             raise SpecError("E0409", "`stop` ends a block of `steps: L`; a block over a sequence ends with it", loc,
                             hint="add `steps: L` (the most steps to run) and drop the sequence input")
-        value = env.values.get(stop.when)
+        value = env.values.get(normalize(stop.when))
         node = env.graph[value.node] if value is not None and value.node else None
         if node is None or node.shape != ("B",) or node.dtype != "int64":
             raise SpecError("E0403", "`stop.when` must name an int64 step value of shape [B], such as a token",
@@ -152,7 +155,7 @@ class RecurrentLowering:
         """``lengths: n``: at a padded step (t >= n[b]) every state keeps its value and every per-step output is 0,
         so padding changes nothing (as PyTorch's packed sequences and ONNX's sequence_lens). The mask is one more
         sequence read by the step; ``updates`` and ``returns`` are rewritten in place."""
-        owner, key = self.owner, self.rec.lengths
+        owner, key = self.owner, normalize(str(self.rec.lengths))
         loc = owner.loc("recurrent", "lengths")
         if key not in self.inputs:
             raise SpecError("E0301", f"`lengths` names `{key}`, which is not an input", loc,
@@ -224,9 +227,25 @@ class RecurrentLowering:
                     seen.add(n)
                     stack += env.graph[n].inputs  # type: ignore[index]
 
-    def initial_state(self, key: str, shape: Shape, over: list[str], captures: list[str]) -> str:
-        owner = self.owner
-        init = self.rec.state[key].init
+    def learned_name(self, key: str, values: set[str]) -> str:
+        """The name of state ``key``'s learned initial value (`seqdsl.naming.learned_state`), which no other name
+        of the module may take: it is a parameter, an attribute of the module and an ONNX initializer."""
+        name = learned_state(key)
+        mod = self.owner.mod
+        taken = ("a parameter" if name in self.owner.param_names else "an input" if name in mod.inputs
+                 else "a size" if name in mod.sizes else "an output" if name in mod.outputs
+                 else "a state or step value" if name in values else None)
+        if taken:
+            raise SpecError("E0308", f"`{name}` is the learned initial state of `{key}`, but it is also {taken}",
+                            self.owner.loc("recurrent", "state", key, "init"),
+                            expected=f"`init: learned` makes the parameter `{name}`; no other name of this module "
+                                     "may be the same", hint=f"rename the other `{name}`")
+        self.owner.check_attribute(name, self.owner.loc("recurrent", "state", key, "init"), "learned initial state")
+        return name
+
+    def initial_state(self, key: str, shape: Shape, over: list[str], captures: list[str], values: set[str]) -> str:
+        owner, env_names = self.owner, values
+        init = normalize(self.rec.state[key].init)
         loc = owner.loc("recurrent", "state", key)
         ref = self.inputs[(over or captures)[0]] if (over or captures) else None
         if init == "zeros" or init == "learned":
@@ -236,7 +255,7 @@ class RecurrentLowering:
             if init == "zeros":
                 name = self.graph.fresh(owner.prefix + key + "_init")
                 return self.graph.add(Node(name, "zeros", [ref], {"shape": shape[1:]}, shape, loc=loc)).name
-            pname = owner.prefix + key + "_0"
+            pname = owner.prefix + self.learned_name(key, env_names)
             owner.params[pname] = Param(pname, tuple(shape[1:]), "zeros", loc)  # type: ignore[arg-type]
             pnode = self.graph.add(Node(self.graph.fresh(pname), "param", attrs={"name": pname, "shape": shape[1:]},
                                         shape=shape[1:], loc=loc))

@@ -1,7 +1,8 @@
 """Spec text that is copied into what a build writes as *data* (ONNX doc strings and metadata, build.json):
 the one place that makes it plain, printable and bounded.
 
-Spec text is untrusted. Here it never becomes source code (``model.py`` takes names only as checked identifiers),
+Spec text is untrusted. Here it never becomes source code (``model.py`` takes names only as checked identifiers
+and other text only through `seqdsl.naming.escape`),
 but a doc string is shown by tools such as Netron and onnx's printer: control and bidirectional-override
 characters could make it display something other than what it holds, and an unbounded one would bloat the file.
 """

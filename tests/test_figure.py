@@ -175,6 +175,25 @@ def test_png_is_a_png():
     assert MARK.encode() in data[:200]
 
 
+def test_unicode_names_draw():
+    spec = """
+sizes: {d: 3, état: 4}
+inputs: {x: [B, T, d]}
+params: {W_α: [état, d], U_隐: [état, état]}
+recurrent:
+  state: {h: [B, état]}
+  step:
+    α: tanh(W_α @ x + U_隐 @ h[t-1])
+    h: α
+outputs: {y: h}
+"""
+    model = seqdsl.loads(spec)
+    rolled = svg_graph(render(figure(model), "svg"))[0]
+    assert "W_α @" in rolled["loop/α_linear"] and "α = tanh" in rolled["loop/α"]
+    unrolled = svg_graph(render(figure(model, unroll=2), "svg"))[0]
+    assert "W_α [4, 3]" in unrolled["loop@w"] and "U_隐 [4, 4]" in unrolled["loop@w"]
+
+
 def test_hostile_file_name_reaches_the_figure_escaped(tmp_path: Path):
     spec = tmp_path / 'a"b<c>&d\\e.yaml'
     spec.write_text((SPECS / "rnn.yaml").read_text())
