@@ -38,6 +38,16 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
+# how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
+MAX_NODES = typer.Option(30_000, "--max-nodes", min=1, help="Refuse a spec that lowers to more IR nodes.")
+MAX_DEPTH = typer.Option(32, "--max-depth", min=1, help="Refuse module calls nested deeper.")
+MAX_REPEAT = typer.Option(1_000, "--max-repeat", min=1, help="Refuse a larger `repeat=N`.")
+
+
+def _limits(nodes: int, depth: int, repeat: int) -> Any:
+    import seqdsl
+
+    return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -177,17 +187,19 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 
 @app.command()
 def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
-             sets: Optional[list[str]] = SETS, debug: bool = DEBUG) -> None:
+             sets: Optional[list[str]] = SETS, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
+             max_repeat: int = MAX_REPEAT, debug: bool = DEBUG) -> None:
     """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
     spec that is not; exit 2 if any failed."""
     import seqdsl
 
     sizes = _parse_sets(sets)
+    limits = _limits(max_nodes, max_depth, max_repeat)
     files = _spec_files(specs)
     failed = 0
     for spec in files:
         try:
-            model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
         except typer.Exit as stop:
             if stop.exit_code != 2 or len(files) == 1:
                 raise
@@ -230,6 +242,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="Length of a time axis: --axis-len S=12 (repeatable). A model with several time axes "
                    "(seq2seq: S and T) unrolls each to its own length; every axis not given defaults to --seq-len "
                    "with --unroll. Also the length used for the check against PyTorch."),
+          max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
@@ -245,7 +258,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     with _progress("building", STAGES) as stage:
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
-                                                 progress=stage, **limits))
+                                                 progress=stage, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -427,6 +441,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
             seq_len: int = typer.Option(100, "--seq-len", min=1,
                                         help="T (every time axis) for the costs and the activation memory."),
             as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+            max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
             debug: bool = DEBUG) -> None:
     """Summarise a spec without building it: inputs, outputs, parameters per module, and per module (nested as the
     calls nest) output shapes, parameters, FLOPs per step and per sequence, and training activation memory."""
@@ -434,7 +449,8 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
     from seqdsl.summary import CONVENTION, params_by_module, summarize
 
     sizes = _parse_sets(sets)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+    limits = _limits(max_nodes, max_depth, max_repeat)
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
     if as_json:
         print(json.dumps({"sizes": model.sizes, **summary.to_json()}, indent=2))
@@ -477,6 +493,7 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
           module: Optional[str] = typer.Option(None, "--module", help="Draw one module of the spec on its own."),
           depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                               help="Draw module calls nested deeper than K as one box each."),
+          max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
     import seqdsl
@@ -487,9 +504,10 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
     if fmt not in render.FORMATS:
         _fail(f"error: -o {output}: the file name must end in .svg, .png or .dot", 2)
     sizes = _parse_sets(sets)
+    limits = _limits(max_nodes, max_depth, max_repeat)
 
     def action() -> bytes:
-        model = seqdsl.load(spec, sizes, module=module)
+        model = seqdsl.load(spec, sizes, limits, module=module)
         try:
             return render.render(figure(model, unroll=unroll, depth=depth), fmt)
         except render.RenderError as exc:

@@ -140,7 +140,7 @@ def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
         out = net(*(torch.from_numpy(inputs[n]) for n in net.input_names))
     out = out if isinstance(out, tuple) else (out,)
-    return {name: t.numpy() for name, t in zip(net.output_names, out)}
+    return {name: t.detach().numpy() for name, t in zip(net.output_names, out)}  # an output may be a parameter
 
 
 def check_lengths(model: Model, axis_lengths: dict[str, int] | None) -> None:
@@ -204,7 +204,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
-          progress: Callable[[str], None] | None = None) -> BuildResult:
+          progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -221,6 +221,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
     Before anything is allocated: at most ``max_params`` parameters, and the check run at most ``max_memory``
     bytes of values and ``max_steps`` loop steps (`seqdsl.footprint`), all within this machine's memory.
+    ``limits`` bounds how far the spec may expand while it is lowered (`seqdsl.Limits`).
     """
     def stage(name: str) -> None:
         assert name in STAGES, name
@@ -242,7 +243,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     if out_dir is not None:
         output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
     stage("checking the spec")
-    model = seqdsl.load(spec, sizes)
+    model = seqdsl.load(spec, sizes, limits)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})

@@ -12,9 +12,11 @@ from __future__ import annotations
 from . import expr as E
 from .errors import SpecError, did_you_mean
 from .ir import Graph, Loop, LoopOutput, Node, Param, Shape
-from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value
+from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value, check_output
 from .naming import learned_state, normalize
 from .ops import ShapeError, fmt, infer
+
+STATE_DTYPE = "float32"  # a state has no dtype of its own: its initial value and its update must be this
 
 
 class RecurrentLowering:
@@ -92,6 +94,7 @@ class RecurrentLowering:
                     raise SpecError("E0308", f"`{key}` is defined twice", owner.key_loc("recurrent", section, key))
                 equations[key] = (text, ("recurrent", section, key))
         env.lower_equations(equations)
+        self.equations = [normalize(n.strip()) for key in equations for n in key.split(",") if n.strip() != "_"]
         self.check_sections(env, equations, delays)
         updates = []
         for key in states:
@@ -104,6 +107,11 @@ class RecurrentLowering:
                 raise SpecError("E0403", f"the update of state `{key}` has the wrong shape", env.locs.get(key, update.loc),
                                 expected=fmt(state_shapes[key]), found=fmt(update.shape),
                                 notes=[(owner.loc("recurrent", "state", key), f"`{key}` is declared here")])
+            if update.dtype != STATE_DTYPE:
+                raise SpecError("E0403", f"the update of state `{key}` holds {update.dtype}, but states are "
+                                f"{STATE_DTYPE}", env.locs.get(key, update.loc), expected=STATE_DTYPE,
+                                found=update.dtype, hint="carry token ids as float logits (argmax them in the step), "
+                                                         "or keep them as a step value rather than a state")
             updates.append(update.name)
         env_names = set(env.values) | set(states)
         inits = [self.initial_state(key, state_shapes[key], over, captures, env_names) for key in states]
@@ -255,6 +263,9 @@ class RecurrentLowering:
             if init == "zeros":
                 name = self.graph.fresh(owner.prefix + key + "_init")
                 return self.graph.add(Node(name, "zeros", [ref], {"shape": shape[1:]}, shape, loc=loc)).name
+            if len(shape) < 2:  # the parameter would be a scalar, which parameters never are (see ParamDecl)
+                raise SpecError("E0404", f"a learned initial state needs an axis besides B, but `{key}` is {fmt(shape)}",
+                                loc, expected="[B, n]", found=fmt(shape), hint=f"declare `{key}` as [B, 1]")
             pname = owner.prefix + self.learned_name(key, env_names)
             owner.params[pname] = Param(pname, tuple(shape[1:]), "zeros", loc)  # type: ignore[arg-type]
             pnode = self.graph.add(Node(self.graph.fresh(pname), "param", attrs={"name": pname, "shape": shape[1:]},
@@ -265,9 +276,12 @@ class RecurrentLowering:
             raise SpecError("E0301", f"initial value `{init}` of state `{key}` is not an input", loc,
                             expected="zeros, learned, or an input name", hint=did_you_mean(init, self.inputs))
         node = self.graph[self.inputs[init]]
-        if node.shape != shape:
+        if node.shape != shape or node.dtype != STATE_DTYPE:
             raise SpecError("E0403", f"input `{init}` cannot initialise state `{key}`", loc,
-                            expected=fmt(shape), found=fmt(node.shape))
+                            expected=f"{STATE_DTYPE} {fmt(shape)}", found=f"{node.dtype} {fmt(node.shape)}",
+                            notes=[(node.loc, f"`{init}` is declared here")],
+                            hint=f"states are {STATE_DTYPE}: declare `{init}` with the state's shape and no int64 dtype"
+                            if node.dtype != STATE_DTYPE else None)
         return node.name
 
     def returns(self, env: _Env) -> tuple[list[tuple[LoopOutput, Shape]], list[str]]:
@@ -280,13 +294,15 @@ class RecurrentLowering:
             kind = "all"
             if isinstance(expr, E.Call) and expr.func in OUTPUT_SELECTORS and len(expr.args) == 1:
                 kind, expr = expr.func, expr.args[0]
-            if not isinstance(expr, E.Name) or expr.id not in env.values or env.values[expr.id].node is None:
+            if not isinstance(expr, E.Name) or expr.id not in self.equations or env.values[expr.id].node is None:
                 raise SpecError("E0408", "a recurrent module's output names a step value", loc,
-                                expected="`h` (every step, [B, T, ...]), `final(h)` (after the last step) or `last(h)` "
-                                         "(at position T-1)", found=repr(text),
-                                hint=did_you_mean(expr.id, env.values) if isinstance(expr, E.Name) else None)
+                                expected="an equation of the block (encoder, step or decoder): `h` (every step, "
+                                         "[B, T, ...]), `final(h)` (after the last step) or `last(h)` (at position T-1)",
+                                found=repr(text),
+                                hint=did_you_mean(expr.id, self.equations) if isinstance(expr, E.Name) else None)
             node = env.values[expr.id].node
             assert node is not None
+            check_output(env.graph[node], name, loc)
             shape = env.graph[node].shape
             if kind == "all":
                 shape = (shape[0], self.time, *shape[1:])

@@ -44,7 +44,7 @@ class ParamDecl(_Strict):
     length of a vector, as nn.Linear), ``normal`` (N(0, 1), as nn.Embedding), ``zeros`` or ``ones``.
     """
 
-    shape: list[Dim]
+    shape: list[Dim] = Field(min_length=1)  # a scalar is [1]: backends and the fan-in of `uniform` need an axis
     init: Literal["uniform", "normal", "zeros", "ones"] = "uniform"
 
 
@@ -93,7 +93,7 @@ class _ModuleBase(_Strict):
     # `Union[..., list[Dim]]` only tells editors (JSON Schema) about the shorthand; the validator expands it.
     inputs: dict[str, Union[TensorDecl, list[Dim]]]
     params: dict[str, Union[ParamDecl, list[Dim]]] = Field(default_factory=dict)
-    outputs: dict[str, str]
+    outputs: dict[str, str] = Field(min_length=1)  # a module that returns nothing computes nothing
     modules: dict[str, "Module"] = Field(default_factory=dict)
     imports: dict[str, str] = Field(default_factory=dict)  # Name: path.yaml[#Module] or std:path.yaml
 
@@ -182,7 +182,8 @@ def _to_spec_error(doc: Document, err: Any) -> SpecError:
         )
     found = _describe(err.get("input"))
     expected = _EXPECTED.get(kind, err["msg"])
-    hint = "see `seqdsl schema` for the shape of every section"
+    hint = _SHORT_HINTS.get(str(path[-1]) if path else "", "see `seqdsl schema` for the shape of every section") \
+        if kind == "too_short" else "see `seqdsl schema` for the shape of every section"
     if kind == "literal_error":
         expected = err["msg"].removeprefix("Input should be ")
         options = [o.strip(" '") for o in expected.replace(" or ", ", ").split(",")]
@@ -248,6 +249,7 @@ _EXPECTED = {
     "dict_type": "a mapping (key: value lines)",
     "list_type": "a list such as [B, T, d]",
     "bool_type": "true or false",
+    "too_short": "at least one entry",
 }
 
 _MISSING_HINTS = {
@@ -257,6 +259,12 @@ _MISSING_HINTS = {
     "state": "declare the state, e.g. `state: {h: [B, h]}`",
     "graph": "a module needs `graph:` equations or a `recurrent:` block",
     "shape": "give the shape as a list, e.g. `[B, h]`",
+}
+
+
+_SHORT_HINTS = {
+    "outputs": "name what the module returns, e.g. `outputs: {y: h}`",
+    "shape": "a parameter has at least one axis: write a scalar as `[1]`",
 }
 
 
