@@ -102,17 +102,31 @@ def example_inputs(model: Model, batch: int, steps: int, seed: int = 0,
                    lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs for ``model`` with B=batch and T=steps; other time axes (S, ...) get other lengths so
     that mixing them up cannot go unnoticed, unless ``lengths`` gives them (``{"S": 6}``; it may give T too).
-    Token ids stay below the embedding's vocabulary."""
+    Token ids stay below the embedding's vocabulary; a block's ``lengths:`` are 1 .. the sequence's length."""
     rng = np.random.default_rng(seed)
     axes = _axis_lengths(model, batch, steps, lengths)
+    lengths_of = _lengths_inputs(model)
     out: dict[str, np.ndarray] = {}
     for node in model.input_nodes():
         shape = [axes[d] if isinstance(d, str) else d for d in node.shape]
-        if node.dtype == "int64":
+        if node.name in lengths_of:  # a `lengths:` input: 1 .. the length of the sequences it measures
+            axis = lengths_of[node.name]
+            out[node.name] = rng.integers(1, (axes[axis] if isinstance(axis, str) else axis) + 1, size=shape,
+                                          dtype=np.int64)
+        elif node.dtype == "int64":
             out[node.name] = rng.integers(0, _vocab_for(model, node.name), size=shape, dtype=np.int64)
         else:
             out[node.name] = rng.standard_normal(shape).astype(np.float32)
     return out
+
+
+def _lengths_inputs(model: Model) -> dict[str, str | int]:
+    """Inputs that are a block's ``lengths:`` -> the time axis of the sequence they measure."""
+    from seqdsl.ir import all_nodes
+
+    graph = model.graph
+    return {n.inputs[0]: graph[n.inputs[1]].shape[1] for n in all_nodes(graph) if n.op == "sequence_mask"
+            and n.inputs[0] in model.inputs and n.inputs[1] in graph.nodes}
 
 
 def _vocab_for(model: Model, input_name: str) -> int:
@@ -234,6 +248,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
     from seqdsl.passes import optimize
     from seqdsl.passes import unroll as unroll_pass
+    from seqdsl.passes.unroll import UnrollError
 
     from .build_record import onnx_form, onnx_forms, provenance
     from .onnx_export import export, set_weights
@@ -257,7 +272,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
         try:
             exported, changed = unroll_pass(optimize(model) if optimize_passes else model, wanted)
-        except ValueError as exc:
+        except UnrollError as exc:  # what the request asks cannot be done; anything else is a seqdsl bug
             raise UsageError(f"--unroll: {exc}") from None
         if changed:
             unrolled_lengths = wanted

@@ -89,12 +89,12 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.outputs: dict[str, str] = {}
-        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add
+        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add: `fresh` avoids them
         self._suffix: dict[str, int] = {}  # see `fresh`
 
     def add(self, node: Node) -> Node:
-        if node.name in self.nodes:
-            raise ValueError(f"internal: node `{node.name}` defined twice")
+        if node.name in self.nodes:  # a broken invariant of a pass, never the user's mistake (exit 1, not 2)
+            raise AssertionError(f"internal: node `{node.name}` defined twice")
         self.nodes[node.name] = node
         return node
 
@@ -108,11 +108,12 @@ class Graph:
         return len(self.nodes)
 
     def fresh(self, base: str, avoid: set[str] | frozenset[str] = frozenset()) -> str:
-        """A node name not yet used (nor in ``avoid``), derived from ``base``."""
-        if base not in self.nodes and base not in avoid:
+        """A node name not yet used (nor reserved, nor in ``avoid``), derived from ``base``."""
+        taken = lambda name: name in self.nodes or name in self.reserved or name in avoid  # noqa: E731
+        if not taken(base):
             return base
         i = self._suffix.get(base, 1)  # where the last search for ``base`` ended: n fresh names cost O(n), not O(n²)
-        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in avoid:
+        while taken(f"{base}_{i}"):
             i += 1
         self._suffix[base] = i
         return f"{base}_{i}"
@@ -173,6 +174,9 @@ def _verify_loop(node: Node) -> None:
     loop.body.verify()
     for name in loop.updates + [r.node for r in loop.returns]:
         assert name in loop.body.nodes, f"loop `{node.name}` refers to missing body node `{name}`"
+    # one return per (value, kind): outputs naming the same value share it (their item, or the graph output)
+    returned = [(r.node, r.kind) for r in loop.returns]
+    assert len(set(returned)) == len(returned), f"loop `{node.name}` returns a value twice: {returned}"
     for b in loop.body:
         if b.op in ("state", "step_input", "capture"):
             limit = {"state": loop.n_states, "step_input": loop.n_sequences, "capture": loop.n_captures}[b.op]

@@ -183,7 +183,7 @@ def _leaf(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tupl
 
 
 def _zeros(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
-    return ("B", *attrs["shape"]), "float32"
+    return ("B", *attrs["shape"]), attrs.get("dtype", "float32")
 
 
 def _expand_batch(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
@@ -418,10 +418,11 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("first", _time_slice, (1, 1), user=True, doc="first(x): x[:, 0] for a sequence (B, T, ...)"),
     # structural
     _op("slice", _slice, (1, 1), doc="x[..., start:stop] along attrs axis (from chunk/split)"),
-    _op("zeros", _zeros, (1, 1), doc="zeros (B, *shape); input gives B"),
+    _op("zeros", _zeros, (1, 1), doc="zeros (B, *shape) of attr dtype (float32 by default); input gives B"),
     _op("expand_batch", _expand_batch, (2, 2), doc="a (...) value repeated over B; second input gives B"),
     _op("time_slice", _time_slice, (1, 1), doc="x[:, index] (unrolling)"),
-    _op("sequence_mask", _sequence_mask, (2, 2), doc="(B, T) 1.0 where t < lengths[b], read off a sequence"),
+    _op("sequence_mask", _sequence_mask, (2, 2), doc="(B, T) 1.0 where t < lengths[b] (attr only_last: where t == "
+                                                        "lengths[b] - 1), read off a sequence"),
     _op("select", _select, (3, 3), doc="where(mask > 0, a, b): keep a state through padding"),
     _op("stack", _stack, (1, -1), doc="stack over a new time axis 1 (unrolling)"),
     _op("loop", _leaf, (0, -1), doc="a recurrent block; see ir.Loop"),
