@@ -430,6 +430,21 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         print(f"wrote {', '.join(written)}")
 
 
+def _si(n: int) -> str:
+    """1234567 -> "1.23 M" (FLOPs and MACs read at a glance)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return str(n)
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale * 1000 / 1024:  # 1,000 KiB reads as 0.977 MiB
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
 @app.command()
 def train(spec: Path = typer.Argument(..., help="The spec file."),
           data: Path = typer.Option(..., "--data", help="Training data: an .npz with one array per model input "
@@ -554,15 +569,24 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
 
 @app.command()
 def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
+            batch: int = typer.Option(1, "--batch", min=1, help="B for the costs and the activation memory."),
+            seq_len: int = typer.Option(100, "--seq-len", min=1,
+                                        help="T (every time axis) for the costs and the activation memory."),
+            as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
             max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
             debug: bool = DEBUG) -> None:
-    """Show a spec's inputs, outputs and parameters per module, without building anything."""
+    """Summarise a spec without building it: inputs, outputs, parameters per module, and per module (nested as the
+    calls nest) output shapes, parameters, FLOPs per step and per sequence, and training activation memory."""
     import seqdsl
-    from seqdsl.summary import params_by_module
+    from seqdsl.summary import CONVENTION, params_by_module, summarize
 
     sizes = _parse_sets(sets)
     limits = _limits(max_nodes, max_depth, max_repeat)
     model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+    summary = _guard(debug, lambda: summarize(model, batch, seq_len))
+    if as_json:
+        print(json.dumps({"sizes": model.sizes, **summary.to_json()}, indent=2))
+        return
     g = model.graph
     out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
     for n in model.input_nodes():
@@ -575,6 +599,63 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
         table.add_row(group.module or "(top)", shapes, f"{group.count:,}")
     table.add_row("[bold]total[/bold]", "", f"[bold]{model.param_count:,}[/bold]")
     out.print(table)
+    cost = Table(title=f"costs at B={batch}, T={seq_len} (every time axis)", title_justify="left")
+    cost.add_column("module", no_wrap=True)
+    cost.add_column("outputs", no_wrap=True)
+    for column in ("params", "FLOPs/step", "FLOPs/seq", "activations"):
+        cost.add_column(column, justify="right", no_wrap=True)
+    for row in summary.modules[1:] + summary.modules[:1]:
+        local = row.path.rsplit(".", 1)[-1]
+        name = "[bold]total[/bold]" if not row.path else "  " * (row.depth - 1) + (
+            row.module if model.scopes[row.path].part else f"{local}: {row.module}")
+        outputs = "\n".join(f"{k} {v}" for k, v in row.outputs.items())
+        cost.add_row(name, outputs, f"{row.params:,}", _si(row.flops_per_step) if row.flops_per_step else "-",
+                     _si(row.flops), _bytes(row.activation_bytes))
+    Console(highlight=False, width=max(out.width, 120)).print(cost)  # read whole, even when piped
+    out.print(f"[dim]{CONVENTION}[/dim]")
+
+
+@app.command()
+def graph(spec: Path = typer.Argument(..., help="The spec file."),
+          output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                help="FILE.svg, FILE.png or FILE.dot [DOT on standard output]."),
+          unroll: Optional[int] = typer.Option(None, "--unroll", min=1, max=64,
+                                               help="Draw each recurrent block unrolled over N steps (Figure 2)."),
+          sets: Optional[list[str]] = SETS,
+          module: Optional[str] = typer.Option(None, "--module", help="Draw one module of the spec on its own."),
+          depth: Optional[int] = typer.Option(None, "--depth", min=0,
+                                              help="Draw module calls nested deeper than K as one box each."),
+          max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
+          debug: bool = DEBUG) -> None:
+    """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
+    import seqdsl
+    from seqdsl import render
+    from seqdsl.figure import figure
+
+    fmt = output.suffix.lower().lstrip(".") if output is not None else "dot"
+    if fmt not in render.FORMATS:
+        _fail(f"error: -o {output}: the file name must end in .svg, .png or .dot", 2)
+    sizes = _parse_sets(sets)
+    limits = _limits(max_nodes, max_depth, max_repeat)
+
+    def action() -> bytes:
+        model = seqdsl.load(spec, sizes, limits, module=module)
+        try:
+            return render.render(figure(model, unroll=unroll, depth=depth), fmt)
+        except render.RenderError as exc:
+            _fail(f"error: {exc}", 2)
+
+    data = _guard(debug, action)
+    if output is None:
+        sys.stdout.write(data.decode("utf-8"))
+        return
+    try:
+        render.write(output, data)
+    except render.RenderError as exc:
+        _fail(f"error: {exc}", 2)
+    except OSError as exc:
+        _fail(f"error: -o {output}: {exc.strerror or exc}", 2)
+    print(f"wrote {output}")
 
 
 @app.command()

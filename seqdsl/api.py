@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .budget import Limits
-from .errors import Location, SpecError
+from .errors import Location, SpecError, did_you_mean
 from .imports import unit_for
 from .ir import Model
 from .loader import Document, load_file, load_text
@@ -24,25 +24,34 @@ from .lower import build_model
 from .schema import parse_module
 
 
-def load(spec: str | Path, sizes: Mapping[str, int] | None = None, limits: Limits | None = None) -> Model:
-    """Load, validate and lower the spec file at ``spec``; ``sizes`` overrides its named sizes."""
-    return _lower(load_file(spec), sizes, limits)
+def load(spec: str | Path, sizes: Mapping[str, int] | None = None, limits: Limits | None = None,
+         module: str | None = None) -> Model:
+    """Load, validate and lower the spec file at ``spec``; ``sizes`` overrides its named sizes. ``module`` picks
+    one of the modules the spec defines or imports, lowered on its own (with its own default sizes)."""
+    return _lower(load_file(spec), sizes, limits, module)
 
 
 def loads(text: str, sizes: Mapping[str, int] | None = None, file: str = "<spec>",
-          limits: Limits | None = None) -> Model:
+          limits: Limits | None = None, module: str | None = None) -> Model:
     """Like `load`, from the text of a spec."""
-    return _lower(load_text(text, file), sizes, limits)
+    return _lower(load_text(text, file), sizes, limits, module)
 
 
-def _lower(doc: Document, sizes: Mapping[str, int] | None, limits: Limits | None = None) -> Model:
+def _lower(doc: Document, sizes: Mapping[str, int] | None, limits: Limits | None = None,
+           module: str | None = None) -> Model:
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError(f"limits must be a seqdsl.Limits, got {type(limits).__name__}")
     root = parse_module(doc)
     from_file = bool(doc.file) and not doc.file.startswith("<")
     unit = unit_for(doc, root, Path(doc.file).resolve().parent if from_file else None)
     stem = Path(doc.file).stem if from_file else "model"
+    if module is not None and module not in unit.modules:
+        raise SpecError("E0505", f"the spec has no module `{module}`", doc.loc(()),
+                        expected="one of " + ", ".join(unit.modules) if unit.modules else "a module under `modules:`",
+                        hint=did_you_mean(module, unit.modules))
     try:
+        if module is not None:
+            return build_model(unit.modules[module], sizes, name=module, limits=limits)
         return build_model(unit, sizes, name=root.name or stem, limits=limits)
     except RecursionError:  # only with a raised Limits.depth: Python's own stack ran out first
         raise SpecError("E0421", "module calls nested deeper than Python's stack allows", Location(doc.file, 1, 1),

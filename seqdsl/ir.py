@@ -186,6 +186,31 @@ def _verify_loop(node: Node) -> None:
             assert 0 <= b.attrs["index"] < limit, f"body node `{b.name}` index out of range"
 
 
+@dataclass(frozen=True)
+class Scope:
+    """One module call (``enc: GRU(x, direction=both)``), or a part of one (a layer of ``repeat=``, a direction).
+
+    Keyed in `Model.scopes` by its path, such as ``enc``, ``enc.fw`` or ``layers.0``: the nodes and parameters it
+    made are those whose names start with the path and a dot. For people (figures, summaries), not for passes.
+    """
+
+    module: str  # the called module's name
+    repeat: int | None = None  # N of ``repeat=N``
+    direction: str | None = None  # a recurrent callee's direction override
+    loc: Location = UNKNOWN
+    part: str = ""  # "" for the call itself, else "layer 0", "forward", "backward"
+
+
+def scope_of(name: str, scopes: dict[str, Scope]) -> str:
+    """The innermost scope path that made the node or parameter ``name`` ("" for the top level)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        path = ".".join(parts[:i])
+        if path in scopes:
+            return path
+    return ""
+
+
 @dataclass
 class TrainDefaults:
     """The spec's ``train:`` section (`seqdsl train`'s defaults): the values written, each with its location."""
@@ -206,6 +231,7 @@ class Model:
     source: str = "<spec>"
     warnings: list[Any] = field(default_factory=list)  # SpecErrors with W codes: builds, but probably not as meant
     train: TrainDefaults = field(default_factory=TrainDefaults)
+    scopes: dict[str, Scope] = field(default_factory=dict)  # module calls by path ("enc", "enc.fw", "layers.0")
     doc: str | None = None  # the spec's `doc:` (untrusted text: copy it only through seqdsl.text.plain_text)
     sources: dict[str, str] = field(default_factory=dict)  # every spec file read (the spec, then its imports): sha256
 

@@ -27,7 +27,7 @@ from . import expr as E
 from .budget import Budget, Limits
 from .errors import Location, SpecError, did_you_mean
 from .init import resolve as resolve_init
-from .ir import Graph, Model, Node, Param, Shape, TrainDefaults, loop_of, used_params
+from .ir import Graph, Model, Node, Param, Scope, Shape, TrainDefaults, loop_of, used_params
 from .loader import Document
 from .naming import MODULE_ATTRIBUTES, normalize
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
@@ -58,10 +58,11 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
     bounds how far it may expand (`seqdsl.budget`)."""
     graph = Graph()
     params: dict[str, Param] = {}
+    scopes: dict[str, Scope] = {}
     if isinstance(overrides, Mapping):  # names are NFKC-normalised when loaded: the overrides' too
         overrides = {normalize(k) if isinstance(k, str) else k: v for k, v in overrides.items()}
     lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=check_overrides(unit, overrides), bound={},
-                               budget=Budget(limits))
+                               budget=Budget(limits), scopes=scopes)
     lowering.run()
     _check_onnx_names(lowering, params)
     name = name or unit.module.name or "model"
@@ -71,7 +72,7 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                         hint="for example `name: my_lstm`")
     model = Model(name=name, graph=graph, params=params,
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
-                  doc=unit.module.doc, train=_train_defaults(unit))
+                  doc=unit.module.doc, train=_train_defaults(unit), scopes=scopes)
     model.verify()
     model.warnings = unused_values(graph) + unused_params(model)
     model.sources = spec_sources(unit)
@@ -184,9 +185,10 @@ class _ModuleLowering:
 
     def __init__(self, unit: Unit, graph: Graph, params: dict[str, Param], prefix: str,
                  sizes_in: dict[str, int], bound: dict[str, str], budget: Budget, call_loc: Location | None = None,
-                 direction: str | None = None):
+                 direction: str | None = None, scopes: dict[str, Scope] | None = None):
         self.unit, self.mod, self.doc = unit, unit.module, unit.doc
         self.budget = budget
+        self.scopes = scopes if scopes is not None else {}  # the model's call scopes, shared by every instance
         self.direction = direction  # a caller's override of a recurrent block's direction
         self.graph, self.params, self.prefix = graph, params, prefix
         self.sizes_in, self.bound, self.call_loc = sizes_in, bound, call_loc
@@ -736,8 +738,15 @@ class _Env:
         if missing:
             raise SpecError("E0316", f"`{e.func}(...)` is missing input(s) " + ", ".join(f"`{m}`" for m in missing), loc)
         outputs: dict[str, str] = {}
+        scopes = self.owner.scopes
+        scopes[self.owner.prefix + name] = Scope(e.func, repeat if numbered else None, direction, loc)
         for layer in range(repeat):
             prefix = self.owner.prefix + name + (f".{layer}." if numbered else ".")
+            if numbered:
+                scopes[prefix[:-1]] = Scope(e.func, None, direction, loc, part=f"layer {layer}")
+            if direction == "both":
+                scopes[prefix + "fw"] = Scope(e.func, None, "forward", loc, part="forward")
+                scopes[prefix + "bw"] = Scope(e.func, None, "reverse", loc, part="backward")
             if layer:
                 bound = {**bound, inputs[0]: next(iter(outputs.values()))}
             if direction == "both":
@@ -761,7 +770,7 @@ class _Env:
                 if isinstance(dim, str) and dim in callee.module.sizes and dim not in sizes and isinstance(got, int):
                     sizes[dim] = got
         lowering = _ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, self.owner.budget,
-                                   call_loc=loc, direction=direction)
+                                   call_loc=loc, direction=direction, scopes=self.owner.scopes)
         self.owner.budget.enter(loc, func)
         try:
             return lowering.run()

@@ -1,0 +1,88 @@
+"""Drawing DOT as SVG or PNG with a Graphviz program, and writing figures without clobbering other files.
+
+The program is graphviz-pure's (a dependency of seqdsl, installed from pip: the same bytes on every platform),
+else a system Graphviz ``dot``. graphviz-pure installs no ``dot`` so as never to shadow a system Graphviz, which is
+why this module finds the program itself rather than through the `graphviz` package (that one runs ``dot`` by
+name). The DOT goes in on standard input of an argument list: no shell, no file named by the spec.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+FORMATS = ("svg", "png", "dot")
+PROGRAMS = ("graphviz-pure", "dot")
+MARK = "made by seqdsl graph"  # in every file `write` makes; it overwrites no file without it
+
+
+class RenderError(Exception):
+    """A problem of the set-up or of the output path, not of the spec: no Graphviz, or a file in the way."""
+
+
+def program() -> str:
+    for name in PROGRAMS:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RenderError("no Graphviz program found: `pip install graphviz-pure` (a dependency of seqdsl), "
+                      "or install Graphviz so that `dot` is on PATH; or write the DOT text with -o FILE.dot")
+
+
+def render(source: str, fmt: str, timeout: float = 300.0) -> bytes:
+    """``source`` (DOT) drawn as ``fmt`` ("svg" or "png"; "dot" gives the source back), marked as ours."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r}")
+    if fmt == "dot":
+        return f"// {MARK}\n{source}".encode("utf-8")
+    try:
+        done = subprocess.run([program(), f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"Graphviz took more than {timeout:.0f} s; draw fewer nodes with --depth") from None
+    if done.returncode != 0 or not done.stdout:
+        reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError("Graphviz failed on seqdsl's DOT: " + (reason[-1] if reason else f"exit {done.returncode}"))
+    data = done.stdout
+    return _mark_png(data) if fmt == "png" else data.replace(b"<svg ", f"<!-- {MARK} -->\n<svg ".encode(), 1)
+
+
+def _mark_png(data: bytes) -> bytes:
+    """A PNG with a tEXt chunk ``Software: made by seqdsl graph`` after its header chunk."""
+    signature, header_end = data[:8], 8 + 4 + 4 + 13 + 4  # IHDR: length, type, 13 bytes, CRC
+    body = b"Software\x00" + MARK.encode("latin-1")
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    return signature + data[8:header_end] + chunk + data[header_end:]
+
+
+def is_ours(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return MARK.encode() in head
+
+
+def write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename; refuse to replace a file not made here."""
+    if path.exists() and (not path.is_file() or not is_ours(path)):
+        raise RenderError(f"{path} exists and was not made by `seqdsl graph`; remove it or choose another name")
+    if not path.parent.is_dir():
+        raise RenderError(f"{path.parent} is not a directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's private 0600
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
