@@ -38,6 +38,16 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
+# how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
+MAX_NODES = typer.Option(30_000, "--max-nodes", min=1, help="Refuse a spec that lowers to more IR nodes.")
+MAX_DEPTH = typer.Option(32, "--max-depth", min=1, help="Refuse module calls nested deeper.")
+MAX_REPEAT = typer.Option(1_000, "--max-repeat", min=1, help="Refuse a larger `repeat=N`.")
+
+
+def _limits(nodes: int, depth: int, repeat: int) -> Any:
+    import seqdsl
+
+    return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -177,17 +187,19 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 
 @app.command()
 def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
-             sets: Optional[list[str]] = SETS, debug: bool = DEBUG) -> None:
+             sets: Optional[list[str]] = SETS, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
+             max_repeat: int = MAX_REPEAT, debug: bool = DEBUG) -> None:
     """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
     spec that is not; exit 2 if any failed."""
     import seqdsl
 
     sizes = _parse_sets(sets)
+    limits = _limits(max_nodes, max_depth, max_repeat)
     files = _spec_files(specs)
     failed = 0
     for spec in files:
         try:
-            model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
         except typer.Exit as stop:
             if stop.exit_code != 2 or len(files) == 1:
                 raise
@@ -230,6 +242,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="Length of a time axis: --axis-len S=12 (repeatable). A model with several time axes "
                    "(seq2seq: S and T) unrolls each to its own length; every axis not given defaults to --seq-len "
                    "with --unroll. Also the length used for the check against PyTorch."),
+          max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           weights: Optional[Path] = typer.Option(
               None, "--weights",
               help="Trained weights (a .safetensors file keyed by the spec's parameter names, what "
@@ -253,7 +266,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     with _progress("building", STAGES) as stage:
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
-                                                 progress=stage, weights=weights, triton=triton, **limits))
+                                                 progress=stage, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 weights=weights, triton=triton, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -418,13 +432,15 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
 
 @app.command()
 def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optional[list[str]] = SETS,
+            max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
             debug: bool = DEBUG) -> None:
     """Show a spec's inputs, outputs and parameters per module, without building anything."""
     import seqdsl
     from seqdsl.summary import params_by_module
 
     sizes = _parse_sets(sets)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes))
+    limits = _limits(max_nodes, max_depth, max_repeat)
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
     g = model.graph
     out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
     for n in model.input_nodes():

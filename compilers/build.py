@@ -105,17 +105,31 @@ def example_inputs(model: Model, batch: int, steps: int, seed: int = 0,
                    lengths: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs for ``model`` with B=batch and T=steps; other time axes (S, ...) get other lengths so
     that mixing them up cannot go unnoticed, unless ``lengths`` gives them (``{"S": 6}``; it may give T too).
-    Token ids stay below the embedding's vocabulary."""
+    Token ids stay below the embedding's vocabulary; a block's ``lengths:`` are 1 .. the sequence's length."""
     rng = np.random.default_rng(seed)
     axes = _axis_lengths(model, batch, steps, lengths)
+    lengths_of = _lengths_inputs(model)
     out: dict[str, np.ndarray] = {}
     for node in model.input_nodes():
         shape = [axes[d] if isinstance(d, str) else d for d in node.shape]
-        if node.dtype == "int64":
+        if node.name in lengths_of:  # a `lengths:` input: 1 .. the length of the sequences it measures
+            axis = lengths_of[node.name]
+            out[node.name] = rng.integers(1, (axes[axis] if isinstance(axis, str) else axis) + 1, size=shape,
+                                          dtype=np.int64)
+        elif node.dtype == "int64":
             out[node.name] = rng.integers(0, _vocab_for(model, node.name), size=shape, dtype=np.int64)
         else:
             out[node.name] = rng.standard_normal(shape).astype(np.float32)
     return out
+
+
+def _lengths_inputs(model: Model) -> dict[str, str | int]:
+    """Inputs that are a block's ``lengths:`` -> the time axis of the sequence they measure."""
+    from seqdsl.ir import all_nodes
+
+    graph = model.graph
+    return {n.inputs[0]: graph[n.inputs[1]].shape[1] for n in all_nodes(graph) if n.op == "sequence_mask"
+            and n.inputs[0] in model.inputs and n.inputs[1] in graph.nodes}
 
 
 def _vocab_for(model: Model, input_name: str) -> int:
@@ -143,7 +157,7 @@ def run_torch(net: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
         out = net(*(torch.from_numpy(inputs[n]) for n in net.input_names))
     out = out if isinstance(out, tuple) else (out,)
-    return {name: t.numpy() for name, t in zip(net.output_names, out)}
+    return {name: t.detach().numpy() for name, t in zip(net.output_names, out)}  # an output may be a parameter
 
 
 def check_lengths(model: Model, axis_lengths: dict[str, int] | None) -> None:
@@ -207,8 +221,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
-          progress: Callable[[str], None] | None = None, weights: "WeightsSource | None" = None,
-          triton: str | Path | None = None) -> BuildResult:
+          progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
+          weights: "WeightsSource | None" = None, triton: str | Path | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -233,6 +247,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
     Before anything is allocated: at most ``max_params`` parameters, and the check run at most ``max_memory``
     bytes of values and ``max_steps`` loop steps (`seqdsl.footprint`), all within this machine's memory.
+    ``limits`` bounds how far the spec may expand while it is lowered (`seqdsl.Limits`).
     """
     def stage(name: str) -> None:
         assert name in STAGES, name
@@ -245,6 +260,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
     from seqdsl.passes import optimize
     from seqdsl.passes import unroll as unroll_pass
+    from seqdsl.passes.unroll import UnrollError
 
     from .build_record import onnx_form, onnx_forms, provenance
     from .onnx_export import export, set_weights
@@ -256,7 +272,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     if out_dir is not None:
         output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
     stage("checking the spec")
-    model = seqdsl.load(spec, sizes)
+    model = seqdsl.load(spec, sizes, limits)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})
@@ -272,7 +288,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         # product over the whole sequence instead of T small ones; export runs them again, to no effect
         try:
             exported, changed = unroll_pass(optimize(model) if optimize_passes else model, wanted)
-        except ValueError as exc:
+        except UnrollError as exc:  # what the request asks cannot be done; anything else is a seqdsl bug
             raise UsageError(f"--unroll: {exc}") from None
         if changed:
             unrolled_lengths = wanted

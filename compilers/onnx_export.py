@@ -110,7 +110,8 @@ def _time_index(index: int) -> Emit:
 
 def _zeros(b: _Builder, node: Node, args: list[str]) -> str:
     shape = b.batch_shape(args[0], tuple(node.attrs["shape"]))
-    zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    dtype = DTYPES[node.attrs.get("dtype", "float32")]
+    zero = helper.make_tensor("zero", dtype, [1], [0])
     return b.op("ConstantOfShape", [shape], node.name, value=zero)
 
 
@@ -195,6 +196,9 @@ def _sequence_mask(b: _Builder, node: Node, args: list[str]) -> str:
     positions = b.op("Range", [b.const(0, np.int64), steps, b.const(1, np.int64)], node.name)
     row = b.op("Unsqueeze", [positions, b.const([0], np.int64)], node.name)
     lengths = b.op("Unsqueeze", [args[0], b.const([1], np.int64)], node.name)
+    if node.attrs.get("only_last"):  # 1.0 at position n-1 only
+        at = b.op("Sub", [lengths, b.const([1], np.int64)], node.name)
+        return b.op("Cast", [b.op("Equal", [row, at], node.name)], node.name, to=TensorProto.FLOAT)
     return b.op("Cast", [b.op("Less", [row, lengths], node.name)], node.name, to=TensorProto.FLOAT)
 
 

@@ -177,11 +177,13 @@ TORCH_EMIT: dict[str, Emit] = {
     "last": _method("{0}[:, -1]"),
     "first": _method("{0}[:, 0]"),
     "slice": _slice,
-    "zeros": lambda n, a: (f"{a[0]}.new_zeros(({a[0]}.shape[0], {', '.join(map(str, n.attrs['shape']))}))", ATOM),
+    "zeros": lambda n, a: (f"{a[0]}.new_zeros(({a[0]}.shape[0], {', '.join(map(str, n.attrs['shape']))})"
+                           + (f", dtype=torch.{n.attrs['dtype']})" if "dtype" in n.attrs else ")"), ATOM),
     "expand_batch": lambda n, a: (f"{a[0]}.expand({a[1]}.shape[0], {', '.join(map(str, n.shape[1:]))})", ATOM),
     "time_slice": _method("{0}[:, {index}]"),
-    "sequence_mask": lambda n, a: (f"(torch.arange({a[1]}.shape[1], device={a[1]}.device)[None, :] < "
-                                   f"{a[0]}[:, None]).float()", ATOM),
+    "sequence_mask": lambda n, a: (f"(torch.arange({a[1]}.shape[1], device={a[1]}.device)[None, :] "
+                                   + (f"== {a[0]}[:, None] - 1" if n.attrs.get("only_last") else f"< {a[0]}[:, None]")
+                                   + ").float()", ATOM),
     "select": lambda n, a: (f"torch.where({a[0]} > 0, {a[1]}, {a[2]})", ATOM),
     "stack": lambda n, a: (f"torch.stack([{', '.join(a)}], 1)", ATOM),
 }
@@ -417,7 +419,7 @@ class _Generator:
         collect = {}
         for i, r in enumerate(loop.returns):
             if r.kind == "all":
-                collect[i] = names.fresh(f"{writer.var(r.node)}_steps")
+                collect[i] = names.fresh(f"{writer.var(r.node)}_steps")  # one list per return, never shared
                 out.append(f"        {collect[i]} = []")
         steps = "range(T - 1, -1, -1)" if loop.reverse else "range(T)"
         # time-major copies: a step's slice is then contiguous, and matrix products on strided slices are slow

@@ -12,7 +12,8 @@ CODES: dict[str, tuple[str, str]] = {
     "E0101": ("spec is not valid UTF-8", "Spec files are UTF-8 text. Re-save the file as UTF-8."),
     "E0102": ("NUL or control character in spec",
               "The file holds a NUL byte or another control character, which YAML does not allow. It is often a "
-              "binary file given by mistake, or a copy-paste from a terminal."),
+              "binary file given by mistake, or a copy-paste from a terminal. Inside strings, after YAML's "
+              "escapes, `\"\\0\"` (NUL) is refused too, in names, equations and import paths."),
     "E0103": ("spec file too large", "Spec files are capped at 1 MB; a spec describes a network, not its data."),
     "E0104": ("tab character in indentation",
               "YAML indents with spaces only. Configure your editor to insert spaces in .yaml files."),
@@ -32,7 +33,7 @@ CODES: dict[str, tuple[str, str]] = {
     "E0111": ("mapping key is not a plain string", "Keys are names: write them as plain text."),
     "E0112": ("too many nodes after expanding aliases",
               "Aliases (`*name`) repeat a subtree; nested ones can grow exponentially (the 'billion laughs' bomb). "
-              "seqdsl stops at 100,000 nodes."),
+              "seqdsl stops at 15,000 nodes (a large model spec has a few hundred)."),
     "E0113": ("alias used inside its own anchor", "An anchor refers to itself, which would make an infinite value."),
     "E0114": ("nesting too deep", "Specs nest at most 64 levels deep."),
     "E0115": ("ambiguous number",
@@ -97,16 +98,32 @@ CODES: dict[str, tuple[str, str]] = {
                                          "a state; move them to `step:`."),
     "E0407": ("no batch size for a state", "A zero or learned initial state takes B from a module input; give the "
                                            "module an input, or initialise the state from one."),
-    "E0408": ("bad recurrent output", "A recurrent module returns step values: `h` (every step), `final(h)` or "
-                                      "`last(h)`."),
+    "E0408": ("bad output", "An output is a tensor the module computes: a recurrent module returns equations of "
+                            "its block (`h` every step, `final(h)` or `last(h)`; not an input, which is no step "
+                            "value); no module returns a constant (a number or a size has no batch axis)."),
     "E0409": ("nothing to iterate over", "A recurrent block iterates over a [B, T, ...] input, or runs a fixed "
                                          "`steps: L` when it has none (never both)."),
     "E0410": ("model too large", "The parameter count, computed before anything is allocated, is above "
                                  "`--max-params`. Raise the limit if the size is intended."),
+    "E0420": ("model grows past the node budget",
+              "Lowering inlines every module call and stacks every `repeat=` copy, so a small spec can describe a "
+              "huge graph: a module that calls the previous one twice, twenty times over, is 2**20 copies. seqdsl "
+              "counts the IR nodes as it makes them and stops at 30,000 (the shipped transformer is 282), naming "
+              "the calls being inlined. If the model is meant to be that large, raise the limit: "
+              "`--max-nodes N` on the command line, `limits=seqdsl.Limits(nodes=N)` in Python."),
+    "E0421": ("module calls nested too deep",
+              "A module calls a module that calls a module ... more than 32 levels deep. Raise the limit with "
+              "`--max-depth N` (`seqdsl.Limits(depth=N)`) if the nesting is meant."),
+    "E0422": ("repeat count above the limit",
+              "`repeat=N` stacks N copies of a module; seqdsl refuses N above 1,000 before making any (a size set "
+              "by mistake, `--set depth=1000000000`, would otherwise never finish). Raise the limit with "
+              "`--max-repeat N` (`seqdsl.Limits(repeat=N)`)."),
     # -- E05xx: imports
     "E0501": ("module imported and defined", "A module name is both under `imports:` and `modules:`."),
     "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder (no "
-                                         "absolute paths, no `..` past it, no symlinks out), or `std:` paths."),
+                                         "absolute paths, no `..` past it, no symlinks out), or `std:` paths, "
+                                         "that the file system can follow (no name above 255 bytes, no symlink "
+                                         "loop)."),
     "E0503": ("import cycle", "Files import each other in a loop; the message shows the chain."),
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),

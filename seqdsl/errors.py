@@ -94,14 +94,18 @@ class SpecErrors(Exception):
         self.errors = errors
 
 
+_EXCERPT_BYTES = 1_000_001
+
+
 def _excerpt(loc: Location, source: str | None) -> list[str]:
     """The offending line with a caret under the column, read from ``source`` or the file itself."""
     if not loc.line:
         return []
     if source is None:
-        try:
-            source = Path(loc.file).read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        try:  # a spec is at most 1 MB: read no more of a file an error is about (it may be the too-large one)
+            with Path(loc.file).open("rb") as f:
+                source = f.read(_EXCERPT_BYTES).decode("utf-8", errors="replace")
+        except (OSError, ValueError):  # unreadable, a directory, a NUL in the name
             return []
     text_lines = source.splitlines()
     if not 1 <= loc.line <= len(text_lines):

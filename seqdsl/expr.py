@@ -178,7 +178,12 @@ def eval_size(text: int | str, sizes: dict[str, int], loc: Location, what: str =
     """A positive integer from ``16`` or ``"4 * h"``: integer + - * // and exact /, known sizes only."""
     if isinstance(text, bool):
         raise SpecError("E0306", f"{what} must be a positive integer", loc, found=repr(text))
+    if isinstance(text, str) and text in sizes:  # a size's name, the common case: no parse needed
+        return sizes[text]
     if isinstance(text, int):
+        if abs(text) > MAX_SIZE_VALUE:
+            raise SpecError("E0302", f"{what} is too large: {text} (above {MAX_SIZE_VALUE})", loc,
+                            expected=f"an integer from 1 to {MAX_SIZE_VALUE}", hint="check the number")
         value = text
     else:
         tree = _parse(str(text), loc, "a size expression such as `4 * h`")

@@ -12,6 +12,7 @@ A relative path is read from the importing file's folder and may not leave the t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class _Session:
     """One build's imports: the tree files may come from, files already loaded, and the chain being loaded."""
 
     root: Path
-    loaded: dict[Path, tuple[Document, RecurrentModule | GraphModule]] = field(default_factory=dict)
+    units: dict[Path, Unit] = field(default_factory=dict)  # each file's root module, loaded and resolved once
     chain: list[Path] = field(default_factory=list)
 
 
@@ -75,19 +76,15 @@ def _import(session: _Session, target: str, doc: Document, key: tuple[str | int,
                         hint="a module cannot import, directly or not, the file that imports it")
     if len(session.chain) >= MAX_IMPORT_DEPTH:
         raise SpecError("E0504", f"imports nested deeper than {MAX_IMPORT_DEPTH} files", loc)
-    if path not in session.loaded:
+    unit = session.units.get(path)
+    if unit is None:  # a file imported twice (a diamond) is read and resolved once, not once per path to it
         session.chain.append(path)
         try:
             sub_doc = load_file(path)
-            session.loaded[path] = (sub_doc, parse_module(sub_doc))
+            unit = _unit(session, parse_module(sub_doc), sub_doc, (), {})
         finally:
             session.chain.pop()
-    sub_doc, root_module = session.loaded[path]
-    session.chain.append(path)
-    try:
-        unit = _unit(session, root_module, sub_doc, (), {})
-    finally:
-        session.chain.pop()
+        session.units[path] = unit
     if not inner:
         return unit
     if inner not in unit.modules:
@@ -105,15 +102,29 @@ def _resolve(session: _Session, target: str, importer: Path, loc: Location) -> P
         base, rel = importer.resolve().parent, target
         tree = STD_ROOT if _inside(importer.resolve(), STD_ROOT) and not _inside(importer.resolve(), session.root) \
             else session.root
+    try:
+        os.fsencode(rel)  # surrogateescape: U+DC80-U+DCFF stand for a file name's raw bytes; other surrogates name nothing
+    except UnicodeEncodeError as exc:
+        raise SpecError("E0502", f"import path `{ascii(target)[1:-1]}` cannot name a file: it holds a lone surrogate "
+                        f"U+{ord(exc.object[exc.start]):04X}", loc,
+                        hint="write the path as plain text; remove the `\\u` escape") from None
     if not rel or Path(rel).is_absolute() or rel.startswith("~") or "\\" in rel:
         raise SpecError("E0502", f"import path `{target}` must be relative to this file", loc,
                         hint="write a path such as `lstm.yaml` or `lib/attention.yaml`, or `std:lstm.yaml`")
-    path = (base / rel).resolve()
+    try:
+        path = (base / rel).resolve()
+        is_file = path.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop (RuntimeError in 3.11)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+        shown = target if len(target) <= 80 else target[:60] + "..." + target[-16:]
+        raise SpecError("E0502", f"import path `{shown}` cannot be followed: {why}", loc,
+                        hint="name an existing .yaml file with a plain relative path (each name at most 255 bytes, "
+                             "no symlink loops)") from None
     if not _inside(path, tree):
         raise SpecError("E0502", f"import `{target}` leaves the spec's folder", loc,
                         expected=f"a file under {tree}", found=str(path),
                         hint="imports stay inside the folder of the spec being built (symlinks are followed)")
-    if not path.is_file():
+    if not is_file:
         raise SpecError("E0506", f"imported file `{target}` does not exist", loc, found=str(path),
                         hint=did_you_mean(Path(rel).name, [p.name for p in path.parent.glob("*.yaml")])
                         if path.parent.is_dir() else None)

@@ -92,11 +92,12 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.outputs: dict[str, str] = {}
-        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add
+        self.reserved: set[str] = set()  # names a pass rebuilding this graph will still add: `fresh` avoids them
+        self._suffix: dict[str, int] = {}  # see `fresh`
 
     def add(self, node: Node) -> Node:
-        if node.name in self.nodes:
-            raise ValueError(f"internal: node `{node.name}` defined twice")
+        if node.name in self.nodes:  # a broken invariant of a pass, never the user's mistake (exit 1, not 2)
+            raise AssertionError(f"internal: node `{node.name}` defined twice")
         self.nodes[node.name] = node
         return node
 
@@ -110,12 +111,14 @@ class Graph:
         return len(self.nodes)
 
     def fresh(self, base: str, avoid: set[str] | frozenset[str] = frozenset()) -> str:
-        """A node name not yet used (nor in ``avoid``), derived from ``base``."""
-        if base not in self.nodes and base not in avoid:
+        """A node name not yet used (nor reserved, nor in ``avoid``), derived from ``base``."""
+        taken = lambda name: name in self.nodes or name in self.reserved or name in avoid  # noqa: E731
+        if not taken(base):
             return base
-        i = 1
-        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in avoid:
+        i = self._suffix.get(base, 1)  # where the last search for ``base`` ended: n fresh names cost O(n), not O(n²)
+        while taken(f"{base}_{i}"):
             i += 1
+        self._suffix[base] = i
         return f"{base}_{i}"
 
     def users(self) -> dict[str, list[str]]:
@@ -152,8 +155,7 @@ class Graph:
         for out, ref in self.outputs.items():
             if ref not in self.nodes:
                 raise AssertionError(f"output `{out}` refers to missing node `{ref}`")
-        if not nx.is_directed_acyclic_graph(self.to_networkx()):
-            raise AssertionError("graph has a cycle")
+        # no cycle check needed: every input is defined before its user, so the order above is a topological one
 
     def __repr__(self) -> str:
         lines = [repr(n) for n in self.nodes.values()]
@@ -175,6 +177,9 @@ def _verify_loop(node: Node) -> None:
     loop.body.verify()
     for name in loop.updates + [r.node for r in loop.returns]:
         assert name in loop.body.nodes, f"loop `{node.name}` refers to missing body node `{name}`"
+    # one return per (value, kind): outputs naming the same value share it (their item, or the graph output)
+    returned = [(r.node, r.kind) for r in loop.returns]
+    assert len(set(returned)) == len(returned), f"loop `{node.name}` returns a value twice: {returned}"
     for b in loop.body:
         if b.op in ("state", "step_input", "capture"):
             limit = {"state": loop.n_states, "step_input": loop.n_sequences, "capture": loop.n_captures}[b.op]

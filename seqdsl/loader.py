@@ -31,7 +31,7 @@ from .naming import normalize
 # Codes E0101-E0120 are documented in seqdsl/codes.py.
 
 MAX_SPEC_BYTES = 1_000_000
-MAX_NODES = 100_000
+MAX_NODES = 15_000  # YAML nodes; with the other limits this keeps any spec decided within 2 s (seqdsl.budget)
 MAX_DEPTH = 64
 MAX_INT = 10**18
 
@@ -123,10 +123,20 @@ class Document:
 
     def __post_init__(self) -> None:
         self._locator = _Locator(self.file, self.source)
+        # a module inlined many times asks for the same places again
+        self._locs: dict[PathT, Location] = {}
+        self._key_locs: dict[PathT, Location] = {}
 
     def loc(self, path: PathT) -> Location:
         """Where the value at ``path`` starts (or its nearest existing ancestor); ``.path`` names ``path``."""
-        found = path = tuple(path)
+        path = tuple(path)
+        loc = self._locs.get(path)
+        if loc is None:
+            loc = self._locs[path] = self._loc(path)
+        return loc
+
+    def _loc(self, path: PathT) -> Location:
+        found = path
         while found and found not in self._values:
             found = found[:-1]
         if found not in self._values:
@@ -136,7 +146,12 @@ class Document:
     def key_loc(self, path: PathT) -> Location:
         """Where the mapping key of ``path`` is written (falls back to `loc`)."""
         path = tuple(path)
-        return self._locator.of(self._keys[path], path) if path in self._keys else self.loc(path)
+        if path not in self._keys:
+            return self.loc(path)
+        loc = self._key_locs.get(path)
+        if loc is None:
+            loc = self._key_locs[path] = self._locator.of(self._keys[path], path)
+        return loc
 
     def value_col_offset(self, path: PathT) -> int:
         """0 (plain) or 1 (quoted) so that ``loc(path).col + offset + i`` is the file column of the
@@ -275,6 +290,7 @@ class _Builder:
         if not isinstance(node, ScalarNode):
             self.fail("E0111", "mapping keys must be plain strings", ref, parent,
                       found=_NODE_KIND[type(node)], hint="use a name as the key")
+        self.check_text(node.value, ref, parent)
         if node.style is None and node.tag == _IMPLICIT and node.value in ("", "<<"):
             if node.value == "<<":
                 self.fail("E0119", "merge keys (`<<`) are not supported", ref, parent,
@@ -282,8 +298,18 @@ class _Builder:
             self.fail("E0111", "empty mapping key", ref, parent, found="an empty key", hint="write a name before `:`")
         return normalize(node.value)  # keys are names: read as Python reads identifiers
 
+    def check_text(self, text: str, ref: Node | _Alias, path: PathT) -> None:
+        """No string holds a NUL after YAML's escapes (``"\\0"``), which no file name or C string takes: refused
+        here, once, for every name, equation and import path. Other control characters are text that the outputs
+        escape (a `doc:`); a lone surrogate is refused where it cannot be used (a name is no identifier, an import
+        path names no file: `seqdsl.imports`)."""
+        if "\0" in text:
+            self.fail("E0102", "NUL character in a string (written as an escape)", ref, path, found="U+0000",
+                      expected="printable text", hint="remove the escape; names and paths are plain text")
+
     def scalar(self, node: ScalarNode, path: PathT) -> Any:
         text, tag = node.value, node.tag
+        self.check_text(text, node, path)
         if tag == _IMPLICIT and node.style is not None or tag == _Y + "str":
             return text
         if tag == _IMPLICIT:
@@ -353,10 +379,15 @@ def _check_chars(text: str, file: str) -> None:
                         hint="remove it; a spec must be UTF-8 text (is this a binary or UTF-16 file?)")
 
 
+def _whole(file: str) -> Location:
+    """Where an error about a whole file points: its first line and column, so that editors and grep find it."""
+    return Location(file, 1, 1)
+
+
 def _size_check(size: int, file: str) -> None:
     if size > MAX_SPEC_BYTES:
         raise SpecError("E0103", f"spec is too large: {size:,} bytes (the limit is {MAX_SPEC_BYTES:,})",
-                        Location(file), expected=f"at most {MAX_SPEC_BYTES:,} bytes", found=f"{size:,} bytes",
+                        _whole(file), expected=f"at most {MAX_SPEC_BYTES:,} bytes", found=f"{size:,} bytes",
                         hint="split the spec into smaller files")
 
 
@@ -431,19 +462,24 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
 def load_file(path: str | Path) -> Document:
     """Read and parse a spec file; a missing, unreadable or oversized file raises `SpecError`."""
     p, name = Path(path), str(path)
-    if not p.exists() and not p.is_symlink():
+    try:
+        missing = not p.exists() and not p.is_symlink()
+    except (OSError, ValueError):  # a name too long for the file system, say: reading it says why
+        missing = False
+    if missing:
         try:
             hint = did_you_mean(p.name, (c.name for c in p.parent.iterdir()))
         except OSError:
             hint = None
-        raise SpecError("E0118", f"spec file not found: {name}", Location(name), hint=hint or "check the path")
+        raise SpecError("E0118", f"spec file not found: {name}", Location(name), hint=hint or "check the path")  # no line 1
     try:
         if p.is_dir():
             raise IsADirectoryError(21, "it is a directory")
         _size_check(p.stat().st_size, name)  # before reading anything
         with p.open("rb") as f:
             raw = f.read(MAX_SPEC_BYTES + 1)  # the file may have grown since stat()
-    except OSError as e:
-        raise SpecError("E0120", f"cannot read spec file: {e.strerror or e}", Location(name),
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SpecError("E0120", f"cannot read spec file: {why}", _whole(name),
                         hint="check the path and its permissions") from None
     return load_text(raw, name)

@@ -12,15 +12,19 @@ Every mistake becomes a `SpecError` at the file:line:col of the offending (sub-)
 
 from __future__ import annotations
 
+import heapq
 import keyword
 import math
 import re
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
 from . import expr as E
+from .budget import Budget, Limits
 from .errors import Location, SpecError, did_you_mean
 from .init import resolve as resolve_init
 from .ir import Graph, Model, Node, Param, Shape, loop_of, used_params
@@ -44,15 +48,20 @@ class Unit:
     doc: Document
     path: Path = ()
     modules: dict[str, "Unit"] = field(default_factory=dict)  # modules this one may call
+    # equations parsed (and ordered) once per module, not once per inlined copy: {section or output: ...}
+    parsed: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
-def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str | None = None) -> Model:
-    """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs."""
+def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str | None = None,
+                limits: Limits | None = None) -> Model:
+    """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs; ``limits``
+    bounds how far it may expand (`seqdsl.budget`)."""
     graph = Graph()
     params: dict[str, Param] = {}
-    overrides = {normalize(k) if isinstance(k, str) else k: v for k, v in (overrides or {}).items()}
-    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=dict(overrides), bound={})
-    _check_overrides(unit, overrides)
+    if isinstance(overrides, Mapping):  # names are NFKC-normalised when loaded: the overrides' too
+        overrides = {normalize(k) if isinstance(k, str) else k: v for k, v in overrides.items()}
+    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=check_overrides(unit, overrides), bound={},
+                               budget=Budget(limits))
     lowering.run()
     _check_onnx_names(lowering, params)
     name = name or unit.module.name or "model"
@@ -93,11 +102,14 @@ def _check_onnx_names(lowering: "_ModuleLowering", params: dict[str, Param]) -> 
 def spec_sources(unit: Unit) -> dict[str, str]:
     """The sha256 of every file ``unit`` was read from: its own file first, then each imported one once."""
     found: dict[str, str] = {}
-    pending = [unit]
-    while pending:
-        u = pending.pop(0)
+    pending, seen = deque([unit]), {id(unit)}
+    while pending:  # each unit once: modules see their earlier siblings, so paths to a unit can be exponential
+        u = pending.popleft()
         found.setdefault(u.doc.file, u.doc.sha256)
-        pending += u.modules.values()
+        for sub in u.modules.values():
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                pending.append(sub)
     return found
 
 
@@ -126,21 +138,49 @@ def _unused(node: Node) -> SpecError:
                      hint="remove it, or name it under `outputs:`")
 
 
-def _check_overrides(unit: Unit, overrides: dict[str, int]) -> None:
-    for key in overrides:
-        if key not in unit.module.sizes:
-            raise SpecError("E0309", f"`--set {key}=...` names no size of this spec", unit.doc.loc(unit.path + ("sizes",)),
+def check_overrides(unit: Unit, overrides: Any) -> dict[str, int]:
+    """The per-build size overrides (``--set h=128``, ``sizes={"h": 128}``) as checked integers: each names a size
+    of the spec and is an integer a size may be (1 to `expr.MAX_SIZE_VALUE`, not a bool, str or float). A mistake
+    is a SpecError at the size's declaration, so that the API and the command line refuse alike."""
+    if overrides is None:
+        return {}
+    sizes_loc = unit.doc.loc(unit.path + ("sizes",))
+    if not isinstance(overrides, Mapping):
+        raise SpecError("E0309", "size overrides must be a mapping of size names to integers", sizes_loc,
+                        expected='for example {"h": 128}', found=type(overrides).__name__)
+    checked: dict[str, int] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or key not in unit.module.sizes:
+            raise SpecError("E0309", f"`--set {key}=...` names no size of this spec", sizes_loc,
                             expected="one of " + ", ".join(unit.module.sizes) if unit.module.sizes else "no sizes",
-                            hint=did_you_mean(key, unit.module.sizes))
+                            hint=did_you_mean(key, unit.module.sizes) if isinstance(key, str) else None)
+        loc = unit.doc.loc(unit.path + ("sizes", key))
+        if type(value) is not int:  # not bool (an int subclass), not 4.0, not "4"
+            raise SpecError("E0306", f"size `{key}` must be an integer", loc, expected=f"an integer from 1 to "
+                            f"{E.MAX_SIZE_VALUE}", found=f"{value!r} ({type(value).__name__})",
+                            hint=f"--set {key}=128, or sizes={{{key!r}: 128}} in Python")
+        checked[key] = E.eval_size(value, {}, loc, what=f"size `{key}`")
+    return checked
+
+
+def check_output(node: Node, name: str, loc: Location) -> None:
+    """An output is a tensor the model computes or reads: not a number or a size, which has no batch axis and
+    which no backend can return as a tensor (E0408)."""
+    if node.op == "const":
+        raise SpecError("E0408", f"output `{name}` is a constant, not a tensor", loc,
+                        expected="a value computed from the inputs and parameters, e.g. `y: h`",
+                        found=f"the number {node.attrs['value']:g}",
+                        hint="a constant needs no output: whoever reads the model knows it")
 
 
 class _ModuleLowering:
     """Lowers one module instance into ``graph`` (the model's graph, or a loop body for calls inside a step)."""
 
     def __init__(self, unit: Unit, graph: Graph, params: dict[str, Param], prefix: str,
-                 sizes_in: dict[str, int], bound: dict[str, str], call_loc: Location | None = None,
+                 sizes_in: dict[str, int], bound: dict[str, str], budget: Budget, call_loc: Location | None = None,
                  direction: str | None = None):
         self.unit, self.mod, self.doc = unit, unit.module, unit.doc
+        self.budget = budget
         self.direction = direction  # a caller's override of a recurrent block's direction
         self.graph, self.params, self.prefix = graph, params, prefix
         self.sizes_in, self.bound, self.call_loc = sizes_in, bound, call_loc
@@ -157,6 +197,10 @@ class _ModuleLowering:
     # --------------------------------------------------------------------------------------- declarations
 
     def run(self) -> dict[str, str]:
+        # the nodes this copy makes for its declarations (inputs, parameters, states, outputs, a loop)
+        states = self.mod.recurrent.state if isinstance(self.mod, RecurrentModule) else {}
+        self.budget.charge(1 + len(self.mod.inputs) + len(self.mod.params) + len(states) + len(self.mod.outputs),
+                           self.call_loc or self.loc())
         self.resolve_sizes()
         inputs = self.declare_inputs()
         self.declare_params()
@@ -312,6 +356,19 @@ class _Env:
 
     def lower_equations(self, equations: dict[str, tuple[str, Path]]) -> None:
         """Lower a set of equations in dependency order; ``equations`` maps target -> (text, spec path)."""
+        section = next(iter(equations.values()))[1][0] if equations else ""
+        cached = self.owner.unit.parsed.get(section)
+        if cached is None:
+            cached = self.owner.unit.parsed[section] = self.parse_equations(equations)
+        parsed, order = cached
+        for key in order:
+            expr, base, names = parsed[key]
+            self.lower_equation(names, expr, base)
+
+    def parse_equations(self, equations: dict[str, tuple[str, Path]]
+                        ) -> tuple[dict[str, tuple[E.Expr, Location, list[str]]], list[str]]:
+        """The equations parsed, their names checked, and the order to lower them in (the same for every copy
+        of the module, so done once per module)."""
         parsed: dict[str, tuple[E.Expr, Location, list[str]]] = {}
         targets: dict[str, str] = {}
         for key, (text, path) in equations.items():
@@ -329,24 +386,36 @@ class _Env:
                                     hint="each name is defined once per module; rename one of them")
                 targets[n] = key
             parsed[key] = (E.parse_equation(text, base), base, names)
-        order = self.order(parsed, targets)
-        for key in order:
-            expr, base, names = parsed[key]
-            self.lower_equation(names, expr, base)
+        return parsed, self.order(parsed, targets)
 
     def order(self, parsed: dict[str, tuple[E.Expr, Location, list[str]]], targets: dict[str, str]) -> list[str]:
-        deps = nx.DiGraph()
+        """The equations in an order where each comes after what it reads, else as written (Kahn's algorithm with
+        a heap: O(n log n) in plain Python; networkx only to name a cycle, on the error path)."""
         index = {key: i for i, key in enumerate(parsed)}
+        readers: dict[str, set[str]] = {key: set() for key in parsed}
         for key, (expr, _, _) in parsed.items():
-            deps.add_node(key)
             for ref in self.value_refs(expr):
                 name = ref.id if isinstance(ref, E.Name) else ref.base
                 if name in targets:
-                    deps.add_edge(targets[name], key)
-        try:
-            cycle = nx.find_cycle(deps)
-        except nx.NetworkXNoCycle:
-            return list(nx.lexicographical_topological_sort(deps, key=lambda k: index[k]))
+                    readers[targets[name]].add(key)
+        waiting = {key: 0 for key in parsed}
+        for key in parsed:
+            for reader in readers[key]:
+                waiting[reader] += 1
+        ready = [index[key] for key, n in waiting.items() if n == 0]
+        heapq.heapify(ready)
+        keys, order = list(parsed), []
+        while ready:
+            key = keys[heapq.heappop(ready)]
+            order.append(key)
+            for reader in readers[key]:
+                waiting[reader] -= 1
+                if not waiting[reader]:
+                    heapq.heappush(ready, index[reader])
+        if len(order) == len(parsed):
+            return order
+        deps = nx.DiGraph([(a, b) for a, bs in readers.items() for b in bs])
+        cycle = nx.find_cycle(deps)
         chain = [a for a, _ in cycle] + [cycle[0][0]]
         first = parsed[chain[0]][1]
         hint = f"break the loop, or read the previous step's value with `{chain[0]}[t-1]` (a state)"
@@ -393,7 +462,9 @@ class _Env:
         """Lower ``e`` and give the node computing it ``name``, if that node is new (not an alias `y: x`)."""
         before = len(self.graph)
         node = self.lower(e, base, eq=name)
-        return self.rename(node, name) if node in list(self.graph.nodes)[before:] else node
+        # a node `lower` made is the last one added (its operands come first): O(1), not a scan of the graph
+        made = len(self.graph) > before and next(reversed(self.graph.nodes)) == node
+        return self.rename(node, name) if made else node
 
     def rename(self, node: str, name: str) -> str:
         """Give a node just made for an equation the equation's name."""
@@ -402,17 +473,23 @@ class _Env:
         if n is None or node == full or n.op in ("input", "param", "state", "step_input", "capture", "const", "item") \
                 or full in self.graph.nodes or n.attrs.get("eq_root"):
             return node  # an alias of an existing value: `y: x` names the same node
-        # move the node under its new name, keeping order
-        nodes = list(self.graph.nodes.items())
-        self.graph.nodes = {(full if k == node else k): v for k, v in nodes}
+        # nothing reads a node just made yet, so it may move to the end under its new name (O(1)); the nodes
+        # renamed after one equation (chunk's pieces) are renamed in order and so keep theirs
+        del self.graph.nodes[node]
         n.name = full
+        self.graph.nodes[full] = n
         n.attrs["eq_root"] = True
         return full
 
     def output(self, name: str, text: str) -> str:
         loc = self.owner.loc("outputs", name)
-        expr = E.parse_equation(text, loc.shifted(max(self.owner.doc.value_col_offset(self.owner.unit.path + ("outputs", name)), 0)))
-        return self.lower(expr, loc, eq=name)
+        expr = self.owner.unit.parsed.get(("outputs", name))
+        if expr is None:  # parsed once per module, as the equations are
+            offset = max(self.owner.doc.value_col_offset(self.owner.unit.path + ("outputs", name)), 0)
+            expr = self.owner.unit.parsed[("outputs", name)] = E.parse_equation(text, loc.shifted(offset))
+        node = self.lower(expr, loc, eq=name)
+        check_output(self.graph[node], name, loc)
+        return node
 
     # ----------------------------------------------------------------------------------------- expressions
 
@@ -439,6 +516,7 @@ class _Env:
                      for i in inputs if self.graph[i].loc.line]
             raise SpecError("E0403", err.message, loc, expected=err.expected, found=err.found, hint=err.hint,
                             notes=notes[:3]) from None
+        self.owner.budget.charge(1, loc)
         name = self.graph.fresh(self.owner.prefix + (f"{eq}_{op}" if eq else op))
         self.graph.add(Node(name, op, inputs, attrs, shape, dtype, loc))
         return name
@@ -459,6 +537,7 @@ class _Env:
         if not math.isfinite(value):
             raise SpecError("E0403", f"this constant is not a finite number: it computes to {value}", loc,
                             expected="a finite number", hint="check the number or the arithmetic on it")
+        self.owner.budget.charge(1, loc)
         name = self.graph.fresh(self.owner.prefix + "const")
         self.graph.add(Node(name, "const", attrs={"value": float(value)}, shape=(), loc=loc))
         return name
@@ -519,6 +598,7 @@ class _Env:
         if e.id in self.owner.param_names:
             full = self.owner.param_names[e.id]
             if full not in self.param_nodes:
+                self.owner.budget.charge(1, self.at(base, e))
                 p = self.owner.params[full]
                 node = Node(self.graph.fresh(full), "param", attrs={"name": full, "shape": p.shape},
                             shape=p.shape, loc=p.loc)
@@ -547,23 +627,30 @@ class _Env:
                             expected="one of " + ", ".join(known), hint=did_you_mean(e.func, known))
         opdef = OPS[e.func]
         n_tensors = opdef.arity[1] if opdef.arity[1] >= 0 else len(e.args)
-        given = dict(zip((a[0] for a in opdef.attrs), e.args[n_tensors:]))
+        given = dict(zip((a.name for a in opdef.attrs), e.args[n_tensors:]))
         if len(e.args) > n_tensors + len(opdef.attrs):
             raise SpecError("E0315", f"`{e.func}` takes at most {n_tensors + len(opdef.attrs)} arguments",
                             self.at(base, e), hint=opdef.doc)
         for key, value in e.kwargs:
-            if key not in {a[0] for a in opdef.attrs} or key in given:
+            if key not in {a.name for a in opdef.attrs} or key in given:
                 raise SpecError("E0315", f"`{e.func}` takes no argument `{key}`" if key not in given
                                 else f"`{key}` is given twice", self.at(base, value), hint=opdef.doc)
             given[key] = value
         attrs: dict[str, Any] = {}
-        for key, kind, default in opdef.attrs:
-            if key in given:
-                attrs[key] = self.number_arg(given[key], base, kind)
-            elif default is REQUIRED:
-                raise SpecError("E0315", f"`{e.func}` needs the argument `{key}`", self.at(base, e), hint=opdef.doc)
+        for attr in opdef.attrs:
+            if attr.name in given:
+                value = self.number_arg(given[attr.name], base, attr.kind)
+                problem = attr.problem(value)
+                if problem:
+                    raise SpecError("E0315", f"{problem} in `{e.func}`", self.at(base, given[attr.name]),
+                                    expected=f"{attr.kind.__name__} in {attr.range()}", found=repr(value),
+                                    hint=opdef.doc)
+                attrs[attr.name] = value
+            elif attr.default is REQUIRED:
+                raise SpecError("E0315", f"`{e.func}` needs the argument `{attr.name}`", self.at(base, e),
+                                hint=opdef.doc)
             else:
-                attrs[key] = default
+                attrs[attr.name] = attr.default
         args = [self.lower(a, base, eq) for a in e.args[:n_tensors]]
         return self.add(e.func, args, base, e, eq, **attrs)
 
@@ -633,6 +720,7 @@ class _Env:
                 sizes[key] = self.size_arg(value, base)
             elif key == "repeat":
                 repeat, numbered = self.size_arg(value, base), True
+                self.owner.budget.repeat(repeat, self.at(base, value))
             elif key == "direction":
                 direction = self.direction_arg(value, base, cmod)
             else:
@@ -647,18 +735,18 @@ class _Env:
             if layer:
                 bound = {**bound, inputs[0]: next(iter(outputs.values()))}
             if direction == "both":
-                fw = self.instance(callee, prefix + "fw.", bound, sizes, loc, "forward")
-                bw = self.instance(callee, prefix + "bw.", bound, sizes, loc, "reverse")
+                fw = self.instance(callee, prefix + "fw.", bound, sizes, loc, "forward", e.func)
+                bw = self.instance(callee, prefix + "bw.", bound, sizes, loc, "reverse", e.func)
                 outputs = {k: self.rename(self.add("concat", [fw[k], bw[k]], base, e, None, axis=-1),
                                           f"{name}.{layer}.{k}" if numbered else f"{name}.{k}") for k in fw}
             else:
-                outputs = self.instance(callee, prefix, bound, sizes, loc, direction)
+                outputs = self.instance(callee, prefix, bound, sizes, loc, direction, e.func)
         if len(outputs) == 1:
             return _Value(node=next(iter(outputs.values())), members=outputs)
         return _Value(members=outputs)
 
     def instance(self, callee: Unit, prefix: str, bound: dict[str, str], explicit: dict[str, int], loc: Location,
-                 direction: str | None) -> dict[str, str]:
+                 direction: str | None, func: str) -> dict[str, str]:
         """One inlined copy of ``callee``; sizes not given explicitly are read off the arguments' shapes
         (x: [B, T, d] bound to a [B, T, 16] value gives d=16)."""
         sizes = dict(explicit)
@@ -666,9 +754,13 @@ class _Env:
             for dim, got in zip(decl.shape, self.graph[bound[key]].shape):
                 if isinstance(dim, str) and dim in callee.module.sizes and dim not in sizes and isinstance(got, int):
                     sizes[dim] = got
-        lowering = _ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, call_loc=loc,
-                                   direction=direction)
-        return lowering.run()
+        lowering = _ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, self.owner.budget,
+                                   call_loc=loc, direction=direction)
+        self.owner.budget.enter(loc, func)
+        try:
+            return lowering.run()
+        finally:
+            self.owner.budget.leave()
 
     def direction_arg(self, value: E.Expr, base: Location, cmod: Module) -> str:
         if not isinstance(cmod, RecurrentModule):
@@ -688,6 +780,9 @@ class _Env:
             result = {"+": a + b, "-": a - b, "*": a * b}[value.op]
         else:
             raise SpecError("E0306", "a size argument must be an integer or a size expression", self.at(base, value))
+        if abs(result) > E.MAX_SIZE_VALUE:
+            raise SpecError("E0302", f"size argument too large (above {E.MAX_SIZE_VALUE})", self.at(base, value),
+                            found=str(result))
         if result <= 0:
             raise SpecError("E0306", "sizes must be positive integers", self.at(base, value), found=str(result))
         return result

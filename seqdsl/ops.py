@@ -25,6 +25,35 @@ Rule = Callable[[list[Shape], list[str], dict[str, Any]], tuple[Shape, str]]
 
 
 REQUIRED = object()
+INT64_MAX = 2**63 - 1  # what an ONNX attribute (and a torch int) can hold
+
+
+@dataclass(frozen=True)
+class Attr:
+    """A non-tensor argument of an op (``axis``, ``heads``, ``p``) and the values every backend accepts for it.
+
+    This is the one place an argument's range lives: the lowering refuses a value outside it at the argument's
+    file:line:col, so that `validate` refuses exactly what a backend would (``dropout(x, p=2)``, ``split_heads(x,
+    0)``). Whether the value fits the operand (an axis of the operand's rank) is the shape rule's job.
+    """
+
+    name: str
+    kind: type  # int or float
+    default: Any = REQUIRED
+    low: float = -INT64_MAX
+    high: float = INT64_MAX
+    high_open: bool = False  # the range is [low, high) rather than [low, high]
+
+    def problem(self, value: int | float) -> str | None:
+        """Why ``value`` is refused, or None when it is accepted."""
+        if value != value or not self.low <= value <= self.high or (self.high_open and value == self.high):
+            return f"`{self.name}` must be in {self.range()}"
+        return None
+
+    def range(self) -> str:
+        def show(v: float) -> str:
+            return "-(2**63 - 1)" if v == -INT64_MAX else "2**63 - 1" if v == INT64_MAX else f"{v:g}"
+        return f"[{show(self.low)}, {show(self.high)}{')' if self.high_open else ']'}"
 
 
 @dataclass(frozen=True)
@@ -34,7 +63,7 @@ class OpDef:
     arity: tuple[int, int]  # min, max number of tensor inputs (max -1: any)
     user: bool = False  # callable by name in equations
     doc: str = ""
-    attrs: tuple[tuple[str, type, Any], ...] = ()  # non-tensor arguments: (name, int|float, default or REQUIRED)
+    attrs: tuple[Attr, ...] = ()  # non-tensor arguments, in positional order after the tensors
 
 
 def fmt(shape: Shape) -> str:
@@ -154,7 +183,7 @@ def _leaf(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tupl
 
 
 def _zeros(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
-    return ("B", *attrs["shape"]), "float32"
+    return ("B", *attrs["shape"]), attrs.get("dtype", "float32")
 
 
 def _expand_batch(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
@@ -313,14 +342,14 @@ def _const(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tup
 
 
 def _op(name: str, rule: Rule, arity: tuple[int, int], user: bool = False, doc: str = "",
-        attrs: tuple[tuple[str, type, Any], ...] = ()) -> OpDef:
+        attrs: tuple[Attr, ...] = ()) -> OpDef:
     def tagged(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
         return rule(shapes, dtypes, {**attrs, "_op": name})
 
     return OpDef(name, tagged, arity, user, doc, attrs)
 
 
-AXIS = (("axis", int, -1),)
+AXIS = (Attr("axis", int, -1),)
 
 
 OPS: dict[str, OpDef] = {op.name: op for op in [
@@ -354,16 +383,16 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("silu", _elementwise, (1, 1), user=True, doc="x σ(x), also called swish"),
     _op("softplus", _elementwise, (1, 1), user=True, doc="ln(1 + e^x), a smooth relu, always > 0"),
     _op("elu", _elementwise, (1, 1), user=True, doc="elu(x, alpha=1.0): x if x > 0, else alpha (e^x - 1)",
-        attrs=(("alpha", float, 1.0),)),
+        attrs=(Attr("alpha", float, 1.0),)),
     _op("leaky_relu", _elementwise, (1, 1), user=True,
         doc="leaky_relu(x, negative_slope=0.01): x if x > 0, else negative_slope x",
-        attrs=(("negative_slope", float, 0.01),)),
+        attrs=(Attr("negative_slope", float, 0.01),)),
     _op("min", _elementwise, (2, 2), user=True, doc="min(a, b): the elementwise smaller value (broadcasting); "
         "min(x, 1) caps at 1"),
     _op("max", _elementwise, (2, 2), user=True, doc="max(a, b): the elementwise larger value (broadcasting); "
         "max(x, 0) is relu"),
     _op("clamp", _clamp, (1, 1), user=True, doc="clamp(x, min=lo, max=hi): x limited to [lo, hi]; either bound "
-        "may be left out", attrs=(("min", float, None), ("max", float, None))),
+        "may be left out", attrs=(Attr("min", float, None), Attr("max", float, None))),
     _op("where", _where, (3, 3), user=True, doc="where(cond, a, b): a where cond is not 0, else b (broadcasting); "
         "cond is a mask such as a float 0/1 or int64 input"),
     _op("transpose", _transpose, (1, 1), user=True, doc="swap the last two axes: transpose(K) is Kᵀ"),
@@ -373,10 +402,10 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("mean", _reduce, (1, 1), user=True, doc="mean(x, axis=-1)", attrs=AXIS),
     _op("argmax", _argmax, (1, 1), user=True, doc="argmax(x, axis=-1): int64 ids (greedy decoding)", attrs=AXIS),
     _op("layer_norm", _layer_norm, (3, 3), user=True, doc="layer_norm(x, gamma, beta) over the last axis, eps 1e-5"),
-    _op("dropout", _elementwise, (1, 1), user=True, doc="dropout(x, p=0.1): only while training",
-        attrs=(("p", float, 0.1),)),
+    _op("dropout", _elementwise, (1, 1), user=True, doc="dropout(x, p=0.1): only while training, 0 <= p < 1",
+        attrs=(Attr("p", float, 0.1, low=0.0, high=1.0, high_open=True),)),
     _op("split_heads", _split_heads, (1, 1), user=True, doc="split_heads(x, heads): (B, T, d) -> (B, heads, T, d/heads)",
-        attrs=(("heads", int, REQUIRED),)),
+        attrs=(Attr("heads", int, low=1),)),
     _op("merge_heads", _merge_heads, (1, 1), user=True, doc="merge_heads(x): (B, heads, T, k) -> (B, T, heads*k)"),
     _op("causal", _causal, (1, 1), user=True, doc="causal(scores): -inf where key position > query position"),
     _op("mask", _mask, (2, 2), user=True, doc="mask(scores, keep): -inf where keep (B, S) is 0"),
@@ -389,10 +418,11 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("first", _time_slice, (1, 1), user=True, doc="first(x): x[:, 0] for a sequence (B, T, ...)"),
     # structural
     _op("slice", _slice, (1, 1), doc="x[..., start:stop] along attrs axis (from chunk/split)"),
-    _op("zeros", _zeros, (1, 1), doc="zeros (B, *shape); input gives B"),
+    _op("zeros", _zeros, (1, 1), doc="zeros (B, *shape) of attr dtype (float32 by default); input gives B"),
     _op("expand_batch", _expand_batch, (2, 2), doc="a (...) value repeated over B; second input gives B"),
     _op("time_slice", _time_slice, (1, 1), doc="x[:, index] (unrolling)"),
-    _op("sequence_mask", _sequence_mask, (2, 2), doc="(B, T) 1.0 where t < lengths[b], read off a sequence"),
+    _op("sequence_mask", _sequence_mask, (2, 2), doc="(B, T) 1.0 where t < lengths[b] (attr only_last: where t == "
+                                                        "lengths[b] - 1), read off a sequence"),
     _op("select", _select, (3, 3), doc="where(mask > 0, a, b): keep a state through padding"),
     _op("stack", _stack, (1, -1), doc="stack over a new time axis 1 (unrolling)"),
     _op("loop", _leaf, (0, -1), doc="a recurrent block; see ir.Loop"),

@@ -12,9 +12,11 @@ from __future__ import annotations
 from . import expr as E
 from .errors import SpecError, did_you_mean
 from .ir import Graph, Loop, LoopOutput, Node, Param, Shape
-from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value
+from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value, check_output
 from .naming import learned_state, normalize
 from .ops import ShapeError, fmt, infer
+
+STATE_DTYPE = "float32"  # a state has no dtype of its own: its initial value and its update must be this
 
 
 class RecurrentLowering:
@@ -92,6 +94,7 @@ class RecurrentLowering:
                     raise SpecError("E0308", f"`{key}` is defined twice", owner.key_loc("recurrent", section, key))
                 equations[key] = (text, ("recurrent", section, key))
         env.lower_equations(equations)
+        self.equations = [normalize(n.strip()) for key in equations for n in key.split(",") if n.strip() != "_"]
         self.check_sections(env, equations, delays)
         updates = []
         for key in states:
@@ -104,28 +107,46 @@ class RecurrentLowering:
                 raise SpecError("E0403", f"the update of state `{key}` has the wrong shape", env.locs.get(key, update.loc),
                                 expected=fmt(state_shapes[key]), found=fmt(update.shape),
                                 notes=[(owner.loc("recurrent", "state", key), f"`{key}` is declared here")])
+            if update.dtype != STATE_DTYPE:
+                raise SpecError("E0403", f"the update of state `{key}` holds {update.dtype}, but states are "
+                                f"{STATE_DTYPE}", env.locs.get(key, update.loc), expected=STATE_DTYPE,
+                                found=update.dtype, hint="carry token ids as float logits (argmax them in the step), "
+                                                         "or keep them as a step value rather than a state")
             updates.append(update.name)
         env_names = set(env.values) | set(states)
         inits = [self.initial_state(key, state_shapes[key], over, captures, env_names) for key in states]
         returns, out_names = self.returns(env)
+        reverse = (owner.direction or rec.direction) == "reverse"
         sequences = [self.inputs[k] for k in over]
         if rec.lengths is not None:
-            sequences = self.mask_padding(env, sequences, updates, returns, [delays[k] for k in states])
+            sequences = self.mask_padding(env, sequences, states, updates, inits, returns,
+                                          [delays[k] for k in states], reverse)
         captures = self.drop_unread_captures(body, captures)
         stop = self.stop_condition(env)
         if stop is not None:  # outputs over time end when the block stops: their length is known only then
             returns = [(r, (s[0], "T_stop", *s[2:]) if r.kind == "all" else s) for r, s in returns]
+        # outputs that name the same value (`y: h` and `y2: h`) share one return and one item
+        distinct: list[tuple[LoopOutput, Shape]] = []
+        slot: list[int] = []
+        for ret, shape in returns:
+            if ret not in [r for r, _ in distinct]:
+                distinct.append((ret, shape))
+            slot.append([r for r, _ in distinct].index(ret))
         loop = Loop(body, len(states), len(sequences), len(captures), states, updates,
-                    [r for r, _ in returns], reverse=(owner.direction or rec.direction) == "reverse", steps=self.steps,
+                    [r for r, _ in distinct], reverse=reverse, steps=self.steps,
                     time=self.time if isinstance(self.time, str) else "T", stop=stop)
         loop_node = self.graph.add(Node(self.graph.fresh(owner.prefix + "loop"), "loop",
                                         inits + sequences + [self.inputs[k] for k in captures],
                                         {"loop": loop}, loc=owner.loc("recurrent")))
+        items: dict[int, str] = {}
         outputs: dict[str, str] = {}
-        for i, ((ret, shape), name) in enumerate(zip(returns, out_names)):
-            item = Node(self.graph.fresh(owner.prefix + name), "item", [loop_node.name],
-                        {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
-            outputs[name] = self.graph.add(item).name
+        for i, name in zip(slot, out_names):
+            if i not in items:
+                ret, shape = distinct[i]
+                item = Node(self.graph.fresh(owner.prefix + name), "item", [loop_node.name],
+                            {"index": i, "shape": shape}, shape, body[ret.node].dtype, owner.loc("outputs", name))
+                items[i] = self.graph.add(item).name
+            outputs[name] = items[i]
         return outputs
 
     def stop_condition(self, env: _Env) -> tuple[str, int] | None:
@@ -150,11 +171,17 @@ class RecurrentLowering:
                                 what="`stop.equals` (a token id)")
         return node.name, token
 
-    def mask_padding(self, env: _Env, sequences: list[str], updates: list[str],
-                     returns: list[tuple[LoopOutput, Shape]], previous: list[str]) -> list[str]:
-        """``lengths: n``: at a padded step (t >= n[b]) every state keeps its value and every per-step output is 0,
-        so padding changes nothing (as PyTorch's packed sequences and ONNX's sequence_lens). The mask is one more
-        sequence read by the step; ``updates`` and ``returns`` are rewritten in place."""
+    def mask_padding(self, env: _Env, sequences: list[str], states: list[str], updates: list[str], inits: list[str],
+                     returns: list[tuple[LoopOutput, Shape]], previous: list[str], reverse: bool) -> list[str]:
+        """``lengths: n``: each row gives what it alone, unpadded, would give, as PyTorch's packed sequences:
+
+        - at a padded step (t >= n[b]) every state keeps its value and every per-step output is 0;
+        - ``final(v)`` is v at the last step processed, position n-1 (reversed: 0);
+        - ``last(v)`` is v at the last position of the row, n-1, in either direction.
+
+        Any value that is not a state is *held* for `final`/`last`: one more state, updated where the row's mask
+        (for reversed `last`: the mask of position n-1) is 1. The masks are more sequences read by the step;
+        ``states``, ``updates``, ``inits`` and ``returns`` are extended or rewritten in place."""
         owner, key = self.owner, normalize(str(self.rec.lengths))
         loc = owner.loc("recurrent", "lengths")
         if key not in self.inputs:
@@ -168,34 +195,70 @@ class RecurrentLowering:
             shape, dtype = infer("sequence_mask", [lengths.shape, graph[sequences[0]].shape], [lengths.dtype, "float32"], {})
         except ShapeError as err:
             raise SpecError("E0403", err.message, loc, expected=err.expected, found=err.found) from None
-        mask = graph.add(Node(graph.fresh(owner.prefix + "mask"), "sequence_mask", [lengths.name, sequences[0]], {},
-                              shape, dtype, loc))
-        m = body.add(Node(body.fresh(owner.prefix + "mask"), "step_input", [], {"index": len(sequences), "shape": ("B",)},
-                          ("B",), "float32", loc))
-        by_rank: dict[int, str] = {1: m.name}
+        masks: dict[str, dict[int, str]] = {}  # "valid" (t < n) or "at_last" (t == n-1) -> its body node by rank
+        outer_masks: list[str] = []
 
-        def mask_of_rank(rank: int) -> str:
+        def mask_of_rank(which: str, rank: int) -> str:
+            if which not in masks:
+                attrs = {"only_last": True} if which == "at_last" else {}
+                outer_masks.append(graph.add(Node(graph.fresh(owner.prefix + "mask"), "sequence_mask",
+                                                  [lengths.name, sequences[0]], attrs, shape, dtype, loc)).name)
+                index = len(sequences) + len(outer_masks) - 1
+                masks[which] = {1: body.add(Node(body.fresh(owner.prefix + "mask"), "step_input", [],
+                                                  {"index": index, "shape": ("B",)}, ("B",), "float32", loc)).name}
+            by_rank = masks[which]
             while rank not in by_rank:
                 r = max(by_rank)
                 by_rank[r + 1] = body.add(Node(body.fresh(owner.prefix + "mask"), "unsqueeze", [by_rank[r]], {"axis": -1},
                                                ("B", *([1] * r)), "float32", loc)).name
             return by_rank[rank]
 
+        mask_of_rank("valid", 1)  # the first mask is the sequence right after the spec's own
         masked: dict[str, str] = {}
         for i, (new, old) in enumerate(zip(updates, previous)):
             node = body[new]
-            masked[new] = body.add(Node(body.fresh(new + "_kept"), "select", [mask_of_rank(len(node.shape)), new, old],
+            masked[new] = body.add(Node(body.fresh(new + "_kept"), "select",
+                                        [mask_of_rank("valid", len(node.shape)), new, old],
                                         {}, node.shape, node.dtype, node.loc)).name
             updates[i] = masked[new]
+        held: dict[tuple[str, str], str] = {}
+
+        def hold(value: str, which: str) -> str:
+            """A new state that takes ``value`` where mask ``which`` is 1 and keeps its own value elsewhere."""
+            if (value, which) not in held:
+                v = body[value]
+                name = owner.prefix + value.removeprefix(owner.prefix) + ("_at_last" if which == "at_last" else "_held")
+                prev = body.add(Node(body.fresh(name + "_prev"), "state", [], {"index": len(states), "shape": v.shape},
+                                     v.shape, v.dtype, v.loc))
+                new = body.add(Node(body.fresh(name), "select", [mask_of_rank(which, len(v.shape)), value, prev.name],
+                                    {}, v.shape, v.dtype, v.loc))
+                zeros = {"shape": v.shape[1:], **({"dtype": v.dtype} if v.dtype != "float32" else {})}
+                inits.append(graph.add(Node(graph.fresh(name + "_init"), "zeros", [sequences[0]], zeros, v.shape,
+                                            v.dtype, loc)).name)
+                states.append(new.name.removeprefix(owner.prefix))  # a body node's name: no state has it yet
+                updates.append(new.name)
+                held[value, which] = new.name
+            return held[value, which]
+
         zero = env.const(0.0, loc)
         for i, (ret, shape) in enumerate(returns):
-            node = masked.get(ret.node, ret.node)
+            n = body[ret.node]
             if ret.kind == "all":
-                n = body[node]
-                node = body.add(Node(body.fresh(ret.node + "_or_0"), "select", [mask_of_rank(len(n.shape)), node, zero],
+                pad = zero
+                if n.dtype != "float32":  # a zero of the value's own type (ids, say): ONNX's Where wants one type
+                    pad = body.add(Node(body.fresh(ret.node + "_zero"), "zeros", [ret.node],
+                                        {"shape": n.shape[1:], "dtype": n.dtype}, n.shape, n.dtype, n.loc)).name
+                node = body.add(Node(body.fresh(ret.node + "_or_0"), "select",
+                                     [mask_of_rank("valid", len(n.shape)), masked.get(ret.node, ret.node), pad],
                                      {}, n.shape, n.dtype, n.loc)).name
-            returns[i] = (LoopOutput(node, ret.kind), shape)
-        return [*sequences, mask.name]
+                returns[i] = (LoopOutput(node, "all"), shape)
+            elif not n.shape or n.shape[0] != "B":
+                continue  # no batch axis: the same at every step
+            elif ret.kind == "final" or not reverse:  # forward, the last step processed is at position n-1
+                returns[i] = (LoopOutput(masked.get(ret.node) or hold(ret.node, "valid"), "final"), shape)
+            else:  # reversed `last`: position n-1 is the first real step processed
+                returns[i] = (LoopOutput(hold(ret.node, "at_last"), "final"), shape)
+        return [*sequences, *outer_masks]
 
     @staticmethod
     def drop_unread_captures(body: Graph, captures: list[str]) -> list[str]:
@@ -255,6 +318,9 @@ class RecurrentLowering:
             if init == "zeros":
                 name = self.graph.fresh(owner.prefix + key + "_init")
                 return self.graph.add(Node(name, "zeros", [ref], {"shape": shape[1:]}, shape, loc=loc)).name
+            if len(shape) < 2:  # the parameter would be a scalar, which parameters never are (see ParamDecl)
+                raise SpecError("E0404", f"a learned initial state needs an axis besides B, but `{key}` is {fmt(shape)}",
+                                loc, expected="[B, n]", found=fmt(shape), hint=f"declare `{key}` as [B, 1]")
             pname = owner.prefix + self.learned_name(key, env_names)
             owner.params[pname] = Param(pname, tuple(shape[1:]), "zeros", loc)  # type: ignore[arg-type]
             pnode = self.graph.add(Node(self.graph.fresh(pname), "param", attrs={"name": pname, "shape": shape[1:]},
@@ -265,9 +331,12 @@ class RecurrentLowering:
             raise SpecError("E0301", f"initial value `{init}` of state `{key}` is not an input", loc,
                             expected="zeros, learned, or an input name", hint=did_you_mean(init, self.inputs))
         node = self.graph[self.inputs[init]]
-        if node.shape != shape:
+        if node.shape != shape or node.dtype != STATE_DTYPE:
             raise SpecError("E0403", f"input `{init}` cannot initialise state `{key}`", loc,
-                            expected=fmt(shape), found=fmt(node.shape))
+                            expected=f"{STATE_DTYPE} {fmt(shape)}", found=f"{node.dtype} {fmt(node.shape)}",
+                            notes=[(node.loc, f"`{init}` is declared here")],
+                            hint=f"states are {STATE_DTYPE}: declare `{init}` with the state's shape and no int64 dtype"
+                            if node.dtype != STATE_DTYPE else None)
         return node.name
 
     def returns(self, env: _Env) -> tuple[list[tuple[LoopOutput, Shape]], list[str]]:
@@ -280,13 +349,15 @@ class RecurrentLowering:
             kind = "all"
             if isinstance(expr, E.Call) and expr.func in OUTPUT_SELECTORS and len(expr.args) == 1:
                 kind, expr = expr.func, expr.args[0]
-            if not isinstance(expr, E.Name) or expr.id not in env.values or env.values[expr.id].node is None:
+            if not isinstance(expr, E.Name) or expr.id not in self.equations or env.values[expr.id].node is None:
                 raise SpecError("E0408", "a recurrent module's output names a step value", loc,
-                                expected="`h` (every step, [B, T, ...]), `final(h)` (after the last step) or `last(h)` "
-                                         "(at position T-1)", found=repr(text),
-                                hint=did_you_mean(expr.id, env.values) if isinstance(expr, E.Name) else None)
+                                expected="an equation of the block (encoder, step or decoder): `h` (every step, "
+                                         "[B, T, ...]), `final(h)` (after the last step) or `last(h)` (at position T-1)",
+                                found=repr(text),
+                                hint=did_you_mean(expr.id, self.equations) if isinstance(expr, E.Name) else None)
             node = env.values[expr.id].node
             assert node is not None
+            check_output(env.graph[node], name, loc)
             shape = env.graph[node].shape
             if kind == "all":
                 shape = (shape[0], self.time, *shape[1:])

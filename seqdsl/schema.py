@@ -47,7 +47,7 @@ class ParamDecl(_Strict):
     four; ``blocks: k`` initialises each of k stacked blocks along the first axis on its own (`seqdsl.init`).
     """
 
-    shape: list[Dim]
+    shape: list[Dim] = Field(min_length=1)  # a scalar is [1]: backends and the fan-in of `uniform` need an axis
     init: Union[InitName, float] = "uniform"
     gain: Optional[float] = None
     blocks: Union[int, str, None] = None
@@ -98,7 +98,7 @@ class _ModuleBase(_Strict):
     # `Union[..., list[Dim]]` only tells editors (JSON Schema) about the shorthand; the validator expands it.
     inputs: dict[str, Union[TensorDecl, list[Dim]]]
     params: dict[str, Union[ParamDecl, list[Dim]]] = Field(default_factory=dict)
-    outputs: dict[str, str]
+    outputs: dict[str, str] = Field(min_length=1)  # a module that returns nothing computes nothing
     modules: dict[str, "Module"] = Field(default_factory=dict)
     imports: dict[str, str] = Field(default_factory=dict)  # Name: path.yaml[#Module] or std:path.yaml
 
@@ -187,7 +187,8 @@ def _to_spec_error(doc: Document, err: Any) -> SpecError:
         )
     found = _describe(err.get("input"))
     expected = _EXPECTED.get(kind, err["msg"])
-    hint = "see `seqdsl schema` for the shape of every section"
+    hint = _SHORT_HINTS.get(str(path[-1]) if path else "", "see `seqdsl schema` for the shape of every section") \
+        if kind == "too_short" else "see `seqdsl schema` for the shape of every section"
     if kind == "literal_error":
         expected = err["msg"].removeprefix("Input should be ")
         options = [o.strip(" '") for o in expected.replace(" or ", ", ").split(",")]
@@ -253,6 +254,7 @@ _EXPECTED = {
     "dict_type": "a mapping (key: value lines)",
     "list_type": "a list such as [B, T, d]",
     "bool_type": "true or false",
+    "too_short": "at least one entry",
 }
 
 _MISSING_HINTS = {
@@ -262,6 +264,12 @@ _MISSING_HINTS = {
     "state": "declare the state, e.g. `state: {h: [B, h]}`",
     "graph": "a module needs `graph:` equations or a `recurrent:` block",
     "shape": "give the shape as a list, e.g. `[B, h]`",
+}
+
+
+_SHORT_HINTS = {
+    "outputs": "name what the module returns, e.g. `outputs: {y: h}`",
+    "shape": "a parameter has at least one axis: write a scalar as `[1]`",
 }
 
 

@@ -169,7 +169,7 @@ def test_nul_and_control_characters() -> None:
 
 def test_size_cap_text() -> None:
     e = err("a: " + "x" * MAX_SPEC_BYTES)
-    check(e, "E0103", 0, 0, "too large")
+    check(e, "E0103", 1, 1, "too large")  # a whole-file error: file:1:1 (issue 9)
     assert f"{MAX_SPEC_BYTES + 3:,}" in e.message and f"{MAX_SPEC_BYTES:,}" in e.message
 
 
@@ -183,7 +183,7 @@ def test_size_cap_file_is_checked_before_reading(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(Path, "open", no_open)
     with pytest.raises(SpecError) as info:
         load_file(p)
-    check(info.value, "E0103", 0, 0, f"{MAX_SPEC_BYTES + 3:,} bytes")
+    check(info.value, "E0103", 1, 1, f"{MAX_SPEC_BYTES + 3:,} bytes")
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert "model.yaml" in (info.value.hint or "")
     with pytest.raises(SpecError) as info:
         load_file(tmp_path)
-    check(info.value, "E0120", 0, 0, "directory")
+    check(info.value, "E0120", 1, 1, "directory")
 
 
 def test_tabs() -> None:

@@ -51,6 +51,7 @@ def _hoist_graph(graph: Graph) -> tuple[Graph, bool]:
             changed |= inner_changed
             changed |= _hoist_loop(out, node)
         out.add(node)
+    out.reserved = set()  # every name has come
     return out, changed
 
 

@@ -6,7 +6,8 @@ per-step values (which the loop then returns at every step), step inputs (read w
 constants. Rewrite rules, per top-level loop:
   1. each sinkable node is computed in the parent graph on whole sequences (B, T, ...) — one large product for
      the output layer instead of T small ones;
-  2. the per-step values it reads leave the loop as extra every-step returns;
+  2. the per-step values it reads leave the loop as every-step returns (the one an output already reads, if any:
+     a loop returns each value once);
   3. a returned-at-every-step value that was sunk is the parent's copy itself (its ``item`` node goes away).
 The numbers do not change: tests/test_passes.py checks every spec with and without the passes.
 """
@@ -87,10 +88,14 @@ def _sink_loop(parent: Graph, node: Node) -> bool:
             outer[name] = node.inputs[loop.n_states + b.attrs["index"]]
         elif b.op in ("param", "const"):
             outer[name] = parent.add(Node(parent.fresh(name), b.op, [], dict(b.attrs), b.shape, b.dtype, b.loc)).name
-        else:  # a per-step value the loop now returns at every step
+        else:  # a per-step value the loop returns at every step: already (an output reads it), or from now on
+            index = next((i for i, r in enumerate(returns) if r == LoopOutput(name, "all")), len(returns))
+            if index in items:
+                outer[name] = items[index].name
+                return outer[name]
+            if index == len(returns):
+                returns.append(LoopOutput(name, "all"))
             shape = item_shape.get(name, (b.shape[0], time_axis, *b.shape[1:]))
-            index = len(returns)
-            returns.append(LoopOutput(name, "all"))
             item = Node(parent.fresh(name + "_steps"), "item", [node.name], {"index": index, "shape": shape},
                         shape, b.dtype, b.loc)
             new_items.append(item)

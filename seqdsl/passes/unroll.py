@@ -19,6 +19,10 @@ from dataclasses import replace
 from ..ir import Graph, Model, Node, all_nodes, loop_of
 
 
+class UnrollError(ValueError):
+    """The model or the lengths asked for cannot be unrolled (a mistake in the request: the CLI exits 2)."""
+
+
 def unroll(model: Model, steps: int | dict[str, int]) -> tuple[Model, bool]:
     """A copy of ``model`` with every loop unrolled, and whether anything changed.
 
@@ -26,17 +30,17 @@ def unroll(model: Model, steps: int | dict[str, int]) -> tuple[Model, bool]:
     has one time axis. Loops of a fixed number of steps (no sequence input) keep theirs.
     """
     if any(n.op == "loop" and loop_of(n).stop is not None for n in all_nodes(model.graph)):
-        raise ValueError("a block that stops at an end token runs a data-dependent number of steps: it cannot be "
+        raise UnrollError("a block that stops at an end token runs a data-dependent number of steps: it cannot be "
                          "unrolled (export it looped: an ONNX Loop)")
     axes = sorted({loop_of(n).time for n in all_nodes(model.graph) if n.op == "loop" and loop_of(n).steps is None})
     lengths = steps if isinstance(steps, dict) else {}
     if isinstance(steps, int):
         if len(axes) > 1:
-            raise ValueError(f"the model has several time axes {axes}: give one length each, e.g. {{'T': 4, 'S': 6}}")
+            raise UnrollError(f"the model has several time axes {axes}: give one length each, e.g. {{'T': 4, 'S': 6}}")
         lengths = {a: steps for a in axes}
     missing = [a for a in axes if a not in lengths]
     if missing or any(v < 1 for v in lengths.values()):
-        raise ValueError(f"unrolling needs a length of at least 1 for every time axis {axes}, got {lengths}")
+        raise UnrollError(f"unrolling needs a length of at least 1 for every time axis {axes}, got {lengths}")
     graph, changed = _unroll_graph(model.graph, lengths)
     out = replace(model, graph=graph)
     out.verify()
@@ -45,6 +49,7 @@ def unroll(model: Model, steps: int | dict[str, int]) -> tuple[Model, bool]:
 
 def _unroll_graph(graph: Graph, lengths: dict[str, int]) -> tuple[Graph, bool]:
     out = Graph()
+    out.reserved = set(graph.nodes)  # the names still to be copied: a step's copies must not take them
     changed = False
     alias: dict[str, str] = {}  # node of `graph` -> node of `out` holding its value
     shared_params: dict[str, str] = {}
@@ -55,12 +60,15 @@ def _unroll_graph(graph: Graph, lengths: dict[str, int]) -> tuple[Graph, bool]:
             _expand_loop(out, node, items, [alias[i] for i in node.inputs], lengths, alias, shared_params)
         elif node.op == "item":
             continue  # bound by _expand_loop
+        elif node.op == "param" and node.attrs["name"] in shared_params:
+            alias[node.name] = shared_params[node.attrs["name"]]  # one node per parameter, wherever it was read
         else:
             copy = Node(node.name, node.op, [alias[i] for i in node.inputs], dict(node.attrs), node.shape, node.dtype, node.loc)
             if node.op == "param":
                 shared_params[node.attrs["name"]] = node.name
             alias[node.name] = out.add(copy).name
     out.outputs = {k: alias[v] for k, v in graph.outputs.items()}
+    out.reserved = set()
     return out, changed
 
 

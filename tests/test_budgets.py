@@ -1,0 +1,191 @@
+"""Every spec is decided in bounded time and memory: hostile specs that expand (modules that call the previous
+one twice, `repeat=` from a huge size, diamonds of imports, thousands of equations) end in a located error naming
+the limit, or in a model, within 2 s of CPU and 512 MB. Each case runs in a fresh interpreter, which reports the
+CPU time of the decision (not of Python's start) and its peak resident memory; CPU time, unlike wall time, does
+not grow when other work shares the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SPECS
+
+import seqdsl
+from seqdsl.errors import SpecError
+
+CPU_SECONDS = 2.0  # the README's promise; the cases below take a quarter of it or less on a quiet 2-core machine
+PEAK_MB = 512
+
+_CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a safety net: a runaway fails, not the machine
+    sys.path.insert(0, sys.argv[1])
+    import seqdsl
+    for name, spec, sizes in json.loads(sys.argv[2]):
+        start = time.process_time()
+        try:
+            model = seqdsl.load(spec, sizes)
+            result = {"ok": model.graph.count()}
+        except seqdsl.SpecError as e:
+            result = {"code": e.code, "line": e.loc.line, "col": e.loc.col, "text": e.format()}
+        result["cpu"] = time.process_time() - start
+        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the peak so far
+        print(json.dumps({name: result}), flush=True)
+""")
+
+
+def decide_all(cases: dict[str, tuple[Path, dict[str, int]]]) -> dict[str, dict]:
+    """What `seqdsl.load` says about each spec, with the CPU time of the decision and the peak memory so far, from
+    one fresh interpreter (the memory of a case is at most the peak after it)."""
+    todo = [(name, str(spec), sizes) for name, (spec, sizes) in cases.items()]
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), json.dumps(todo)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results: dict[str, dict] = {}
+    for line in proc.stdout.strip().splitlines():
+        results.update(json.loads(line))
+    return results
+
+
+# ------------------------------------------------------------------------------------------- the generators
+
+def doubling(levels: int) -> str:
+    """Each module calls the previous one twice: 2**levels inlined copies of M0 (1.5 KB at 20 levels)."""
+    mods = ["  M0:\n    inputs: {x: [B, T, 2]}\n    graph: {y: tanh(x)}\n    outputs: {y: y}\n"]
+    mods += [f"  M{i}:\n    inputs: {{x: [B, T, 2]}}\n    graph: {{a: M{i - 1}(x), b: M{i - 1}(a)}}\n"
+             f"    outputs: {{y: b}}\n" for i in range(1, levels)]
+    return ("inputs: {x: [B, T, 2]}\nmodules:\n" + "".join(mods)
+            + f"graph: {{y: M{levels - 1}(x)}}\noutputs: {{y: y}}\n")
+
+
+def chain(levels: int) -> str:
+    """Each module calls the previous one once: calls nested ``levels`` deep, linear in size."""
+    mods = ["  M0:\n    inputs: {x: [B, T, 2]}\n    graph: {y: tanh(x)}\n    outputs: {y: y}\n"]
+    mods += [f"  M{i}:\n    inputs: {{x: [B, T, 2]}}\n    graph: {{y: M{i - 1}(x)}}\n    outputs: {{y: y}}\n"
+             for i in range(1, levels)]
+    return ("inputs: {x: [B, T, 2]}\nmodules:\n" + "".join(mods)
+            + f"graph: {{y: M{levels - 1}(x)}}\noutputs: {{y: y}}\n")
+
+
+def equations(n: int) -> str:
+    """n equations in one graph, each reading the one before (a 4,000-equation spec is about 100 KB)."""
+    body = "".join(f"  v{i}: tanh(v{i - 1} + x * 0.5 - x)\n" for i in range(1, n))
+    return f"sizes: {{d: 2}}\ninputs: {{x: [B, T, d]}}\ngraph:\n  v0: tanh(x)\n{body}outputs: {{y: v{n - 1}}}\n"
+
+
+def diamond(folder: Path, depth: int) -> Path:
+    """f0 imports f1 twice (under two names), f1 imports f2 twice, ...: 2**depth import paths to the last file."""
+    for i in range(depth):
+        nxt = f"f{i + 1}.yaml"
+        body = (f"imports: {{N: {nxt}, N2: {nxt}}}\ngraph: {{a: N(x), y: tanh(a)}}\n" if i < depth - 1
+                else "graph: {y: tanh(x)}\n")
+        (folder / f"f{i}.yaml").write_text("inputs: {x: [B, T, 2]}\n" + body + "outputs: {y: y}\n")
+    return folder / "f0.yaml"
+
+
+def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- the cases
+
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    (tmp / "diamond").mkdir()
+    cases: dict[str, tuple[Path, dict[str, int]]] = {
+        "doubling_12": (_write(tmp, doubling(12), "d12.yaml"), {}),  # 2,048 copies: within the budget
+        "doubling_20": (_write(tmp, doubling(20), "d20.yaml"), {}),  # 2**19 copies: refused as it grows
+        "repeat_huge": (SPECS / "deep_lstm.yaml", {"depth": 1_000_000_000}),
+        "repeat_large": (SPECS / "deep_lstm.yaml", {"depth": 600}),  # 27,601 IR nodes, under the budget
+        "nested_40": (_write(tmp, chain(40), "chain.yaml"), {}),
+        "diamond_14": (diamond(tmp / "diamond", 14), {}),  # 2**13 import paths to the last file
+        "equations_1000": (_write(tmp, equations(1_000), "e1000.yaml"), {}),
+        "equations_4000": (_write(tmp, equations(4_000), "e4000.yaml"), {}),  # about 100 KB
+        "yaml_nodes": (_write(tmp, "graph: [" + ",".join(["1"] * 60_000) + "]\n", "nodes.yaml"), {}),
+    }
+    assert len(cases["doubling_20"][0].read_bytes()) < 2_000
+    return decide_all(cases)
+
+
+@pytest.mark.parametrize("case", ["doubling_12", "doubling_20", "repeat_huge", "repeat_large", "nested_40",
+                                  "diamond_14", "equations_1000", "equations_4000", "yaml_nodes"])
+def test_every_hostile_spec_is_decided_within_2_s_and_512_mb(decided: dict[str, dict], case: str):
+    result = decided[case]
+    assert result["cpu"] < CPU_SECONDS, f"{case}: {result['cpu']:.2f} s of CPU"
+    assert result["rss_mb"] < PEAK_MB, f"{case}: {result['rss_mb']:.0f} MB"
+    if "code" in result:  # a refusal is located
+        assert result["line"] >= 1 and result["col"] >= 1, result
+
+
+def test_a_module_calling_the_previous_one_twice_stops_at_the_node_budget(decided: dict[str, dict]):
+    assert decided["doubling_12"].get("ok", 0) > 2_048, decided["doubling_12"]
+    result = decided["doubling_20"]
+    assert result.get("code") == "E0420", result
+    assert "30,000 IR nodes" in result["text"] and "--max-nodes" in result["text"]
+    assert "called `M" in result["text"] and "more calls" in result["text"]  # the calls being inlined, shortened
+
+
+def test_repeat_from_a_huge_size_is_refused_before_any_copy(decided: dict[str, dict]):
+    result = decided["repeat_huge"]
+    assert (result.get("code"), result.get("line")) == ("E0422", 18), result
+    assert "--max-repeat" in result["text"] and "1,000,000,000" in result["text"]
+    assert decided["repeat_large"].get("ok", 0) > 27_000, decided["repeat_large"]
+
+
+def test_calls_nested_past_the_depth_limit(decided: dict[str, dict]):
+    result = decided["nested_40"]
+    assert result.get("code") == "E0421", result
+    assert "deeper than 32" in result["text"] and "--max-depth" in result["text"]
+
+
+def test_a_diamond_of_imports_loads_each_file_once(decided: dict[str, dict]):
+    assert decided["diamond_14"].get("ok", 0) > 14, decided["diamond_14"]
+
+
+def test_thousands_of_equations_lower_in_linear_time(decided: dict[str, dict]):
+    small, large = decided["equations_1000"], decided["equations_4000"]
+    assert small.get("ok") and large.get("ok"), (small, large)
+    # linear: 4x the equations is about 4x the time (quadratic would be 16x); generous for a busy machine
+    assert large["cpu"] < 9 * max(small["cpu"], 0.05), (small["cpu"], large["cpu"])
+
+
+def test_yaml_with_too_many_nodes_is_refused(decided: dict[str, dict]):
+    assert decided["yaml_nodes"].get("code") == "E0112", decided["yaml_nodes"]
+
+
+# ----------------------------------------------------------------------------------- the limits can be raised
+
+def test_limits_can_be_raised_in_python(tmp_path: Path):
+    text = chain(40)
+    with pytest.raises(SpecError) as info:
+        seqdsl.loads(text, file="x.yaml")
+    assert info.value.code == "E0421"
+    model = seqdsl.loads(text, file="x.yaml", limits=seqdsl.Limits(depth=48))
+    assert list(model.graph.outputs) == ["y"]
+    with pytest.raises(SpecError) as info:
+        seqdsl.loads(doubling(12), file="x.yaml", limits=seqdsl.Limits(nodes=1_000))
+    assert info.value.code == "E0420" and "1,000 IR nodes" in info.value.message
+    with pytest.raises(SpecError) as info:
+        seqdsl.load(SPECS / "deep_lstm.yaml", {"depth": 5}, limits=seqdsl.Limits(repeat=4))
+    assert info.value.code == "E0422"
+    with pytest.raises(ValueError):
+        seqdsl.Limits(nodes=0)
+
+
+def test_limits_can_be_raised_on_the_command_line():
+    cli = [sys.executable, str(ROOT / "cli.py"), "validate", str(SPECS / "deep_lstm.yaml"), "--set", "depth=1500"]
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "error[E0422]" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    raised = subprocess.run(cli + ["--max-repeat", "2000", "--max-nodes", "100000"], capture_output=True, text=True,
+                            timeout=120)
+    assert raised.returncode == 0 and "69001 IR nodes" in raised.stdout, raised.stdout + raised.stderr
