@@ -170,7 +170,7 @@ def damaged_specs(draw: st.DrawFn) -> str | bytes:
 @given(damaged=damaged_specs())
 def test_damaged_specs_end_in_a_located_error_or_a_model(damaged: str | bytes):
     tracemalloc.start()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the bound is on our work, not on a busy machine
     try:
         if isinstance(damaged, bytes):
             from seqdsl.api import _lower
@@ -186,6 +186,6 @@ def test_damaged_specs_end_in_a_located_error_or_a_model(damaged: str | bytes):
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert peak < 512 * 2**20
 
