@@ -27,7 +27,8 @@ from . import expr as E
 from .budget import Budget, Limits
 from .errors import Location, SpecError, did_you_mean
 from .init import resolve as resolve_init
-from .ir import Graph, Model, Node, Param, Scope, Shape, TrainDefaults, loop_of, used_params
+from .ir import Graph, Model, Node, Param, Scope, Shape, TrainDefaults
+from .unused import unused_params, unused_values
 from .loader import Document
 from .naming import MODULE_ATTRIBUTES, normalize
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
@@ -85,15 +86,6 @@ def _train_defaults(unit: Unit) -> TrainDefaults:
     return TrainDefaults(values, {k: unit.doc.loc(unit.path + ("train", k)) for k in values})
 
 
-def unused_params(model: Model) -> list[SpecError]:
-    """Declared parameters that no output depends on (W0402): nothing would train them. model.py keeps them as
-    buffers (in the state_dict, never in parameters()), so that DDP sees no parameter without a gradient."""
-    used = used_params(model.graph)
-    return [SpecError("W0402", f"parameter `{p.name}` is never used by any output", p.loc,
-                      hint="remove it; until then it is not trained (model.py holds it as a buffer)")
-            for p in model.params.values() if p.name not in used]
-
-
 def _check_onnx_names(lowering: "_ModuleLowering", params: dict[str, Param]) -> None:
     """The model's inputs, outputs and parameters are ONNX value names as the spec writes them, and ONNX wants
     every value name once: an output may not be named like an input or a parameter."""
@@ -118,31 +110,6 @@ def spec_sources(unit: Unit) -> dict[str, str]:
                 seen.add(id(sub))
                 pending.append(sub)
     return found
-
-
-def unused_values(graph: Graph) -> list[SpecError]:
-    """Equations and inputs that no output depends on (W0401), in this graph and the loop bodies in it."""
-    found: list[SpecError] = []
-    users = graph.users()
-    keep = set(graph.outputs.values())
-    for node in graph:
-        if node.op == "loop":
-            loop = loop_of(node)
-            body_keep = set(loop.updates) | {r.node for r in loop.returns}
-            body_users = loop.body.users()
-            for b in loop.body:
-                if b.attrs.get("eq_root") and not body_users.get(b.name) and b.name not in body_keep:
-                    found.append(_unused(b))
-    for node in graph:
-        if (node.attrs.get("eq_root") or node.op == "input") and not users.get(node.name) and node.name not in keep:
-            found.append(_unused(node))
-    return found
-
-
-def _unused(node: Node) -> SpecError:
-    what = "input" if node.op == "input" else "value"
-    return SpecError("W0401", f"{what} `{node.name}` is never used", node.loc,
-                     hint="remove it, or name it under `outputs:`")
 
 
 def check_overrides(unit: Unit, overrides: Any) -> dict[str, int]:

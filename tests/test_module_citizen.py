@@ -197,7 +197,7 @@ def test_ddp_with_an_unused_parameter(tmp_path: Path):
     torch.manual_seed(0)
     start = to_module(seqdsl.load(spec)).state_dict()
     for optimize in (True, False):
-        a, b = (torch.load(f"{out}.{optimize}.{r}") for r in (0, 1))
+        a, b = (torch.load(f"{out}.{optimize}.{r}", weights_only=True) for r in (0, 1))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)  # the replicas hold identical weights
         assert not torch.equal(a["W"], start["W"]) and torch.equal(a["Z"], start["Z"])  # trained; Z untouched
