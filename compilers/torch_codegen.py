@@ -106,8 +106,8 @@ def _extremum(fn: str, bound: str) -> Emit:
     def emit(node: Node, args: list[str]) -> tuple[str, int]:
         a, b = args
         if _is_number(b) or _is_number(a):
-            value, number = (a, b) if _is_number(b) else (b, a)
-            return f"torch.clamp({value}, {bound}={number})", ATOM
+            value, literal = (a, b) if _is_number(b) else (b, a)
+            return f"torch.clamp({value}, {bound}={literal})", ATOM
         return f"{fn}({a}, {b})", ATOM
     return emit
 
