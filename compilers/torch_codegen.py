@@ -422,10 +422,12 @@ class _Generator:
                 collect[i] = names.fresh(f"{writer.var(r.node)}_steps")  # one list per return, never shared
                 out.append(f"        {collect[i]} = []")
         steps = "range(T - 1, -1, -1)" if loop.reverse else "range(T)"
-        # time-major copies: a step's slice is then contiguous, and matrix products on strided slices are slow
+        # time-major copies, unbound: a step's slice is contiguous (matrix products on strided slices are slow),
+        # and autograd sees one UnbindBackward (one stack) rather than T SelectBackwards, each of which would fill
+        # a zero tensor of the whole sequence: O(T^2) in the backward pass
         by_time = [names.fresh(f"{s}_by_t") for s in seq_args]
         for s, bt in zip(seq_args, by_time):
-            out.append(f"        {bt} = {s}.transpose(0, 1).contiguous()  # (T, B, ...)")
+            out.append(f"        {bt} = {s}.transpose(0, 1).contiguous().unbind(0)  # T steps of (B, ...)")
         out.append(f"        for t in {steps}:")
         for s, c in zip(states, carried):
             out.append(f"            {writer.var(s.name)} = {c}")
