@@ -274,6 +274,7 @@ class _GraphWriter:
         self.inline: dict[str, tuple[str, int]] = {}
         self.lines: list[str] = []
         self.keep: set[str] = set()  # nodes that must be variables (read by the loop machinery)
+        self.step = False  # a loop's step: sums of a product take one addmm (see `_addmm`)
 
     def var(self, name: str) -> str:
         return self.names(name)
@@ -302,6 +303,10 @@ class _GraphWriter:
         if node.op == "cell":
             self.gen.write_cell(self, node)
             return
+        fused = _addmm(self, node) if self.step else None
+        if fused is not None:
+            self.lines.append(f"{self.indent}{self.var(node.name)} = {fused}  # {dims(node.shape)}")
+            return
         emit = TORCH_EMIT.get(node.op)
         if emit is None:
             raise KeyError(f"op `{node.op}` has no entry in compilers.torch_codegen.TORCH_EMIT")
@@ -324,6 +329,23 @@ class _GraphWriter:
     def value(self, name: str) -> str:
         """Source for the value of node ``name`` (a variable, or its inline expression)."""
         return self.operand(name, 0)
+
+
+def _addmm(writer: _GraphWriter, node: Node) -> str | None:
+    """``a + h @ Uᵀ`` of a step as one ``torch.addmm(a, h, U.t())``: one kernel (the product accumulates onto a
+    copy of ``a``, the hoisted input projection) instead of a product and an add, at every step. None where
+    ``node`` is no such sum of (B, n) values: a product read by nothing else, and an addend of the sum's shape."""
+    graph = writer.graph
+    if node.op != "add" or len(node.shape) != 2 or node.dtype != "float32":
+        return None
+    for k in (0, 1):
+        lin, addend = graph[node.inputs[k]], graph[node.inputs[1 - k]]
+        if lin.op == "linear" and len(lin.inputs) == 2 and writer.users.get(lin.name) == [node.name] \
+                and lin.name not in writer.keep and not lin.attrs.get("eq_root") \
+                and len(graph[lin.inputs[0]].shape) == 2 and addend.shape == node.shape and lin.name != addend.name:
+            return (f"torch.addmm({writer.value(addend.name)}, {writer.value(lin.inputs[0])}, "
+                    f"{writer.operand(lin.inputs[1], ATOM)}.t())")
+    return None
 
 
 class _Generator:
@@ -404,6 +426,7 @@ class _Generator:
         for n in seqs:
             names.map[n.name] = names.fresh(n.name.removeprefix(prefix) + "_t")  # its slice at step t
         writer = _GraphWriter(self, body, names, ind)
+        writer.step = True
         writer.keep |= set(loop.updates) | {r.node for r in loop.returns}
         for n in body:
             writer.emit_node(n)

@@ -1,8 +1,8 @@
 """IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
 `optimize` is the default pipeline the backends run: recognition of standard cells (for the kernels the backend
-has), bias folding, fusion (so a fused product can then leave the loop whole), hoisting, then sinking (a
-decoder nothing feeds back runs after the loop).
+has), regrouping of sums (state-free terms first), bias folding, fusion (of sibling products, then of the elementwise ops on their slices, so that a fused
+product can then leave the loop whole), hoisting, then sinking (a decoder nothing feeds back runs after the loop).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Callable
 
 from ..ir import Model
 from .fold_bias import fold_bias
-from .fuse import fuse_linears
-from .hoist import hoist
+from .fuse import fuse_linears, fuse_slices
+from .hoist import hoist, regroup
 from .recognize import CELLS, recognize
 from .sink import sink
 from .unroll import unroll
 
 Pass = Callable[[Model], tuple[Model, bool]]
-DEFAULT_PIPELINE: tuple[Pass, ...] = (fold_bias, fuse_linears, hoist, sink)
+DEFAULT_PIPELINE: tuple[Pass, ...] = (regroup, fold_bias, fuse_linears, fuse_slices, hoist, sink)
 
 
 def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
@@ -35,4 +35,4 @@ def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
     return model
 
 
-__all__ = ["optimize", "fold_bias", "fuse_linears", "hoist", "sink", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
+__all__ = ["optimize", "fold_bias", "fuse_linears", "fuse_slices", "hoist", "regroup", "sink", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]

@@ -7,7 +7,11 @@ state, and *invariant* otherwise (it reads only parameters, constants and captur
   2. a time-varying op node (``W @ x``: the input projections) whose op acts on trailing axes only, and whose
      other inputs carry no batch axis (parameters, constants), is computed for every step at once in the parent
      graph, on the whole sequence (B, T, ...), and read in the body as a new ``step_input``;
-  3. chains move together (``W @ x + b`` leaves as a whole); dynamic nodes stay.
+  3. chains move together (``W @ x + b`` leaves as a whole); dynamic nodes stay;
+  4. `regroup`, a pass of its own that runs first (before bias folding): a sum of a state-free term and a sum
+     with one state term is regrouped so that the state-free terms are added first: ``(W x + U h) + b`` ->
+     ``(W x + b) + U h``, whose ``W x + b`` then folds into one linear map and leaves the loop (rounding may
+     differ in the last bit, as for any reordered sum).
 Loops inside bodies are treated first. The numbers do not change: tests/test_passes.py checks every spec.
 """
 
@@ -18,6 +22,7 @@ from dataclasses import replace
 from typing import Literal
 
 from ..ir import Graph, Loop, Model, Node, loop_of
+from ..ops import broadcast
 
 Kind = Literal["dynamic", "time", "invariant"]
 
@@ -147,6 +152,55 @@ def _hoist_loop(parent: Graph, node: Node) -> bool:
                                  n_captures=len(captures) + len(boundary_inv))
     _compact(node)
     return True
+
+
+def regroup(model: Model) -> tuple[Model, bool]:
+    """``model`` with every loop body's sums regrouped, state-free terms first (rule 4); and whether any was."""
+    model = copy.deepcopy(model)
+    changed = _regroup_graph(model.graph)
+    model.verify()
+    return model, changed
+
+
+def _regroup_graph(graph: Graph) -> bool:
+    changed = False
+    for node in graph:
+        if node.op == "loop":
+            loop = loop_of(node)
+            changed |= _regroup_graph(loop.body)
+            changed |= _regroup_sums(loop.body, set(loop.updates) | {r.node for r in loop.returns})
+    return changed
+
+
+def _regroup_sums(body: Graph, kept: set[str]) -> bool:
+    """Rule 4, in place: ``add(add(a, d), c)`` with ``d`` the only term that reads a state becomes
+    ``add(add(a, c), d)`` (the inner sum read by nothing else), its new inner sum placed just before the outer."""
+    kind = _classify(body)
+    users = body.users()
+    changed = False
+    for outer in list(body):
+        if outer.op != "add":
+            continue
+        for k in (0, 1):
+            inner, c = body[outer.inputs[k]], body[outer.inputs[1 - k]]
+            if inner.op != "add" or users.get(inner.name) != [outer.name] or inner.name in kept \
+                    or inner.attrs.get("eq_root") or kind[c.name] == "dynamic":
+                continue
+            dynamic = [i for i in inner.inputs if kind[i] == "dynamic"]
+            if len(dynamic) != 1 or inner.inputs[0] == inner.inputs[1]:
+                continue
+            static = next(i for i in inner.inputs if i != dynamic[0])
+            regrouped = replace(inner, inputs=[static, c.name], shape=broadcast(body[static].shape, c.shape))
+            items = [(n, v) for n, v in body.nodes.items() if n != inner.name]
+            at = [n for n, _ in items].index(outer.name)
+            items[at:at] = [(inner.name, regrouped)]
+            body.nodes = dict(items)
+            body.nodes[outer.name] = replace(outer, inputs=[inner.name, dynamic[0]])
+            kind[inner.name] = "time" if "time" in (kind[static], kind[c.name]) else "invariant"
+            users = body.users()
+            changed = True
+            break
+    return changed
 
 
 def _paper_name(body: Graph, n: Node) -> str | None:
