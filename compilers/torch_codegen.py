@@ -334,7 +334,8 @@ class _GraphWriter:
 def _addmm(writer: _GraphWriter, node: Node) -> str | None:
     """``a + h @ Uᵀ`` of a step as one ``torch.addmm(a, h, U.t())``: one kernel (the product accumulates onto a
     copy of ``a``, the hoisted input projection) instead of a product and an add, at every step. None where
-    ``node`` is no such sum of (B, n) values: a product read by nothing else, and an addend of the sum's shape."""
+    ``node`` is no such sum of (B, n) values: a product read by nothing else, and an addend of the sum's shape
+    that the step reads whole (a step input or capture: what hoisting leaves; equations as written stay so)."""
     graph = writer.graph
     if node.op != "add" or len(node.shape) != 2 or node.dtype != "float32":
         return None
@@ -342,7 +343,8 @@ def _addmm(writer: _GraphWriter, node: Node) -> str | None:
         lin, addend = graph[node.inputs[k]], graph[node.inputs[1 - k]]
         if lin.op == "linear" and len(lin.inputs) == 2 and writer.users.get(lin.name) == [node.name] \
                 and lin.name not in writer.keep and not lin.attrs.get("eq_root") \
-                and len(graph[lin.inputs[0]].shape) == 2 and addend.shape == node.shape and lin.name != addend.name:
+                and len(graph[lin.inputs[0]].shape) == 2 and addend.shape == node.shape \
+                and addend.op in ("step_input", "capture"):
             return (f"torch.addmm({writer.value(addend.name)}, {writer.value(lin.inputs[0])}, "
                     f"{writer.operand(lin.inputs[1], ATOM)}.t())")
     return None
