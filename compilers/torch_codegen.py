@@ -207,9 +207,11 @@ TORCH_CELLS: dict[str, TorchCell] = {
     "rnn_tanh": TorchCell("torch.rnn_tanh", "Elman RNN", "rnn", (_TANH,), ("h",), _ELMAN),
     "rnn_relu": TorchCell("torch.rnn_relu", "ReLU RNN", "rnn", (_RELU,), ("h",), _ELMAN),
     "lstm": TorchCell("torch.lstm", "LSTM", "lstm", (_SIGMOID, _TANH, _TANH), ("h", "c"),
-                      (("W_i", "W_f", "W_c", "W_o"), ("U_i", "U_f", "U_c", "U_o"), ("b_i", "b_f", "b_c", "b_o"), None)),
+                      (("W_i", "W_f", "W_c", "W_o"), ("U_i", "U_f", "U_c", "U_o"),
+                       ("b_i", "b_f", "b_c", "b_o"), None)),
     "gru": TorchCell("torch.gru", "GRU (PyTorch's form)", "gru_torch", (_SIGMOID, _TANH), ("h",),
-                     (("W_r", "W_z", "W_n"), ("U_r", "U_z", "U_n"), ("b_ir", "b_iz", "b_in"), ("b_hr", "b_hz", "b_hn"))),
+                     (("W_r", "W_z", "W_n"), ("U_r", "U_z", "U_n"),
+                      ("b_ir", "b_iz", "b_in"), ("b_hr", "b_hz", "b_hn"))),
 }
 
 

@@ -240,3 +240,26 @@ def test_shipped_family_specs_are_recognised():
         [got] = cells(seqdsl.load(ROOT / "specs" / name))
         assert got["cell"] == family and {k: got[k] for k in attrs} == attrs, name
     assert [a["cell"] for a in cells(seqdsl.load(ROOT / "specs" / "irnn.yaml"), torch_runs)] == ["rnn"]
+
+
+@pytest.mark.parametrize("product", ["i * sigmoid(W_c @ x + U_c @ h[t-1] + b_c)",
+                                     "sigmoid(W_c @ x + U_c @ h[t-1] + b_c) * i"])
+def test_gate_and_candidate_are_told_apart_by_their_functions(product: str):
+    """In c = f c + i g, the gate i and the candidate g have the same shape of graph: only the functions (one f
+    for every gate) say which is which, whichever way the product is written."""
+    text = spec("lstm", ["relu", "tanh", "tanh"]).replace("i * tanh(W_c @ x + U_c @ h[t-1] + b_c)", product)
+    assert product in text
+    model = seqdsl.loads(text, file="swapped.yaml")
+    [attrs] = cells(model)
+    assert attrs["activations"] == (("relu", None), ("sigmoid", None), ("tanh", None))
+    onnx_matches_generic(model, reference=False)
+
+
+@pytest.mark.parametrize("text", [
+    spec("gru", ["sigmoid", "tanh"]).replace("r: sigmoid(", "r: tanh("),          # z and r share ONNX's f
+    spec("gru_torch", ["sigmoid", "tanh"]).replace("+ b_hn", ""),                   # one bias missing
+    spec("rnn", ["tanh"]).replace("h: tanh(", "h: abs("),                           # no ONNX activation is abs
+    spec("rnn", ["tanh"]).replace("+ W @ x + b)", "+ W @ x + b) + 0.5 * h[t-1]"),  # a leaky RNN
+], ids=["gru-two-gate-functions", "gru_torch-bias-missing", "rnn-abs", "rnn-leaky"])
+def test_near_misses_of_the_gru_and_rnn_families_stay_generic(text: str):
+    assert "member" in text and cells(seqdsl.loads(text, file="near.yaml")) == []
