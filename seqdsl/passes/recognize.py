@@ -39,7 +39,7 @@ import networkx as nx
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
 from ..ir import Graph, Loop, Model, Node, loop_of
-from .cell_families import ACTIVATIONS, FAMILIES, Variant, activation_of, template_text
+from .cell_families import ACTIVATIONS, FAMILIES, Activation, Variant, activation_of, template_text
 
 COMMUTATIVE = {"add", "mul"}
 CELLS = tuple(FAMILIES)  # the family names
@@ -66,14 +66,19 @@ def _template(variant: Variant, d: int, h: int) -> Loop | None:
 
     model = loads(template_text(variant), {"d": d, "h": h}, file=f"<{variant.family} template>")
     loops = [n for n in model.graph if n.op == "loop"]
-    return loop_of(loops[0]) if len(loops) == 1 else None
+    if len(loops) != 1:
+        return None
+    loop = loop_of(loops[0])
+    for equation in (e for slot in FAMILIES[variant.family].slots_of(variant) for e in slot):
+        assert loop.body[equation].op in ACTIVATIONS, f"internal: slot `{equation}` of {variant} is no activation"
+    return loop
 
 
-def _activations(variant: Variant, body: Graph, template: Graph,
-                 mapping: dict[str, str]) -> tuple[tuple[str, float | None], ...] | None:
-    """The function at each of the variant's slots, or None if a slot's nodes disagree (or one cannot fill it)."""
+def _activations(variant: Variant, body: Graph, mapping: dict[str, str]) -> tuple[Activation, ...] | None:
+    """The function at each of the variant's slots (named by the template's equations, whose root node is the
+    activation), or None if a slot's nodes disagree."""
     ours_of = {t: o for o, t in mapping.items()}
-    slots: list[tuple[str, float | None]] = []
+    slots: list[Activation] = []
     for equations in FAMILIES[variant.family].slots_of(variant):
         found = {activation_of(body[ours_of[e]].op, body[ours_of[e]].attrs) for e in equations}
         if len(found) != 1 or None in found:
@@ -117,7 +122,7 @@ def _cell(node: Node, variant: Variant, template: Loop,
     """What the cell that ``node`` is under ``mapping`` (our body node -> template node) reads and is: its
     attributes, its initial states (parent graph nodes) and its parameters (spec names, in ``params`` order)."""
     loop = loop_of(node)
-    activations = _activations(variant, loop.body, template.body, mapping)
+    activations = _activations(variant, loop.body, mapping)
     if activations is None:
         return None
     # which of our states is the template's h (and c): through the updates the isomorphism pairs
