@@ -7,9 +7,9 @@ copy: delays), one CPU thread each, the same steps, batch and optimiser for ever
 ``results.json``, ``long_dependencies.png`` and a Markdown table (``--table`` prints it from the results) into
 ``benchmarks/results/``; the data and each run's metrics and checkpoint go to a temporary folder (``--work``)::
 
-    python benchmarks/long_dependencies.py                          # every task, the lengths below (~40 min)
+    python benchmarks/long_dependencies.py                          # every task, the lengths below (~30 min)
     python benchmarks/long_dependencies.py --tasks adding --lengths 10 50 --steps 300
-    python benchmarks/long_dependencies.py --tasks copy             # the copy task alone (~15 min)
+    python benchmarks/long_dependencies.py --tasks copy             # the copy task alone (~16 min)
     python benchmarks/long_dependencies.py --table
 
 Copy is scored on its recall phase only (the data's ``target_mask``: the K = 10 steps after the delimiter), where
@@ -42,8 +42,8 @@ SPECS = Path(__file__).resolve().parent / "specs"
 CELLS = ["rnn", "irnn", "gru", "lstm"]
 LABELS = {"rnn": "Elman RNN (tanh)", "irnn": "IRNN (ReLU, U = I)", "gru": "GRU", "lstm": "LSTM"}
 TASKS = ["adding", "brackets", "copy"]
-DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 60], "copy": [5, 20, 50]}
-DEFAULT_STEPS = {"adding": 1500, "brackets": 1500, "copy": 3000}
+DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 60], "copy": [10, 20, 40]}
+DEFAULT_STEPS = {"adding": 1500, "brackets": 1500, "copy": 2000}
 DEFAULT_LR = {"adding": 1e-2, "brackets": 1e-2, "copy": 3e-3}
 TITLES = {"adding": "adding problem", "brackets": "brackets (seed 003)", "copy": "copy memory (10 symbols)"}
 TRAIN_EXAMPLES, VAL_EXAMPLES = 10_000, 1_000
@@ -113,17 +113,20 @@ def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     task_names = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    colours = {v: f"C{i}" for i, v in enumerate(variants(rows))}  # one colour per cell in every panel
+    colours = {cell: f"C{i}" for i, cell in enumerate(CELLS)}  # one colour per cell in every panel
     fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4.2), squeeze=False)
     for ax, task in zip(axes[0], task_names):
         mine = [r for r in rows if r["task"] == task]
         lengths = sorted({r["length"] for r in mine})
         key = "val_loss" if task == "adding" else "val_accuracy"
-        for cell, lr in variants(rows):
+        drawn: set[str] = set()
+        for cell, lr in variants(mine):
             points = sorted((r["length"], r[key]) for r in mine
                             if (r["cell"], r["lr"]) == (cell, lr) and r.get(key) is not None)
-            if points:
-                ax.plot(*zip(*points), marker="o", color=colours[cell, lr], label=label(cell, lr, rows))
+            if points:  # a cell's second learning rate: the same colour, dotted
+                ax.plot(*zip(*points), marker="o", color=colours[cell], linestyle=":" if cell in drawn else "-",
+                        label=label(cell, lr, mine))
+                drawn.add(cell)
         base = [(r["length"], r["baseline"]) for r in mine if r.get("baseline") is not None]
         if base:
             best = {length: value for length, value in sorted(base)}
