@@ -11,7 +11,7 @@ carry spec text only through `seqdsl.text.plain_text`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import numpy as np
 import onnx
@@ -36,6 +36,7 @@ class _Builder:
         self.cache: dict[tuple[object, ...], str] = {}
         self.counter = 0
         self.graph: Graph | None = None  # the IR graph being emitted (for shapes of inputs)
+        self.params: set[str] = set()  # parameter names (their initializers are written last), on the root
 
     def shape_of(self, ir_node: str) -> tuple[object, ...]:
         assert self.graph is not None
@@ -67,7 +68,7 @@ class _Builder:
     def transposed(self, weight: str) -> str:
         """Wᵀ for ``x @ Wᵀ``: computed once at the top level when W lives there (a parameter, or a fused
         concatenation of parameters), outside every loop; else where W is."""
-        at_root = weight in self.root.initializers or weight in self.root.values.values()
+        at_root = weight in self.root.initializers or weight in self.root.params or weight in self.root.values.values()
         owner = self.root if at_root else self
         key = ("T", weight)
         if key not in owner.cache:
@@ -350,6 +351,7 @@ def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None, 
     for node in graph:
         if node.op == "param":
             b.values[node.name] = node.attrs["name"]
+            b.root.params.add(node.attrs["name"])  # a top-level value: Wᵀ of it is computed once, outside loops
         elif node.op == "const":
             if node.name in read:  # constants the lowering folded into others are no initializers
                 b.values[node.name] = b.const(node.attrs["value"])
@@ -546,18 +548,23 @@ def _prune(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
 
 
 def export(model: Model, opset: int | None = None, ir_version: int | None = None,
-           optimize: bool = True, native_cells: bool = True) -> onnx.ModelProto:
+           optimize: bool = True, native_cells: bool | Collection[str] = True) -> onnx.ModelProto:
     """An ONNX model computing ``model``; inputs and outputs carry the spec's names, B and T are symbolic.
 
     ``optimize`` runs seqdsl's default passes first (fusion, hoisting); ``native_cells`` turns blocks that are a
-    standard cell into ONNX's own LSTM / GRU / RNN op, the rest into Scan / Loop."""
+    standard cell into ONNX's own LSTM / GRU / RNN op, the rest into Scan / Loop; given as loop names
+    (``{"enc.loop"}``, see `compilers.onnx_form`), only those blocks."""
     from seqdsl.passes import optimize as run_passes
+    from seqdsl.passes import recognize
 
     from .onnx_runtime import target_versions
     from .onnx_scan import fuse_steps
 
     if optimize:
-        model = fuse_steps(run_passes(model, cells=frozenset(ONNX_CELLS) if native_cells else frozenset()))
+        if native_cells:
+            blocks = None if native_cells is True else frozenset(native_cells)
+            model, _ = recognize(model, frozenset(ONNX_CELLS), blocks)
+        model = fuse_steps(run_passes(model))
     max_ir, max_opset = target_versions()
     opset = min(opset or OPSET, max_opset)
     b = _Builder()

@@ -49,12 +49,14 @@ CELLS: dict[str, CellKind] = {
 }
 
 
-def recognize(model: Model, kinds: frozenset[str] = frozenset(CELLS)) -> tuple[Model, bool]:
-    """``model`` with every top-level loop that is one of the standard cells in ``kinds`` turned into a cell."""
+def recognize(model: Model, kinds: frozenset[str] = frozenset(CELLS),
+              blocks: frozenset[str] | None = None) -> tuple[Model, bool]:
+    """``model`` with every top-level loop that is one of the standard cells in ``kinds`` turned into a cell;
+    with ``blocks``, only the loops of those names (a backend choosing its form per block)."""
     model = copy.deepcopy(model)
     changed = False
     for node in list(model.graph):
-        if node.op == "loop":
+        if node.op == "loop" and (blocks is None or node.name in blocks):
             for kind in kinds:
                 if _rewrite(model.graph, node, CELLS[kind]):
                     changed = True
