@@ -296,6 +296,9 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         blocks = ", ".join(f"{block} {kind}" for block, kind in result.onnx_blocks.items())
         form = f"{blocks}; runs at any length"
     rows.append(("onnx", f"{form} ({result.onnx_nodes} nodes{data})"))
+    if any(c["reason"] != "only form" for c in result.onnx_choice.values()):
+        why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
+        rows.append(("onnx form", f"{why} (onnxruntime {next(iter(result.onnx_choice.values()))['onnxruntime']})"))
     rows.append(("onnxruntime", result.provider))
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
