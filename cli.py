@@ -298,7 +298,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     rows.append(("onnx", f"{form} ({result.onnx_nodes} nodes{data})"))
     if any(c["reason"] != "only form" for c in result.onnx_choice.values()):
         why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
-        rows.append(("onnx form", f"{why} (onnxruntime {next(iter(result.onnx_choice.values()))['onnxruntime']})"))
+        version = next(iter(result.onnx_choice.values()))["onnxruntime"]
+        rows.append(("onnx form", f"{why} (onnxruntime {version})"))
     rows.append(("onnxruntime", result.provider))
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())

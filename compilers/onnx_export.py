@@ -68,7 +68,8 @@ class _Builder:
     def transposed(self, weight: str) -> str:
         """Wᵀ for ``x @ Wᵀ``: computed once at the top level when W lives there (a parameter, or a fused
         concatenation of parameters), outside every loop; else where W is."""
-        at_root = weight in self.root.initializers or weight in self.root.params or weight in self.root.values.values()
+        root = self.root
+        at_root = weight in root.initializers or weight in root.params or weight in root.values.values()
         owner = self.root if at_root else self
         key = ("T", weight)
         if key not in owner.cache:

@@ -79,7 +79,6 @@ def _merge_sequences(parent: Graph, node: Node) -> bool:
     if not merged:
         return False
     body = loop.body
-    by_index = {n.attrs["index"]: n for n in body if n.op == "step_input"}
     kept = [i for i in range(n_q) if not any(i in idx for idx in merged.values())]
     new_sequences = [sequences[i] for i in kept] + list(merged)
     index_of = {old: new for new, old in enumerate(kept)}
@@ -123,7 +122,7 @@ def _kinds(body: Graph) -> dict[str, str]:
 
 def _fuse_body(body: Graph, needed: set[str]) -> bool:
     changed = False
-    while _sink_one_group(body, needed) or _reassociate_one(body):
+    while _sink_one_group(body, needed) or _reassociate_one(body, needed):
         changed = True
     return changed
 
@@ -150,7 +149,8 @@ def _sink_one_group(body: Graph, needed: set[str]) -> bool:
                 break
     for key, members in groups.items():
         source = key[1]
-        if not _tiles([r for _, r, _ in members], body[source].shape[-1]) or len({r for _, r, _ in members}) != len(members):
+        ranges = [r for _, r, _ in members]
+        if not _tiles(ranges, body[source].shape[-1]) or len(set(ranges)) != len(ranges):
             continue
         first = min(list(body.nodes).index(m) for m, _, _ in members)
         new: list[Node] = []
@@ -165,15 +165,15 @@ def _sink_one_group(body: Graph, needed: set[str]) -> bool:
             summed = Node(body.fresh(f"{source}_biased"), "add", [source, joined.name], {}, src.shape, src.dtype,
                           src.loc)
         new.append(summed)
-        ranges = {m: r for m, r, _ in members}
+        at = {m: r for m, r, _ in members}
         rebuilt = Graph()
         rebuilt.outputs = dict(body.outputs)
         for i, n in enumerate(body):
             if i == first:
                 for extra in new:
                     rebuilt.add(extra)
-            if n.name in ranges:
-                start, stop = ranges[n.name]
+            if n.name in at:
+                start, stop = at[n.name]
                 n = Node(n.name, "slice", [summed.name], {"axis": -1, "start": start, "stop": stop}, n.shape,
                          n.dtype, n.loc)
             rebuilt.add(n)
@@ -184,8 +184,9 @@ def _sink_one_group(body: Graph, needed: set[str]) -> bool:
     return False
 
 
-def _reassociate_one(body: Graph) -> bool:
-    """Rule 3 for the first ``(A + M) + C`` found; True if one was rewritten."""
+def _reassociate_one(body: Graph, needed: set[str]) -> bool:
+    """Rule 3 for the first ``(A + M) + C`` found whose ``A + M`` nothing else reads (no other node, not the
+    loop: a new state or a returned value keeps its value); True if one was rewritten."""
     kind = _kinds(body)
     users = body.users()
     for n in body:
@@ -193,7 +194,8 @@ def _reassociate_one(body: Graph) -> bool:
             continue
         for inner_name, c in (n.inputs, n.inputs[::-1]):
             inner = body[inner_name]
-            if inner.op != "add" or kind[c] == "dynamic" or len(users[inner_name]) != 1 or inner.shape != n.shape:
+            if (inner.op != "add" or kind[c] == "dynamic" or len(users[inner_name]) != 1 or inner_name in needed
+                    or inner.shape != n.shape):
                 continue
             dyn = [i for i in inner.inputs if kind[i] == "dynamic"]
             if len(dyn) != 1 or len(inner.inputs) != 2 or inner.inputs[0] == inner.inputs[1]:
@@ -229,7 +231,8 @@ def _drop_dead(body: Graph, needed: set[str]) -> None:
     while True:
         users = body.users()
         read = set(body.outputs.values()) | needed
-        dead = [n.name for n in body if n.op not in LEAVES and n.op != "input" and not users[n.name] and n.name not in read]
+        dead = [n.name for n in body
+                if n.op not in LEAVES and n.op != "input" and not users[n.name] and n.name not in read]
         if not dead:
             return
         for name in dead:

@@ -23,7 +23,7 @@ import seqdsl
 from compilers import onnx_form
 from compilers.build import build
 from compilers.onnx_export import export, set_weights
-from compilers.onnx_form import FormError, choose
+from compilers.onnx_form import choose
 from compilers.torch_module import to_module
 from test_onnx_reference import _ScanAnyAxis  # onnx.reference's Scan runs axis 0 only
 
@@ -182,13 +182,14 @@ params:
 recurrent:
   state:
     h: [B, h]
+{state}
   step:
 {step}
     h: {update}
 outputs:
   y: h
   h_n: final(h)
-"""
+{outputs}"""
 
 
 @st.composite
@@ -205,8 +206,15 @@ def gated_cells(draw: st.DrawFn) -> str:
         step.append(f"    g{i}: {acts}({' + '.join(order)})")
         names.append(f"g{i}")
     update = " + ".join(f"{a} * {b}" for a, b in zip(names, names[1:] + names[:1]))
+    state = ""
+    if draw(st.booleans()):  # a state that is itself a sum W x + U h, read by a sum with a bias: kept as it is
+        state = "    s: [B, h]"
+        params += ["  Ws: [h, d]", "  Us: [h, h]", "  bs: [h]"]
+        step.append("    s: Ws @ tanh(x) + Us @ h[t-1]")  # tanh: not fused with the gates
+        update += " + (s + bs)"
     return GATE_SPEC.format(d=draw(st.integers(1, 5)), h=draw(st.integers(1, 5)), params="\n".join(params),
-                            step="\n".join(step), update=f"tanh({update})")
+                            state=state, step="\n".join(step), update=f"tanh({update})",
+                            outputs="  s_n: final(s)\n" if state else "")
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
