@@ -30,15 +30,19 @@ DEFAULT = "native"  # where the table says nothing and nothing was measured: ONN
 MARGIN = 0.10  # another form must be at least this much faster than the default to replace it
 PROBE_BUDGET_S = 0.8  # wall time a probe may take per block, all candidates together (sessions included)
 
-#: onnxruntime major.minor -> cell -> form -> time relative to torch.nn's own module (lower is faster), measured
-#: by benchmarks/run.py (B=32 T=128 d=h=256, CPU, 2 threads; see BENCHMARKS.md). ``gru`` is Cho's form.
+#: onnxruntime major.minor -> cell -> form -> median time relative to torch.nn's module of the same size (lower is
+#: faster; for Cho's ``gru``, which torch.nn does not compute, relative to torch.nn.GRU): B=32 T=128 d=h=256, CPU,
+#: 1 thread, every form and torch.nn timed in one process in alternating rounds (onnxruntime 1.31.1, torch 2.13,
+#: 2-core AMD EPYC, 2026-12-02). Measure again with benchmarks/run.py when onnxruntime changes.
 TABLE: dict[str, dict[str, dict[str, float]]] = {
     "1.31": {
-        "lstm": {"native": 1.13, "scan": 1.30},
-        "gru_torch": {"native": 0.52, "scan": 0.57},
-        "rnn": {"native": 1.62, "scan": 0.55},
+        "lstm": {"native": 1.15, "scan": 1.24},
+        "gru": {"native": 0.76, "scan": 0.89},
+        "gru_torch": {"native": 0.80, "scan": 0.90},
+        "rnn": {"native": 1.30, "scan": 0.59},
     },
 }
+TABLE_UNIT = "time relative to torch.nn (shipped table: B=32 T=128 d=h=256, CPU, 1 thread)"
 
 
 @dataclass
@@ -175,7 +179,7 @@ def _auto(choice: BlockForm, cell: str, row: dict[str, float] | None, model: Mod
     if row and all(f in row for f in choice.candidates):
         choice.figures = {f: row[f] for f in choice.candidates}
         choice.form, choice.reason = _pick(choice.figures), "table"
-        choice.unit = "time relative to torch.nn (shipped table, B=32 T=128 d=h=256)"
+        choice.unit = TABLE_UNIT
         return
     choice.form, choice.reason = DEFAULT, "default"
     if not allow_probe or probe_inputs is None:
