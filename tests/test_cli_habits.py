@@ -161,7 +161,7 @@ def test_piped_build_prints_plain_lines_and_no_progress(tmp_path: Path):
 
     out = tmp_path / "pipe"
     result = CliRunner().invoke(cli.app, ["build", str(SPECS / "rnn.yaml"), "--set", "h=4", "--seq-len", "3",
-                                          "-o", str(out)])
+                                          "--onnx-form", "native", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "\x1b[" not in result.output and "│" not in result.output and "building" not in result.output
     lines = result.output.splitlines()

@@ -48,13 +48,15 @@ Kinds = Union[frozenset[str], Callable[[dict[str, Any]], bool]]
 MAX_MAPPINGS = 64  # matches of one template tried (symmetric parts, like i and g in c = f c + i g, give several)
 
 
-def recognize(model: Model, kinds: Kinds = frozenset(CELLS)) -> tuple[Model, bool]:
-    """``model`` with every top-level loop that is a cell the backend runs (see `Kinds`) turned into a cell."""
+def recognize(model: Model, kinds: Kinds = frozenset(CELLS),
+              blocks: frozenset[str] | None = None) -> tuple[Model, bool]:
+    """``model`` with every top-level loop that is a cell the backend runs (see `Kinds`) turned into a cell;
+    with ``blocks``, only the loops of those names (a backend choosing its form per block)."""
     accepts = kinds if callable(kinds) else (lambda attrs: attrs["cell"] in kinds)
     model = copy.deepcopy(model)
     changed = False
     for node in list(model.graph):
-        if node.op == "loop" and _rewrite(model.graph, node, accepts):
+        if node.op == "loop" and (blocks is None or node.name in blocks) and _rewrite(model.graph, node, accepts):
             changed = True
     model.verify()
     return model, changed
