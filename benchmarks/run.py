@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> Report:
     started = time.perf_counter()
     for name in args.selected:
         module = workloads[name]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         print(f"\n[{name}] {module.__doc__.strip().splitlines()[0]}", flush=True)
         module.run(report, cfg)
-        print(f"  ({time.perf_counter() - t0:.0f} s; load average now {load_average()})", flush=True)
+        print(f"  ({time.perf_counter() - t0:.0f} s, {time.process_time() - cpu0:.0f} s of this process's CPU; load "
+              f"average now {load_average()})", flush=True)
     total = time.perf_counter() - started
     others = [r.ours_t.others for r in report.rows if r.ours_t.others == r.ours_t.others]
     report.header = [

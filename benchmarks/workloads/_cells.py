@@ -30,24 +30,34 @@ class GemmFloor(nn.Module):
     """The matrix products of a recurrent step alone: the hoisted input projection as one GEMM, then T
     ``addmm(xw_t, h, Uᵀ)`` of (B, h) by (h, gates·h). ``h`` is a fixed parameter (no gates, no dependency
     between steps), so this is what the products cost when nothing else runs; its training step also pays
-    d h and d U per step and d W once, as a cell's backward does."""
+    d h and d U per step and d W once, as a cell's backward does. Where the recurrent product is wider than the
+    input projection (``recurrent`` gates, e.g. a hypernetwork's h -> h·d weights), the step is ``h Uᵀ`` alone."""
 
-    def __init__(self, d: int, h: int, gates: int, batch: int):
+    def __init__(self, d: int, h: int, gates: int, batch: int, recurrent: int | None = None):
         super().__init__()
+        recurrent = recurrent or gates
+        self.fused = recurrent == gates
         self.W = nn.Parameter(torch.randn(gates * h, d) / d**0.5)
-        self.U = nn.Parameter(torch.randn(gates * h, h) / h**0.5)
+        self.U = nn.Parameter(torch.randn(recurrent * h, h) / h**0.5)
         self.b = nn.Parameter(torch.zeros(gates * h))
         self.h = nn.Parameter(torch.randn(batch, h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xw = F.linear(x, self.W, self.b).transpose(0, 1)  # (T, B, g·h)
-        Ut = self.U.t()
+        Ut, T = self.U.t(), xw.shape[0]
+        if not self.fused:
+            if torch.is_grad_enabled():
+                return torch.stack([self.h @ Ut for _ in range(T)]).sum() + xw.sum()
+            out = xw.new_empty(T, *self.h.shape[:1], Ut.shape[1])
+            for t in range(T):
+                torch.mm(self.h, Ut, out=out[t])
+            return out
         if not torch.is_grad_enabled():
             out = torch.empty_like(xw)
-            for t in range(xw.shape[0]):
+            for t in range(T):
                 torch.addmm(xw[t], self.h, Ut, out=out[t])
             return out
-        return torch.stack([torch.addmm(xw[t], self.h, Ut) for t in range(xw.shape[0])])
+        return torch.stack([torch.addmm(xw[t], self.h, Ut) for t in range(T)])
 
 
 class TorchCell(nn.Module):
@@ -69,7 +79,7 @@ class Cell:
 
     name: str
     spec: Path
-    gates: int | Callable[[dict[str, int]], int]  # width of the fused recurrent product, in h: 4 for an LSTM
+    gates: int  # width of the fused input and recurrent products, in h: 4 for an LSTM (the GEMM floor's)
     reference: str  # what the reference is, e.g. "hand-written fused-gates loop" or "torch.nn.RNN(relu)"
     make_reference: Callable[[nn.Module], nn.Module]  # the reference, with the spec module's weights
     full: dict[str, int] = field(default_factory=lambda: dict(FULL))
@@ -81,6 +91,7 @@ class Cell:
     train_same_target: float | None = None  # ours vs same_gemms, training step
     onnx_target: float | None = None
     onnx_against_same: bool = False  # compare onnxruntime with same_gemms (else with the reference)
+    recurrent_gates: Callable[[dict[str, int]], int] | None = None  # a wider recurrent product, from the sizes
     extra: dict[str, Callable[[seqdsl.ir.Model, nn.Module], nn.Module]] = field(default_factory=dict)
 
 
@@ -97,8 +108,8 @@ def run_cell(report: Report, cfg: Config, cell: Cell) -> None:
     model = seqdsl.load(cell.spec, {"d": s["d"], "h": s["h"]})
     net = to_module(model).eval()
     ref = cell.make_reference(net).eval()
-    gates = cell.gates(s) if callable(cell.gates) else cell.gates
-    floor = GemmFloor(s["d"], s["h"], gates, s["B"])
+    recurrent = cell.recurrent_gates(s) if cell.recurrent_gates else cell.gates
+    floor = GemmFloor(s["d"], s["h"], cell.gates, s["B"], recurrent)
     x = torch.randn(s["B"], s["T"], s["d"])
     fns: dict[str, Callable[[], object]] = {
         "ours": lambda: net(x), "ref": lambda: ref(x), "floor": lambda: floor(x),
@@ -134,7 +145,8 @@ def run_cell(report: Report, cfg: Config, cell: Cell) -> None:
             floor=stats["floor"], headline=f"{cell.name}, PyTorch ({runner}) vs {cell.reference}"))
     for label, module in extras.items():
         add(Row(w, label, cell.reference, stats[label], stats["ref"], None, extra_diff[label], floor=stats["floor"]))
-    add(Row(w, f"GEMM floor: x W once + T addmm (B x h)(h x {gates}h)", cell.reference, stats["floor"],
+    product = f"addmm (B x h)(h x {recurrent}h)" if recurrent == cell.gates else f"mm (B x h)(h x {recurrent}h)"
+    add(Row(w, f"GEMM floor: x W ({cell.gates}h) once + T {product}", cell.reference, stats["floor"],
             stats["ref"], None, note="the step's matrix products alone"))
     add(Row(w, ours, cell.reference, stats["ours_train"], stats["ref_train"], None, grad_diff,
             kind="training step", floor=stats["floor_train"], note=TRAINING_STEP,

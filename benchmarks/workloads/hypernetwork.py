@@ -38,5 +38,6 @@ class HypernetworkByHand(nn.Module):
 
 def run(report: Report, cfg: Config) -> None:
     run_cell(report, cfg, Cell(
-        "hypernetwork RNN", SPECS / "hypernetwork_rnn.yaml", lambda s: 1 + s["d"], "hand-written loop", HypernetworkByHand,
-        full={"B": 32, "T": 128, "d": 64, "h": 64}, tiny={"B": 2, "T": 3, "d": 4, "h": 4}, forward_target=1.10))
+        "hypernetwork RNN", SPECS / "hypernetwork_rnn.yaml", 1, "hand-written loop", HypernetworkByHand,
+        full={"B": 32, "T": 128, "d": 64, "h": 64}, tiny={"B": 2, "T": 3, "d": 4, "h": 4}, forward_target=1.10,
+        recurrent_gates=lambda s: s["d"] + 1))  # U_w h (h -> h·d) and U h in one product

@@ -71,7 +71,7 @@ def run(report: Report, cfg: Config) -> None:
                        headline=f"{name} equations on the generic path vs {nn_name}"))
         report.add(Row(w, f"{spec} unoptimized (optimize=False: the equations)", nn_name, stats["unoptimized"],
                        stats["ref"], None, diffs["unoptimized"], floor=stats["floor"]))
-        report.add(Row(w, f"GEMM floor: x W once + T addmm (B x h)(h x {gates}h)", nn_name, stats["floor"],
+        report.add(Row(w, f"GEMM floor: x W ({gates}h) once + T addmm (B x h)(h x {gates}h)", nn_name, stats["floor"],
                        stats["ref"], None, note="the step's matrix products alone",
                        headline=f"GEMM-only floor ({name} shape) vs {nn_name}" if is_lstm else ""))
         report.add(Row(w, default, nn_name, stats["default_train"], stats["ref_train"], None, grad_diffs["default"],
