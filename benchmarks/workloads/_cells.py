@@ -57,7 +57,8 @@ class GemmFloor(nn.Module):
             for t in range(T):
                 torch.addmm(xw[t], self.h, Ut, out=out[t])
             return out
-        return torch.stack([torch.addmm(xw[t], self.h, Ut) for t in range(T)])
+        # unbind, not xw[t]: the backward of T selects would write T zero-filled (T, B, g·h) gradients
+        return torch.stack([torch.addmm(xw_t, self.h, Ut) for xw_t in xw.unbind(0)])
 
 
 class TorchCell(nn.Module):
