@@ -50,7 +50,7 @@ def parse(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     ap.add_argument("--only", help=f"comma-separated workloads among {', '.join(names)}")
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads "
                                                               "(default: the usable cores)")
-    ap.add_argument("--reps", type=int, default=None, help="timed rounds (default 21; 3 with --quick)")
+    ap.add_argument("--reps", type=int, default=None, help="timed rounds (default 15; 3 with --quick)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 3; 1 with --quick)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile the generic peephole module")
     ap.add_argument("--unroll-session-cap", type=int, default=128,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> Report:
     workloads = discover()
     args = parse(argv, list(workloads))
     fast = args.quick or args.tiny
-    cfg = Config(reps=args.reps if args.reps is not None else (3 if fast else 21),
+    cfg = Config(reps=args.reps if args.reps is not None else (3 if fast else 15),
                  warmup=args.warmup if args.warmup is not None else (1 if fast else 3),
                  threads=args.threads or usable_cores(), quick=args.quick, tiny=args.tiny, compile=args.compile,
                  unroll_session_cap=args.unroll_session_cap)

@@ -84,7 +84,7 @@ def test_top_table_and_json(tmp_path, capsys) -> None:
                              "--json", str(path)])
     printed = capsys.readouterr().out
     table = top_table(report)
-    assert table[0] == "| workload | now | target | status |"
+    assert table[0] == "| workload | now | target | status | x GEMM floor |"
     assert len(table) == 2 + sum(bool(r.headline) for r in report.rows) and len(table) > 4
     assert "\n".join(table) in printed
     rows = json.loads(path.read_text())["rows"]
