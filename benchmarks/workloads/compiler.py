@@ -75,7 +75,8 @@ def run(report: Report, cfg: Config) -> None:
         for form in ("native", "scan"):  # the looped forms do not grow with T
             assert len(set(sizes_of[form].values())) == 1, f"{form} export grows with T: {sizes_of[form]}"
         report.notes.append(f"Looped exports (native and Scan) have the same size at every T in {lengths}: asserted.")
-        report.tables.append((f"Cost of the compiler: specs/lstm.yaml, d=h={sizes['h']} (build: B=3, parity check at T)",
+        title = f"Cost of the compiler: specs/lstm.yaml, d=h={sizes['h']} (build: B=3, parity check at T)"
+        report.tables.append((title,
                               ["T", "ONNX form", "build() s", "export + save s", "ort session s",
                                "first ort run ms (B=3)", "model.onnx KiB", "graph"], lines))
         # a 24-block transformer encoder
@@ -104,7 +105,7 @@ def run(report: Report, cfg: Config) -> None:
              ["export (ONNX proto, zero weights)", f"{export_s:.2f}", "-", "-", "-"],
              ["build() in all (B=3, T=16: model.py, weights, ONNX, checker, onnxruntime parity)", f"{tf_s:.2f}",
               f"{result.param_count:,}", str(result.onnx_nodes), f"{onnx_mib:.1f}"]]))
-        print(f"  transformer encoder N={tf_sizes['N']}: load {load_s:.2f} s, to_module {module_s:.2f} s, export {export_s:.2f} s, "
-              f"build {tf_s:.2f} s", flush=True)
+        print(f"  transformer encoder N={tf_sizes['N']}: load {load_s:.2f} s, to_module {module_s:.2f} s, "
+              f"export {export_s:.2f} s, build {tf_s:.2f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
