@@ -328,7 +328,7 @@ def top_table(report: Report) -> list[str]:
     for r in report.rows:
         if r.headline:
             target = f"<= {r.target:.2f}x" if r.target is not None else "measured"
-            status = r.verdict if r.target is not None else "measured"
+            status = r.verdict if r.target is not None else "-"
             floor = f"{r.floor_ratio:.2f}x" if r.floor else "-"
             lines.append(f"| {r.headline} | {r.ratio:.2f}x (mins {r.min_ratio:.2f}x) | {target} | {status} | {floor} |")
     return lines
