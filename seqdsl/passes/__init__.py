@@ -1,8 +1,9 @@
 """IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
 `optimize` is the default pipeline the backends run: recognition of standard cells (for the kernels the backend
-has), regrouping of sums (state-free terms first), bias folding, fusion (of sibling products, then of the elementwise ops on their slices, so that a fused
-product can then leave the loop whole), hoisting, then sinking (a decoder nothing feeds back runs after the loop).
+has), regrouping of sums (state-free terms first), bias folding, fusion (of sibling products, then of the
+elementwise ops on their slices, so that a fused product can then leave the loop whole), hoisting, then sinking
+(a decoder nothing feeds back runs after the loop).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ..ir import Model
 from .fold_bias import fold_bias
 from .fuse import fuse_linears, fuse_slices
 from .hoist import hoist, regroup
-from .recognize import CELLS, recognize
+from .recognize import CELLS, Kinds, recognize
 from .sink import sink
 from .unroll import unroll
 
@@ -22,9 +23,10 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (regroup, fold_bias, fuse_linears, fuse_sli
 
 
 def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
-             cells: frozenset[str] = frozenset()) -> Model:
+             cells: Kinds = frozenset()) -> Model:
     """Run ``passes`` in order, each until it changes nothing more; first, loops that are one of the standard
-    ``cells`` the backend has a kernel for (see `recognize`) become cells."""
+    ``cells`` the backend has a kernel for (family names, or a test of a cell's attributes: see `recognize`)
+    become cells."""
     if cells:
         model, _ = recognize(model, cells)
     for one in passes:
