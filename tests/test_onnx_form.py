@@ -155,10 +155,12 @@ def test_the_lstm_scan_step_is_fused():
     proto = export(seqdsl.load(SPECS / "lstm.yaml", {"d": 8, "h": 4}), native_cells=False)
     scan, body = _scan_body(proto)
     ops = [n.op_type for n in body.node]
-    # U h, + (input projection and bias, scanned), one Split into the gates, 3 σ, 2 tanh, 3 ×, 1 +, and one
-    # Identity: h leaves the step twice (the next state and y), and ONNX wants distinct output names
-    assert len(ops) == 13, onnx.printer.to_text(body)
-    assert ops.count("MatMul") == 1 and ops.count("Split") == 1 and ops.count("Identity") == 1
+    # U h, + (input projection and bias, scanned), one Split into the σ gates and the candidate, one σ over the
+    # three adjacent σ gates (fuse_slices) and a Split of it, 2 tanh, 3 ×, 1 +, and one Identity: h leaves the
+    # step twice (the next state and y), and ONNX wants distinct output names
+    assert len(ops) == 12, onnx.printer.to_text(body)
+    assert ops.count("MatMul") == 1 and ops.count("Split") == 2 and ops.count("Identity") == 1
+    assert ops.count("Sigmoid") == 1
     assert not {"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Slice", "Gather", "Concat"} & set(ops)
     outputs = [o.name for o in body.output]
     identity = next(n for n in body.node if n.op_type == "Identity")
@@ -169,7 +171,7 @@ def test_the_lstm_scan_step_is_fused():
     final_only = seqdsl.loads((SPECS / "lstm.yaml").read_text().replace("  y: h            # every step: (B, T, h)\n",
                                                                        ""), file=str(SPECS / "lstm.yaml"))
     _, body = _scan_body(export(final_only, native_cells=False))
-    assert "Identity" not in [n.op_type for n in body.node] and len(body.node) == 12
+    assert "Identity" not in [n.op_type for n in body.node] and len(body.node) == 11
 
 
 GATE_SPEC = """
