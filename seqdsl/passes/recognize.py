@@ -8,7 +8,8 @@ LSTM / GRU / RNN op in ONNX. Rewrite rules:
      step count;
   2. its body matches the template's node for node: same ops, same constants, parameters of the same shapes,
      operands in the same places except for ``+`` and ``*``, which commute (``U h + W x`` matches ``W x + U h``);
-     sums grouped differently (``W x + (U h + b)``) are not recognised — they still run, on the generic path;
+     both step graphs are compared in canonical form (see `canonical`), so a sum grouped or ordered otherwise
+     (``W x + (U h + b)``, ``b + U h + W x``, ``W x - (-U h) + b``) is the same sum;
   3. it returns only what the kernel gives: the hidden state at every step, its final value, its value at
      position T-1, and the LSTM's final cell state;
   4. the cell node reads the sequence, the initial states and the parameters in the template's order (so each
@@ -27,6 +28,7 @@ import networkx as nx
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
 from ..ir import Graph, Loop, Model, Node, loop_of
+from .canonical import canonical_body
 
 STD_ROOT = Path(__file__).resolve().parents[2] / "specs"
 COMMUTATIVE = {"add", "mul"}
@@ -86,7 +88,7 @@ def _rewrite(graph: Graph, node: Node, kind: CellKind) -> bool:
     template = _template(kind.name, seq.shape[2], h)
     if template is None:
         return False
-    mapping = _match(loop.body, template.body)
+    mapping = _match(canonical_body(loop), canonical_body(template))
     if mapping is None:
         return False
     # which of our states is the template's h (and c): through the updates the isomorphism pairs
