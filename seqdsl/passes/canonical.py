@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ir import Graph, Loop, Model, Node, loop_of
 from ..ops import broadcast
@@ -46,7 +46,10 @@ def canonical_body(loop: Loop, keep_equations: bool = False) -> Graph:
     """A canonical copy of ``loop``'s step graph, for matching. By default an equation's result may become part
     of a larger sum (a name the spec gave a partial sum does not change the cell); the values the loop itself
     reads (updates, returns, stop) always stay."""
-    body = copy.deepcopy(loop.body)
+    body = Graph()  # a copy: node by node (a deep copy of the whole body costs more than the pass)
+    body.nodes = {k: copy.deepcopy(n) if n.op == "loop" else replace(n, inputs=list(n.inputs), attrs=dict(n.attrs))
+                  for k, n in loop.body.nodes.items()}
+    body.outputs, body.reserved = dict(loop.body.outputs), set(loop.body.reserved)
     _canonical(body, _loop_values(loop), keep_equations)
     return body
 
@@ -72,10 +75,10 @@ def _canonical(graph: Graph, keep: set[str], keep_equations: bool) -> bool:
     rebuilt: dict[str, list[Node]] = {}  # root -> its new nodes, the root last
     for tree in trees:  # in graph order: a tree's terms are final before their digests are taken
         nodes = _rebuild(graph, tree, digests)
-        if nodes is None:
-            continue
         old = [graph[n] for n in tree.interior] + [tree.root]
-        changed |= [(n.name, n.op, n.inputs) for n in nodes] != [(n.name, n.op, n.inputs) for n in old]
+        if nodes is None or [(n.name, n.op, n.inputs) for n in nodes] == [(n.name, n.op, n.inputs) for n in old]:
+            continue  # already canonical: left where it is
+        changed = True
         for name in tree.interior:
             del graph.nodes[name]
         graph.nodes.update((n.name, n) for n in nodes)  # a later tree's digests read these
@@ -170,6 +173,9 @@ class _Digests:
         stack = [name]  # operands first, without recursion: a chain may be longer than Python's stack
         while stack:
             top = self.graph[stack[-1]]
+            if top.name in self.memo:  # pushed twice, done once
+                stack.pop()
+                continue
             missing = [i for i in top.inputs if i not in self.memo]
             if missing:
                 stack.extend(missing)
