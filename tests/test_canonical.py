@@ -280,8 +280,9 @@ outputs:
 @settings(max_examples=60 if LONG else 10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_sums_of_broadcast_terms_keep_their_shapes_and_numbers(data: st.DataObject):
-    pool = ["W @ x", "-U @ h[t-1]", "b", "-s", "2", "x * b", "-h[t-1]", "s * x", "0.5 * (b * s)"]
-    terms = data.draw(st.lists(st.sampled_from(pool), min_size=2, max_size=6))
+    batched = ["W @ x", "-U @ h[t-1]", "x * b", "-h[t-1]", "s * x"]  # (B, h)
+    pool = batched + ["b", "-s", "2", "0.5 * (b * s)"]  # and (h), (1), a number
+    terms = [data.draw(st.sampled_from(batched))] + data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=5))
     model = seqdsl.loads(BROADCAST.format(f"tanh({data.draw(sums(terms))})"))
     once, _ = canonicalise(model)
     _check(model, once)
