@@ -9,7 +9,8 @@ it. Rewrite rules, in a graph and every loop body inside it:
   2. the tree's leaves are signed terms (``a - (b - c)`` is ``a - b + c``, ``a - (-b)`` is ``a + b``), sorted by
      a structural key that never reads a node name: terms that do not depend on a state first, then those that
      do; within each, bias-free linear maps, then parameters, then the rest; then a digest of the term's own
-     graph (ops, constants, parameter shapes, which state / step input / capture it reads);
+     graph (ops, with the activations as one, constants, parameter shapes, which state / step input / capture
+     it reads);
   3. the tree is rebuilt left-deep, ``((t1 + t2) + t3) - n1 - n2`` (``-n1 - n2`` when no term is positive);
      the root keeps its name, attrs (``eq_root``) and location, the partial sums reuse the names of the tree's
      old interior nodes (so every name of the canonical graph was a name of the original) and take the root's
@@ -31,6 +32,9 @@ from ..ops import broadcast
 
 KIND = {"add": "sum", "sub": "sum", "neg": "sum", "mul": "product"}
 LEAF_INDEX = ("state", "step_input", "capture")  # leaves told apart by their index, never by their name
+# one label in the key: recognition lets a template's activation slot hold any of them, so the order of a sum's
+# terms must not depend on which one the spec chose
+ACTIVATIONS = {"sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "gelu", "silu"}
 
 
 def canonicalise(model: Model) -> tuple[Model, bool]:
@@ -185,7 +189,10 @@ class _Digests:
             label = {k: v for k, v in top.attrs.items() if k not in ("eq_root", "name", "loop")}
             if top.op in LEAF_INDEX:
                 label = {"index": top.attrs["index"]}
-            text = repr((top.op, sorted(label.items()), top.shape, top.dtype, [d for d, _ in inputs]))
+            op = "activation" if top.op in ACTIVATIONS else top.op
+            if op == "activation":
+                label = {}
+            text = repr((op, sorted(label.items()), top.shape, top.dtype, [d for d, _ in inputs]))
             digest = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
             self.memo[top.name] = digest, top.op == "state" or any(s for _, s in inputs)
         return self.memo[name]
