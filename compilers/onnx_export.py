@@ -285,8 +285,9 @@ ONNX_EMIT: dict[str, Emit] = {
 
 @dataclass(frozen=True)
 class OnnxCell:
-    """How ONNX's op for a standard cell takes its weights: spec parameters stacked in ONNX's gate order
-    (W, R, and the bias B = [Wb ; Rb]); Rb None is a zero bias the spec does not have."""
+    """How ONNX's op for a cell family takes its weights: spec parameters stacked in ONNX's gate order (W, R, the
+    bias B = [Wb ; Rb], the LSTM's peepholes P = [p_i ; p_o ; p_f]). A name the cell node does not have (rb None,
+    the forget gate of a coupled LSTM, ...) is zeros; a cell without bias has no B."""
 
     op: str
     states: tuple[str, ...]
@@ -295,42 +296,73 @@ class OnnxCell:
     wb: tuple[str, ...]
     rb: tuple[str, ...] | None
     attrs: tuple[tuple[str, int], ...] = ()
+    p: tuple[str, ...] = ()
 
 
 ONNX_CELLS: dict[str, OnnxCell] = {
     "rnn": OnnxCell("RNN", ("h",), ("W",), ("U",), ("b",), None),
     "lstm": OnnxCell("LSTM", ("h", "c"), ("W_i", "W_o", "W_f", "W_c"), ("U_i", "U_o", "U_f", "U_c"),
-                     ("b_i", "b_o", "b_f", "b_c"), None),
+                     ("b_i", "b_o", "b_f", "b_c"), None, p=("p_i", "p_o", "p_f")),
     "gru": OnnxCell("GRU", ("h",), ("W_z", "W_r", "W_h"), ("U_z", "U_r", "U_h"), ("b_z", "b_r", "b_h"), None,
                     (("linear_before_reset", 0),)),
     "gru_torch": OnnxCell("GRU", ("h",), ("W_z", "W_r", "W_n"), ("U_z", "U_r", "U_n"), ("b_iz", "b_ir", "b_in"),
                           ("b_hz", "b_hr", "b_hn"), (("linear_before_reset", 1),)),
 }
 
+#: a slot's function (seqdsl op) as the ONNX recurrent ops name it; the op's number, where it has one, is alpha
+ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softplus": "Softplus",
+                    "leaky_relu": "LeakyRelu", "elu": "Elu"}
+DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+
+def _activation_attrs(op: str, activations: list[tuple[str, float | None]]) -> dict[str, list]:
+    """The ``activations`` (and ``activation_alpha``) attributes, left out where they are the op's defaults.
+    The alphas are consumed in slot order by the functions that take one (as onnxruntime reads them)."""
+    names = [ONNX_ACTIVATIONS[a] for a, _ in activations]
+    if names == DEFAULT_ACTIVATIONS[op]:
+        return {}
+    alphas = [float(alpha) for _, alpha in activations if alpha is not None]
+    return {"activations": names, **({"activation_alpha": alphas} if alphas else {})}
+
 
 def _emit_cell(b: _Builder, node: Node, graph: Graph) -> None:
-    """A recognised standard cell as ONNX's own RNN/LSTM/GRU op (time-major inside, batch-first outside)."""
+    """A recognised cell as ONNX's own RNN/LSTM/GRU op (time-major inside, batch-first outside)."""
     layout = ONNX_CELLS[node.attrs["cell"]]
     x, *rest = [b.values[i] for i in node.inputs]
     n_states = len(layout.states)
     states, weights = rest[:n_states], dict(zip(node.attrs["params"], rest[n_states:]))
-    hidden = node.attrs["hidden"]
+    hidden, d = node.attrs["hidden"], graph[node.inputs[0]].shape[-1]
     first = b.const([0], np.int64)
 
-    def stacked(names: tuple[str, ...]) -> str:
-        joined = b.op("Concat", [weights[n] for n in names], node.name, axis=0) if len(names) > 1 else weights[names[0]]
+    def part(name: str | None, shape: tuple[int, ...]) -> str:
+        if name in weights:
+            return weights[name]
+        key = ("zeros", shape)  # a gate the cell does not have (a coupled forget gate, a bias it has one of)
+        if key not in b.root.cache:
+            b.root.cache[key] = b.initializer(f"zeros#{len(b.root.cache)}", np.zeros(shape, np.float32))
+        return b.root.cache[key]
+
+    def stacked(names: tuple[str | None, ...], shape: tuple[int, ...]) -> str:
+        parts = [part(n, shape) for n in names]
+        joined = b.op("Concat", parts, node.name, axis=0) if len(parts) > 1 else parts[0]
         return b.op("Unsqueeze", [joined, first], node.name)
 
-    wb = [weights[n] for n in layout.wb]
-    rb = [weights[n] for n in layout.rb] if layout.rb else [b.const([0.0] * hidden * len(layout.wb))]
-    bias = b.op("Unsqueeze", [b.op("Concat", wb + rb, node.name, axis=0), first], node.name)
+    bias = ""
+    if node.attrs["bias"]:
+        bias = stacked(layout.wb + (layout.rb or (None,) * len(layout.wb)), (hidden,))
+    peepholes = [stacked(layout.p, (hidden,))] if node.attrs.get("peephole") else []
     time_major = b.op("Transpose", [x], node.name, perm=[1, 0, 2])
     inits = [b.op("Unsqueeze", [s, first], node.name) for s in states]
     outs = [b.name(f"{node.name}_Y"), *(b.name(f"{node.name}_{s}_n") for s in layout.states)]
+    extra = dict(layout.attrs)
+    if node.attrs.get("input_forget"):
+        extra["input_forget"] = 1
     b.nodes.append(helper.make_node(
-        layout.op, [time_major, stacked(layout.w), stacked(layout.r), bias, "", *inits], outs,
+        layout.op, [time_major, stacked(layout.w, (hidden, d)), stacked(layout.r, (hidden, hidden)), bias, "",
+                    *inits, *peepholes], outs,
         name=f"{node.name}:{layout.op}", hidden_size=hidden,
-        direction="reverse" if node.attrs["reverse"] else "forward", **dict(layout.attrs)))
+        direction="reverse" if node.attrs["reverse"] else "forward",
+        **_activation_attrs(layout.op, node.attrs["activations"]), **extra))
     y = b.op("Transpose", [b.op("Squeeze", [outs[0], b.const([1], np.int64)], node.name)], node.name, perm=[1, 0, 2])
     value = {"y": lambda: y, "y_last": lambda: b.op("Gather", [y, b.const(-1, np.int64)], node.name, axis=1),
              **{f"{s}_n": (lambda o=o: b.op("Squeeze", [o, first], node.name)) for s, o in zip(layout.states, outs[1:])}}

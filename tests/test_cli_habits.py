@@ -231,7 +231,8 @@ def test_onnx_form_of_every_shipped_spec_matches_its_nodes(spec: Path, exported)
 
 EXPECTED_FORMS = {
     "lstm": {"recurrent": "LSTM"}, "gru": {"recurrent": "GRU"}, "rnn": {"recurrent": "RNN"},
-    "lstm_peephole": {"recurrent": "Scan"}, "generator": {"gen": "Loop"}, "transformer": {},
+    "lstm_peephole": {"recurrent": "LSTM"}, "lstm_cifg": {"recurrent": "LSTM"}, "irnn": {"recurrent": "RNN"},
+    "hypernetwork_rnn": {"recurrent": "Scan"}, "generator": {"gen": "Loop"}, "transformer": {},
     "seq2seq_attention": {"enc.fw": "GRU", "enc.bw": "GRU", "dec": "Scan"},
     "bilstm": {"bi.fw": "LSTM", "bi.bw": "LSTM"},
 }

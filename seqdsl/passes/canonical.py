@@ -29,12 +29,10 @@ from dataclasses import dataclass, replace
 
 from ..ir import Graph, Loop, Model, Node, loop_of
 from ..ops import broadcast
+from .cell_families import ACTIVATIONS  # one label in the key: a template's activation slot takes any of them
 
 KIND = {"add": "sum", "sub": "sum", "neg": "sum", "mul": "product"}
 LEAF_INDEX = ("state", "step_input", "capture")  # leaves told apart by their index, never by their name
-# one label in the key: recognition lets a template's activation slot hold any of them, so the order of a sum's
-# terms must not depend on which one the spec chose
-ACTIVATIONS = {"sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus", "gelu", "silu"}
 
 
 def canonicalise(model: Model) -> tuple[Model, bool]:
