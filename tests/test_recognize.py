@@ -37,7 +37,7 @@ def test_cho_gru_has_no_torch_kernel():
 
 
 @pytest.mark.parametrize("change, recognised", [
-    (("U_f @ h[t-1] + b_f", "b_f + U_f @ h[t-1]"), False),       # grouped differently: (W x + b) + U h
+    (("U_f @ h[t-1] + b_f", "b_f + U_f @ h[t-1]"), True),        # grouped differently: (W x + b) + U h, the same sum
     (("W_f @ x + U_f @ h[t-1]", "U_f @ h[t-1] + W_f @ x"), True),  # a commuted sum is the same sum
     (("f * c[t-1]", "c[t-1] * f"), True),                          # so is a commuted product
     (("h: o * tanh(c)", "h: o * tanh(c) * 1"), False),             # anything extra

@@ -10,8 +10,9 @@ activations and no peephole or coupled gate; ONNX: all of them), and the rest st
   2. its body matches the template's node for node: same ops, same constants, parameters of the same shapes,
      operands in the same places except for ``+`` and ``*``, which commute (``U h + W x`` matches ``W x + U h``);
      an activation (sigmoid, tanh, relu, leaky_relu, elu, softplus) matches any slot, and every node of one slot
-     must then apply the same function with the same number (ONNX has one f for the LSTM's three gates); sums
-     grouped differently (``W x + (U h + b)``) are not recognised — they still run, on the generic path;
+     must then apply the same function with the same number (ONNX has one f for the LSTM's three gates); both
+     step graphs are compared in canonical form (see `canonical`), so a sum grouped or ordered otherwise
+     (``W x + (U h + b)``, ``b + U h + W x``, ``W x - (-U h) + b``) is the same sum;
   3. it returns only what the kernel gives: the hidden state at every step, its final value, its value at
      position T-1, and the LSTM's final cell state;
   4. the cell node reads the sequence, the initial states and the parameters in the template's order (so each
@@ -39,6 +40,7 @@ import networkx as nx
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
 from ..ir import Graph, Loop, Model, Node, loop_of
+from .canonical import canonical_body
 from .cell_families import ACTIVATIONS, FAMILIES, Activation, Variant, activation_of, template_text
 
 COMMUTATIVE = {"add", "mul"}
@@ -107,7 +109,7 @@ def _rewrite(graph: Graph, node: Node, accepts: Callable[[dict[str, Any]], bool]
             template = _template(variant, seq.shape[2], h)
             if template is None:
                 continue
-            for mapping in _matches(loop.body, template.body):
+            for mapping in _matches(canonical_body(loop), canonical_body(template)):
                 found = _cell(node, variant, template, mapping)
                 if found is not None and accepts(found[0]):
                     attrs, inits, params = found
