@@ -1,8 +1,8 @@
 """IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
 `optimize` is the default pipeline the backends run: recognition of standard cells (for the kernels the backend
-has), bias folding, fusion (so a fused product can then leave the loop whole), hoisting, then sinking (a
-decoder nothing feeds back runs after the loop).
+has), attention recognition (one fused scaled-dot-product node), bias folding, fusion (so a fused product can
+then leave the loop whole), hoisting, then sinking (a decoder nothing feeds back runs after the loop).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir import Model
+from .attention import fuse_attention
 from .fold_bias import fold_bias
 from .fuse import fuse_linears
 from .hoist import hoist
@@ -18,7 +19,7 @@ from .sink import sink
 from .unroll import unroll
 
 Pass = Callable[[Model], tuple[Model, bool]]
-DEFAULT_PIPELINE: tuple[Pass, ...] = (fold_bias, fuse_linears, hoist, sink)
+DEFAULT_PIPELINE: tuple[Pass, ...] = (fuse_attention, fold_bias, fuse_linears, hoist, sink)
 
 
 def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
@@ -35,4 +36,4 @@ def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
     return model
 
 
-__all__ = ["optimize", "fold_bias", "fuse_linears", "hoist", "sink", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
+__all__ = ["optimize", "fuse_attention", "fold_bias", "fuse_linears", "hoist", "sink", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
