@@ -29,7 +29,7 @@ from compilers import onnx_runtime as rt
 from compilers.onnx_export import export, set_weights
 from compilers.torch_codegen import generate
 from compilers.torch_module import to_module
-from seqdsl.ir import all_nodes
+from seqdsl.ir import all_nodes, loop_of
 from seqdsl.passes import fuse_attention, optimize
 
 TOL = 1e-5
@@ -263,3 +263,49 @@ def test_pass_leaves_its_input_alone_and_reaches_a_fixpoint():
     twice, changed_again = fuse_attention(once)
     assert not changed_again and repr(twice.graph) == repr(once.graph)
     assert not any(n.op in ("softmax", "mask") for n in all_nodes(once.graph))
+
+
+# ------------------------------------------------------------- additive attention's score: one product
+
+def test_additive_score_is_one_matrix_vector_product():
+    """seq2seq_attention.yaml's e = sum(v_a * tanh(...)) runs per decoder step as tanh(...) @ v_a: no
+    elementwise product and reduction left in the step, and the outputs are the equations'."""
+    model = seqdsl.load(SPECS / "seq2seq_attention.yaml")
+    (dec,) = [n for n in optimize(model).graph if n.op == "loop" and n.name.startswith("dec")]
+    body = loop_of(dec).body
+    assert body["dec.e"].op == "matvec" and not any(n.op == "sum" for n in body)
+    unfused = to_module(model, optimize=False).eval()
+    fused = to_module(model).eval()
+    fused.load_state_dict(unfused.state_dict())
+    g = torch.Generator().manual_seed(2)
+    src, tgt = torch.randn(3, 7, 6, generator=g), torch.randint(0, 11, (3, 4), generator=g)
+    with torch.no_grad():
+        for got, want in zip(fused(src, tgt), unfused(src, tgt)):
+            torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("expr,fuses", [("sum(w * tanh(x), axis=-1)", True), ("sum(tanh(x) * w)", True),
+                                        ("sum(w * tanh(x), axis=1)", False), ("sum(x * x)", False),
+                                        ("sum(u * tanh(x))", False)])
+def test_weighted_sums(expr, fuses):
+    """Only a sum over the last axis of a product with a vector as long as that axis is a matrix-vector product."""
+    model = load_probe_sum(expr)
+    assert any(n.op == "matvec" for n in optimize(model).graph) == fuses
+    unfused = to_module(model, optimize=False).eval()
+    fused = to_module(model).eval()
+    fused.load_state_dict(unfused.state_dict())
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), unfused(x), atol=TOL, rtol=0)
+
+
+def load_probe_sum(expr: str) -> seqdsl.Model:
+    return probe(f"""
+        name: probe
+        sizes: {{d: 4}}
+        inputs: {{x: [B, T, d]}}
+        params: {{w: [d], u: [1]}}
+        graph:
+          y: {expr}
+        outputs: {{y: y}}
+        """)

@@ -8,6 +8,10 @@ with a constant c > 0), at most one ``causal`` and at most one ``mask(·, keep)`
 else, becomes ``attention(Q, K, V[, keep])`` with attrs ``scale`` (1 without a scaling) and ``causal``, under
 the name of the ``matmul(alpha, V)``. Nodes of the pattern that something else still reads stay.
 
+Additive attention's score ``sum(v * X, axis=-1)`` (Bahdanau's vᵀ tanh(W s + U h_j) at every j), with v a
+vector (n) and X (..., n) read by nothing else, becomes the matrix-vector product ``matvec(X, v)``: one product
+instead of a product over X and a reduction (the same sum of products, in the runtime's order).
+
 Exact in meaning: the masks put -inf on the same scores as before (a positive scale keeps -inf where it is,
 before or after the masks), and a row whose keys are all masked gives NaN, as the softmax over -inf did (the
 backends restore that). Anything else — another softmax axis, an extra term in the scores, a weight read
@@ -24,7 +28,8 @@ from ..ir import Graph, Model, Node, loop_of
 
 
 def fuse_attention(model: Model) -> tuple[Model, bool]:
-    """``model`` with every exact scaled-dot-product attention as one ``attention`` node; whether any was."""
+    """``model`` with every exact scaled-dot-product attention as one ``attention`` node, and additive scores as
+    matrix-vector products; whether anything changed."""
     model = copy.deepcopy(model)
     changed = _fuse_graph(model.graph, pinned=set(model.graph.outputs.values()))
     model.verify()
@@ -39,10 +44,10 @@ def _fuse_graph(graph: Graph, pinned: set[str]) -> bool:
             body_pinned = {*loop.updates, *(r.node for r in loop.returns), *(loop.stop[:1] if loop.stop else ())}
             changed |= _fuse_graph(loop.body, pinned=body_pinned | set(loop.body.outputs.values()))
     for node in graph:
-        if node.name not in graph.nodes or node.op != "matmul":
+        if node.name not in graph.nodes or node.op not in ("matmul", "sum"):
             continue
         users = _users(graph, pinned)
-        match = _match(graph, node, users)
+        match = _match(graph, node, users) if node.op == "matmul" else _weighted_sum(graph, node, users)
         if match is None:
             continue
         fused, used = match
@@ -107,6 +112,21 @@ def _match(graph: Graph, out: Node, users: dict[str, int]) -> tuple[Node, list[s
         attrs["eq_root"] = True
     inputs = [q.name, k.name, v.name] + ([keep] if keep is not None else [])
     return Node(out.name, "attention", inputs, attrs, out.shape, out.dtype, out.loc), used
+
+
+def _weighted_sum(graph: Graph, node: Node, users: dict[str, int]) -> tuple[Node, list[str]] | None:
+    """``matvec(X, v)`` replacing ``sum(v * X, axis=-1)`` (either order of the product), and the product's node."""
+    product = graph[node.inputs[0]]
+    axis = node.attrs.get("axis", -1)
+    if product.op != "mul" or users[product.name] != 1 or axis not in (-1, len(product.shape) - 1):
+        return None
+    for x, v in (product.inputs, product.inputs[::-1]):
+        xs, vs = graph[x], graph[v]
+        if len(xs.shape) >= 2 and xs.shape == product.shape and vs.shape == xs.shape[-1:] and \
+                xs.dtype == vs.dtype == "float32":
+            attrs = {"eq_root": True} if node.attrs.get("eq_root") else {}
+            return Node(node.name, "matvec", [x, v], attrs, node.shape, node.dtype, node.loc), [product.name]
+    return None
 
 
 def _last_axis(node: Node) -> bool:
