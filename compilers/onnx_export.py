@@ -61,7 +61,8 @@ class _Builder:
         key = ("const", repr(value), dtype)
         if key not in self.root.cache:
             arr = np.array(value, dtype=dtype)
-            self.root.cache[key] = self.initializer(f"const#{len(self.root.cache)}", arr)
+            # named by the one allocator of `#` names, like every node's output: no value can take its name
+            self.root.cache[key] = self.initializer(self.root.name("const"), arr)
         return self.root.cache[key]
 
     def transposed(self, weight: str) -> str:
