@@ -250,6 +250,11 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               None, "--triton",
               help="Also write a Triton Inference Server model repository: REPO/<name>/1/model.onnx and "
                    "REPO/<name>/config.pbtxt (onnxruntime backend, dynamic batching)."),
+          onnx_forms: Optional[list[str]] = typer.Option(
+              None, "--onnx-form", metavar="FORM",
+              help="ONNX form of the recurrent blocks: auto (default: the faster in this onnxruntime, from a "
+                   "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
+                   "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
@@ -267,7 +272,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
-                                                 limits=_limits(max_nodes, max_depth, max_repeat), **limits))
+                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat), **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -291,6 +296,10 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         blocks = ", ".join(f"{block} {kind}" for block, kind in result.onnx_blocks.items())
         form = f"{blocks}; runs at any length"
     rows.append(("onnx", f"{form} ({result.onnx_nodes} nodes{data})"))
+    if any(c["reason"] != "only form" for c in result.onnx_choice.values()):
+        why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
+        version = next(iter(result.onnx_choice.values()))["onnxruntime"]
+        rows.append(("onnx form", f"{why} (onnxruntime {version})"))
     rows.append(("onnxruntime", result.provider))
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())

@@ -2,20 +2,25 @@
 IRNN (ReLU, identity init, clipping) is a simple RNN that can learn long dependencies.
 
 Trains Elman RNN, LSTM, GRU and IRNN specs (benchmarks/specs/) with `compilers.training.train` (what
-`seqdsl train` runs) on the adding problem and LeCun's brackets task at growing lengths, one CPU thread each, the
-same steps, batch and optimiser for every cell, and writes ``results.json``, ``long_dependencies.png`` and a
-Markdown table (``--table`` prints it from the results) into ``benchmarks/results/``; the data and each run's
-metrics and checkpoint go to a temporary folder (``--work``)::
+`seqdsl train` runs) on the adding problem, LeCun's brackets task and the copy-memory task at growing lengths (for
+copy: delays), one CPU thread each, the same steps, batch and optimiser for every cell of a task, and writes
+``results.json``, ``long_dependencies.png`` and a Markdown table (``--table`` prints it from the results) into
+``benchmarks/results/``; the data and each run's metrics and checkpoint go to a temporary folder (``--work``)::
 
-    python benchmarks/long_dependencies.py                          # both tasks, the lengths below (~15 min)
+    python benchmarks/long_dependencies.py                          # every task, the lengths below (~30 min)
     python benchmarks/long_dependencies.py --tasks adding --lengths 10 50 --steps 300
+    python benchmarks/long_dependencies.py --tasks copy             # the copy task alone (~16 min)
     python benchmarks/long_dependencies.py --table
+
+Copy is scored on its recall phase only (the data's ``target_mask``: the K = 10 steps after the delimiter), where
+a model without memory guesses: accuracy 1/8, cross entropy ln 8.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -25,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import seqdsl  # noqa: E402
 from compilers.training import TrainOptions, train  # noqa: E402
 from seqdsl import tasks  # noqa: E402
 from seqdsl.errors import SpecError  # noqa: E402
@@ -34,8 +41,11 @@ from seqdsl.errors import SpecError  # noqa: E402
 SPECS = Path(__file__).resolve().parent / "specs"
 CELLS = ["rnn", "irnn", "gru", "lstm"]
 LABELS = {"rnn": "Elman RNN (tanh)", "irnn": "IRNN (ReLU, U = I)", "gru": "GRU", "lstm": "LSTM"}
-DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 60]}
-DEFAULT_STEPS = {"adding": 1500, "brackets": 1500}
+TASKS = ["adding", "brackets", "copy"]
+DEFAULT_LENGTHS = {"adding": [10, 50, 100, 200], "brackets": [20, 60], "copy": [10, 20, 40]}
+DEFAULT_STEPS = {"adding": 1500, "brackets": 1500, "copy": 2000}
+DEFAULT_LR = {"adding": 1e-2, "brackets": 1e-2, "copy": 3e-3}
+TITLES = {"adding": "adding problem", "brackets": "brackets (seed 003)", "copy": "copy memory (10 symbols)"}
 TRAIN_EXAMPLES, VAL_EXAMPLES = 10_000, 1_000
 
 
@@ -50,11 +60,12 @@ def run_one(task: str, length: int, cell: str, steps: int, lr: float, data: Path
     if not train_file.exists():
         tasks.save(tasks.generate(task, TRAIN_EXAMPLES, length, seed=0), str(train_file))
         tasks.save(tasks.generate(task, VAL_EXAMPLES, length, seed=1), str(val_file))
+    spec = spec_path(task, cell)
     row = {"task": task, "length": length, "cell": cell, "steps": steps, "lr": lr, "batch_size": 32, "clip": 1.0,
-           "seed": 0, "h": 32}
+           "seed": 0, "h": seqdsl.load(spec).sizes.get("h")}
     began = time.perf_counter()
     try:
-        result = train(spec_path(task, cell), train_file, work / f"{task}_{length}_{cell}", val=val_file,
+        result = train(spec, train_file, work / f"{task}_{length}_{cell}", val=val_file,
                        options=TrainOptions(steps=steps, lr=lr, batch_size=32, clip=1.0, seed=0, threads=1,
                                             progress="quiet", build=False, eval_every=max(1, steps // 5),
                                             work_dir=work / f"{task}_{length}_{cell}"))
@@ -66,7 +77,19 @@ def run_one(task: str, length: int, cell: str, steps: int, lr: float, data: Path
     assert result.val is not None
     row.update(val_loss=result.val["loss"], val_accuracy=result.val.get("accuracy"), baseline=result.baseline,
                train_loss=result.train["loss"], seconds=result.seconds)
+    if task == "copy":
+        row["baseline_loss"] = memoryless_loss(train_file, val_file)
     return row
+
+
+def memoryless_loss(train_file: Path, val_file: Path) -> float:
+    """The cross entropy, on the validation's recalled symbols, of the best model without memory: the training
+    data's class frequencies among the recalled symbols (≈ ln 8 ≈ 2.079)."""
+    with np.load(train_file) as f:
+        counts = np.bincount(f["target"][f["target_mask"]], minlength=tasks.COPY_VOCAB).astype(np.float64)
+    with np.load(val_file) as f:
+        recalled = f["target"][f["target_mask"]]
+    return float(-np.log(counts[recalled] / counts.sum()).mean())
 
 
 def variants(rows: list[dict]) -> list[tuple[str, float]]:
@@ -89,18 +112,21 @@ def plot(rows: list[dict], path: Path) -> None:
 
     from matplotlib.ticker import NullFormatter
 
-    task_names = [t for t in ("adding", "brackets") if any(r["task"] == t for r in rows)]
-    colours = {v: f"C{i}" for i, v in enumerate(variants(rows))}  # one colour per cell in every panel
+    task_names = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    colours = {cell: f"C{i}" for i, cell in enumerate(CELLS)}  # one colour per cell in every panel
     fig, axes = plt.subplots(1, len(task_names), figsize=(6 * len(task_names), 4.2), squeeze=False)
     for ax, task in zip(axes[0], task_names):
         mine = [r for r in rows if r["task"] == task]
         lengths = sorted({r["length"] for r in mine})
         key = "val_loss" if task == "adding" else "val_accuracy"
-        for cell, lr in variants(rows):
+        drawn: set[str] = set()
+        for cell, lr in variants(mine):
             points = sorted((r["length"], r[key]) for r in mine
                             if (r["cell"], r["lr"]) == (cell, lr) and r.get(key) is not None)
-            if points:
-                ax.plot(*zip(*points), marker="o", color=colours[cell, lr], label=label(cell, lr, rows))
+            if points:  # a cell's second learning rate: the same colour, dotted
+                ax.plot(*zip(*points), marker="o", color=colours[cell], linestyle=":" if cell in drawn else "-",
+                        label=label(cell, lr, mine))
+                drawn.add(cell)
         base = [(r["length"], r["baseline"]) for r in mine if r.get("baseline") is not None]
         if base:
             best = {length: value for length, value in sorted(base)}
@@ -108,15 +134,17 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("sequence length T")
+        ax.set_xlabel("delay T" if task == "copy" else "sequence length T")
+        ax.set_title(TITLES[task])
         if task == "adding":
             ax.set_yscale("log")
             ax.set_ylabel("validation MSE (lower is better)")
-            ax.set_title("adding problem")
+        elif task == "copy":
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel("validation accuracy on the recalled symbols")
         else:
             ax.set_ylim(0.4, 1.02)
             ax.set_ylabel("validation accuracy")
-            ax.set_title("brackets (seed 003)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,14 +153,15 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def table(rows: list[dict]) -> str:
     out = []
-    for task in ("adding", "brackets"):
+    metrics = {"adding": "validation MSE (baseline: predict the mean)",
+               "brackets": "validation accuracy (baseline: majority class)",
+               "copy": "validation accuracy / cross entropy on the recalled symbols (baseline: no memory)"}
+    for task in TASKS:
         mine = [r for r in rows if r["task"] == task]
         if not mine:
             continue
         lengths = sorted({r["length"] for r in mine})
-        metric = "validation MSE (baseline: predict the mean)" if task == "adding" else \
-            "validation accuracy (baseline: majority class)"
-        out.append(f"**{task}**, {metric}; steps {mine[0]['steps']}, seconds per run in brackets\n")
+        out.append(f"**{task}**, {metrics[task]}; steps {mine[0]['steps']}, seconds per run in brackets\n")
         out.append("| cell | " + " | ".join(f"T={n}" for n in lengths) + " |")
         out.append("| --- |" + " --- |" * len(lengths))
         for cell, lr in variants(mine):
@@ -143,23 +172,32 @@ def table(rows: list[dict]) -> str:
                     cells.append("")
                 elif "diverged" in r:
                     cells.append(f"diverged ({r['seconds']:.0f} s)")
+                elif task == "copy":
+                    cells.append(f"{r['val_accuracy']:.4f} / {r['val_loss']:.3f} ({r['seconds']:.0f} s)")
                 else:
                     value = r["val_loss"] if task == "adding" else r["val_accuracy"]
                     cells.append(f"{value:.4f} ({r['seconds']:.0f} s)")
             out.append(f"| {label(cell, lr, mine)} | " + " | ".join(cells) + " |")
-        base = {r["length"]: r["baseline"] for r in mine if r.get("baseline") is not None}
-        out.append("| trivial baseline | " + " | ".join(f"{base[n]:.4f}" if n in base else "" for n in lengths) + " |")
+        base = {r["length"]: _baseline(r) for r in mine if r.get("baseline") is not None}
+        out.append("| trivial baseline | " + " | ".join(base.get(n, "") for n in lengths) + " |")
         out.append("")
     return "\n".join(out)
 
 
+def _baseline(row: dict) -> str:
+    if row["task"] == "copy":
+        return f"{row['baseline']:.4f} / {row.get('baseline_loss', math.nan):.3f}"
+    return f"{row['baseline']:.4f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["adding", "brackets"], choices=["adding", "brackets"])
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     parser.add_argument("--lengths", nargs="+", type=int, help="the lengths (default: per task, see the top)")
     parser.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
     parser.add_argument("--steps", type=int, help="optimiser steps per run (default: per task)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate, the same for every cell")
+    parser.add_argument("--lr", type=float,
+                        help="Adam's learning rate, the same for every cell (default: per task, see the top)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "seqdsl-long-dependencies",
                         help="where the generated data and each run's metrics and checkpoint go")
@@ -182,8 +220,9 @@ def main() -> None:
     for task in args.tasks:
         for length in args.lengths or DEFAULT_LENGTHS[task]:
             for cell in args.cells:
-                row = run_one(task, length, cell, args.steps or DEFAULT_STEPS[task], args.lr, data, work)
-                key = (task, length, cell, args.lr)
+                lr = args.lr or DEFAULT_LR[task]
+                row = run_one(task, length, cell, args.steps or DEFAULT_STEPS[task], lr, data, work)
+                key = (task, length, cell, lr)
                 runs = [r for r in runs if (r["task"], r["length"], r["cell"], r["lr"]) != key] + [row]
                 results.write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
                 print(json.dumps(row), flush=True)

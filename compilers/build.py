@@ -77,6 +77,9 @@ class BuildResult:
     # Scan, Loop or unrolled; onnx_form is the forms present joined by "+" ("GRU+Scan"), or "none" (no recurrence)
     onnx_form: str = "none"
     onnx_blocks: dict[str, str] = field(default_factory=dict)
+    # per block: the form chosen (native, scan, loop, unrolled), why (table, probe, default, forced, only form),
+    # the candidates with their figures, the onnxruntime version it was chosen for (compilers.onnx_form)
+    onnx_choice: dict[str, dict[str, Any]] = field(default_factory=dict)
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
@@ -222,7 +225,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
-          weights: "WeightsSource | None" = None, triton: str | Path | None = None) -> BuildResult:
+          weights: "WeightsSource | None" = None, triton: str | Path | None = None,
+          onnx_form: list[str] | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -241,6 +245,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     parameter names) replaces the initial random weights: model.py's weights.safetensors and model.onnx then carry
     them, and the check against PyTorch runs with them. Weights that do not fit the spec are one SpecError (E0603)
     listing every problem with the line declaring the parameter, raised before anything is written.
+
+    ``onnx_form`` forces the ONNX form of recurrent blocks (``["scan"]``, ``["enc=native"]``); by default each
+    standard cell gets the form that is fastest in the installed onnxruntime (`compilers.onnx_form`), and
+    build.json's ``onnx_choice`` says which and why.
 
     ``triton`` (a folder) also writes the checked model.onnx into a Triton Inference Server model repository:
     ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `compilers.triton`).
@@ -262,8 +270,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from seqdsl.passes import unroll as unroll_pass
     from seqdsl.passes.unroll import UnrollError
 
-    from .build_record import onnx_form, onnx_forms, provenance
+    from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
     from .onnx_export import export, set_weights
+    from .onnx_form import FormError, choose
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
     from .triton import model_dir, write_repository
@@ -293,6 +302,13 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         if changed:
             unrolled_lengths = wanted
             lengths = {**wanted, **lengths}
+    inputs = example_inputs(model, batch, steps, seed, lengths)
+    try:  # the probe, where one runs, times the check run's inputs (zero weights: the speed is the same)
+        choices = choose(model, onnx_form, optimize=optimize_passes, unroll=unrolled_lengths is not None,
+                         probe_inputs=inputs)
+    except FormError as exc:
+        raise UsageError(str(exc)) from None
+    native = {c.loop for c in choices.values() if c.form == "native"}
     warnings = [w.format() for w in model.warnings]
     if unroll and unrolled_lengths is None:
         warnings.append(f"note: --unroll: `{model.name}` has no recurrent loop to unroll; model.onnx is the same "
@@ -312,7 +328,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         save_file(weights, str(staging / "weights.safetensors"),
                   metadata={"seqdsl": f"{__version__}; spec {plain_text(Path(spec).name, 255)}"})
         stage("exporting ONNX")
-        proto = export(exported, optimize=optimize_passes, native_cells=optimize_passes)
+        proto = export(exported, optimize=optimize_passes, native_cells=native if optimize_passes else False)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
         if unrolled_lengths is not None:
             _fix_dims(proto, unrolled_lengths)
@@ -323,7 +339,6 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         written = _read_structure(staging / "model.onnx")
         forms = onnx_forms(written, model)
         stage("running onnxruntime against PyTorch")
-        inputs = example_inputs(model, batch, steps, seed, lengths)
         expected = run_torch(net, inputs)
         got = run(str(staging / "model.onnx"), inputs, provider)
         diff = max_abs_diff(expected, got.outputs)
@@ -345,7 +360,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             provider=got.provider, max_abs_diff=diff,
             check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
             onnx_nodes=onnx_nodes, warnings=warnings,
-            onnx_form=onnx_form(forms), onnx_blocks=forms, unrolled_lengths=unrolled_lengths,
+            onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
+            unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
             triton=str(triton_dir) if triton_dir is not None else None)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")

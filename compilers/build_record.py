@@ -19,6 +19,8 @@ from seqdsl.version import __version__
 if TYPE_CHECKING:
     import onnx
 
+    from .onnx_form import BlockForm
+
 #: ONNX ops that run a whole recurrence; the first three are ONNX's own cells.
 RECURRENT_OPS = ("LSTM", "GRU", "RNN", "Scan", "Loop")
 TOP_BLOCK = "recurrent"  # the label of the spec's own `recurrent:` block; called ones are named by their call
@@ -68,6 +70,12 @@ def onnx_form(forms: dict[str, str]) -> str:
     """One word for the whole file: ``none`` (no recurrence: a plain dataflow graph), ``unrolled``, or the forms
     present joined by ``+`` (``LSTM``, ``GRU+Scan``, ``Loop``)."""
     return "+".join(sorted(set(forms.values()))) if forms else "none"
+
+
+def choice_record(choices: dict[str, "BlockForm"], forms: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """build.json's ``onnx_choice``: per block, what `compilers.onnx_form` chose and why, and the op the written
+    file holds for it (``onnx_blocks``), so that a reader sees both the intent and the fact."""
+    return {label: {**choice.record(), "op": forms.get(label, "")} for label, choice in choices.items()}
 
 
 def _label(file: str, spec_dir: Path) -> str:

@@ -11,7 +11,7 @@ carry spec text only through `seqdsl.text.plain_text`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import numpy as np
 import onnx
@@ -36,6 +36,7 @@ class _Builder:
         self.cache: dict[tuple[object, ...], str] = {}
         self.counter = 0
         self.graph: Graph | None = None  # the IR graph being emitted (for shapes of inputs)
+        self.params: set[str] = set()  # parameter names (their initializers are written last), on the root
 
     def shape_of(self, ir_node: str) -> tuple[object, ...]:
         assert self.graph is not None
@@ -68,7 +69,8 @@ class _Builder:
     def transposed(self, weight: str) -> str:
         """Wᵀ for ``x @ Wᵀ``: computed once at the top level when W lives there (a parameter, or a fused
         concatenation of parameters), outside every loop; else where W is."""
-        at_root = weight in self.root.initializers or weight in self.root.values.values()
+        root = self.root
+        at_root = weight in root.initializers or weight in root.params or weight in root.values.values()
         owner = self.root if at_root else self
         key = ("T", weight)
         if key not in owner.cache:
@@ -305,8 +307,9 @@ ONNX_EMIT: dict[str, Emit] = {
 
 @dataclass(frozen=True)
 class OnnxCell:
-    """How ONNX's op for a standard cell takes its weights: spec parameters stacked in ONNX's gate order
-    (W, R, and the bias B = [Wb ; Rb]); Rb None is a zero bias the spec does not have."""
+    """How ONNX's op for a cell family takes its weights: spec parameters stacked in ONNX's gate order (W, R, the
+    bias B = [Wb ; Rb], the LSTM's peepholes P = [p_i ; p_o ; p_f]). A name the cell node does not have (rb None,
+    the forget gate of a coupled LSTM, ...) is zeros; a cell without bias has no B."""
 
     op: str
     states: tuple[str, ...]
@@ -315,42 +318,73 @@ class OnnxCell:
     wb: tuple[str, ...]
     rb: tuple[str, ...] | None
     attrs: tuple[tuple[str, int], ...] = ()
+    p: tuple[str, ...] = ()
 
 
 ONNX_CELLS: dict[str, OnnxCell] = {
     "rnn": OnnxCell("RNN", ("h",), ("W",), ("U",), ("b",), None),
     "lstm": OnnxCell("LSTM", ("h", "c"), ("W_i", "W_o", "W_f", "W_c"), ("U_i", "U_o", "U_f", "U_c"),
-                     ("b_i", "b_o", "b_f", "b_c"), None),
+                     ("b_i", "b_o", "b_f", "b_c"), None, p=("p_i", "p_o", "p_f")),
     "gru": OnnxCell("GRU", ("h",), ("W_z", "W_r", "W_h"), ("U_z", "U_r", "U_h"), ("b_z", "b_r", "b_h"), None,
                     (("linear_before_reset", 0),)),
     "gru_torch": OnnxCell("GRU", ("h",), ("W_z", "W_r", "W_n"), ("U_z", "U_r", "U_n"), ("b_iz", "b_ir", "b_in"),
                           ("b_hz", "b_hr", "b_hn"), (("linear_before_reset", 1),)),
 }
 
+#: a slot's function (seqdsl op) as the ONNX recurrent ops name it; the op's number, where it has one, is alpha
+ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softplus": "Softplus",
+                    "leaky_relu": "LeakyRelu", "elu": "Elu"}
+DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+
+def _activation_attrs(op: str, activations: list[tuple[str, float | None]]) -> dict[str, list]:
+    """The ``activations`` (and ``activation_alpha``) attributes, left out where they are the op's defaults.
+    The alphas are consumed in slot order by the functions that take one (as onnxruntime reads them)."""
+    names = [ONNX_ACTIVATIONS[a] for a, _ in activations]
+    if names == DEFAULT_ACTIVATIONS[op]:
+        return {}
+    alphas = [float(alpha) for _, alpha in activations if alpha is not None]
+    return {"activations": names, **({"activation_alpha": alphas} if alphas else {})}
+
 
 def _emit_cell(b: _Builder, node: Node, graph: Graph) -> None:
-    """A recognised standard cell as ONNX's own RNN/LSTM/GRU op (time-major inside, batch-first outside)."""
+    """A recognised cell as ONNX's own RNN/LSTM/GRU op (time-major inside, batch-first outside)."""
     layout = ONNX_CELLS[node.attrs["cell"]]
     x, *rest = [b.values[i] for i in node.inputs]
     n_states = len(layout.states)
     states, weights = rest[:n_states], dict(zip(node.attrs["params"], rest[n_states:]))
-    hidden = node.attrs["hidden"]
+    hidden, d = node.attrs["hidden"], graph[node.inputs[0]].shape[-1]
     first = b.const([0], np.int64)
 
-    def stacked(names: tuple[str, ...]) -> str:
-        joined = b.op("Concat", [weights[n] for n in names], node.name, axis=0) if len(names) > 1 else weights[names[0]]
+    def part(name: str | None, shape: tuple[int, ...]) -> str:
+        if name in weights:
+            return weights[name]
+        key = ("zeros", shape)  # a gate the cell does not have (a coupled forget gate, a bias it has one of)
+        if key not in b.root.cache:
+            b.root.cache[key] = b.initializer(f"zeros#{len(b.root.cache)}", np.zeros(shape, np.float32))
+        return b.root.cache[key]
+
+    def stacked(names: tuple[str | None, ...], shape: tuple[int, ...]) -> str:
+        parts = [part(n, shape) for n in names]
+        joined = b.op("Concat", parts, node.name, axis=0) if len(parts) > 1 else parts[0]
         return b.op("Unsqueeze", [joined, first], node.name)
 
-    wb = [weights[n] for n in layout.wb]
-    rb = [weights[n] for n in layout.rb] if layout.rb else [b.const([0.0] * hidden * len(layout.wb))]
-    bias = b.op("Unsqueeze", [b.op("Concat", wb + rb, node.name, axis=0), first], node.name)
+    bias = ""
+    if node.attrs["bias"]:
+        bias = stacked(layout.wb + (layout.rb or (None,) * len(layout.wb)), (hidden,))
+    peepholes = [stacked(layout.p, (hidden,))] if node.attrs.get("peephole") else []
     time_major = b.op("Transpose", [x], node.name, perm=[1, 0, 2])
     inits = [b.op("Unsqueeze", [s, first], node.name) for s in states]
     outs = [b.name(f"{node.name}_Y"), *(b.name(f"{node.name}_{s}_n") for s in layout.states)]
+    extra = dict(layout.attrs)
+    if node.attrs.get("input_forget"):
+        extra["input_forget"] = 1
     b.nodes.append(helper.make_node(
-        layout.op, [time_major, stacked(layout.w), stacked(layout.r), bias, "", *inits], outs,
+        layout.op, [time_major, stacked(layout.w, (hidden, d)), stacked(layout.r, (hidden, hidden)), bias, "",
+                    *inits, *peepholes], outs,
         name=f"{node.name}:{layout.op}", hidden_size=hidden,
-        direction="reverse" if node.attrs["reverse"] else "forward", **dict(layout.attrs)))
+        direction="reverse" if node.attrs["reverse"] else "forward",
+        **_activation_attrs(layout.op, node.attrs["activations"]), **extra))
     y = b.op("Transpose", [b.op("Squeeze", [outs[0], b.const([1], np.int64)], node.name)], node.name, perm=[1, 0, 2])
     value = {"y": lambda: y, "y_last": lambda: b.op("Gather", [y, b.const(-1, np.int64)], node.name, axis=1),
              **{f"{s}_n": (lambda o=o: b.op("Squeeze", [o, first], node.name)) for s, o in zip(layout.states, outs[1:])}}
@@ -370,6 +404,7 @@ def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None, 
     for node in graph:
         if node.op == "param":
             b.values[node.name] = node.attrs["name"]
+            b.root.params.add(node.attrs["name"])  # a top-level value: Wᵀ of it is computed once, outside loops
         elif node.op == "const":
             if node.name in read:  # constants the lowering folded into others are no initializers
                 b.values[node.name] = b.const(node.attrs["value"])
@@ -402,20 +437,30 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
     n_s, n_q = loop.n_states, loop.n_sequences
     captures = {i: args[n_s + n_q + i] for i in range(loop.n_captures)}
     _emit_graph(inner, body, captures, set(loop.updates) | {r.node for r in loop.returns})
+    _slices_to_split(inner, body)
     states = sorted((n for n in body if n.op == "state"), key=lambda n: n.attrs["index"])
     seqs = sorted((n for n in body if n.op == "step_input"), key=lambda n: n.attrs["index"])
     body_inputs = [_value_info(inner.values[n.name], n) for n in states + seqs]
-    # ONNX wants distinct output names: each loop output gets its own Identity.
+    # ONNX wants distinct output names, each made in the body: an Identity only where a value is output twice
+    # (h: the new state and the step's output) or is not made by a body node (a state passed on unchanged)
+    made = {o for n in inner.nodes for o in n.output}
+    used: set[str] = set()
+
+    def output_of(value: str, base: str) -> str:
+        if value in made and value not in used:
+            used.add(value)
+            return value
+        return inner.op("Identity", [value], base)
+
     body_outputs, scanned = [], []
     for i, upd in enumerate(loop.updates):
-        out = inner.op("Identity", [inner.values[upd]], f"state_out{i}")
-        body_outputs.append(_value_info(out, body[upd]))
+        body_outputs.append(_value_info(output_of(inner.values[upd], f"state_out{i}"), body[upd]))
     def from_final_state(r: LoopOutput) -> bool:
         return r.kind != "all" and r.node in loop.updates and (r.kind == "final" or not loop.reverse)
 
     for r in loop.returns:
         if not from_final_state(r):
-            out = inner.op("Identity", [inner.values[r.node]], f"step_out{len(scanned)}")
+            out = output_of(inner.values[r.node], f"step_out{len(scanned)}")
             body_outputs.append(_value_info(out, body[r.node]))
             scanned.append(r)
     finals = [b.name(f"{node.name}_final{i}") for i in range(n_s)]
@@ -423,7 +468,10 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
     if loop.steps is None:
         g = helper.make_graph(inner.nodes, f"{node.name}_step", body_inputs, body_outputs)
         direction = [1 if loop.reverse else 0]
-        scan_attrs: dict[str, object] = {"scan_input_axes": [1] * n_q, "scan_input_directions": direction * n_q}
+        sequences = [_time_major(b, graph, name) for name in node.inputs[n_s:n_s + n_q]]
+        args[n_s:n_s + n_q] = [value for value, _ in sequences]
+        scan_attrs: dict[str, object] = {"scan_input_axes": [axis for _, axis in sequences],
+                                         "scan_input_directions": direction * n_q}
         if scanned:  # onnx.helper cannot type an empty list attribute
             scan_attrs.update(scan_output_axes=[1] * len(scanned), scan_output_directions=direction * len(scanned))
         b.nodes.append(helper.make_node("Scan", args[: n_s + n_q], finals + stacked, name=f"{scope}Scan", body=g,
@@ -470,18 +518,106 @@ def _emit_scan(b: _Builder, node: Node, graph: Graph) -> None:
         b.values[item.name] = value
 
 
+def _slices_to_split(inner: _Builder, body: Graph) -> None:
+    """Slices of one body value along its last axis that cover all of it (an LSTM's four gates) become one
+    ``Split``: one node per step instead of one per slice."""
+    consts = {name: numpy_helper.to_array(t) for name, t in inner.root.initializers.items() if "#" in name}
+    shape_of = {value: body[ir].shape for ir, value in inner.values.items() if ir in body.nodes}
+    groups: dict[str, list[tuple[int, int, onnx.NodeProto]]] = {}
+    for n in inner.nodes:
+        if n.op_type == "Slice" and len(n.input) == 4 and all(i in consts for i in n.input[1:]):
+            start, stop, axis = (int(consts[i].reshape(-1)[0]) for i in n.input[1:])
+            shape = shape_of.get(n.input[0])
+            if shape and axis in (-1, len(shape) - 1) and isinstance(shape[-1], int):
+                groups.setdefault(n.input[0], []).append((start, stop, n))
+    for value, parts in groups.items():
+        parts.sort(key=lambda p: p[:2])
+        width = shape_of[value][-1]
+        if len(parts) < 2 or parts[0][0] != 0 or parts[-1][1] != width or any(
+                a[1] != c[0] for a, c in zip(parts, parts[1:])):
+            continue
+        sizes = inner.const([stop - start for start, stop, _ in parts], np.int64)
+        first = min(inner.nodes.index(p[2]) for p in parts)
+        split = helper.make_node("Split", [value, sizes], [p[2].output[0] for p in parts],
+                                 name=f"{parts[0][2].output[0]}:Split", axis=-1)
+        drop = {id(p[2]) for p in parts}
+        kept = [n for n in inner.nodes if id(n) not in drop]
+        kept.insert(sum(1 for n in inner.nodes[:first] if id(n) not in drop), split)
+        inner.nodes = kept
+
+
+#: ONNX ops that act on the trailing axes only: a chain of them computes the same on a time-major input.
+_TRAILING = {"MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Relu"}
+
+
+def _time_major(b: _Builder, graph: Graph, name: str) -> tuple[str, int]:
+    """A sequence for a Scan, and the axis it scans: a sequence (B, T, k) computed from a smaller (B, T, d) one by
+    a chain of trailing-axis ops read by nothing else (an input projection ``x Wᵀ + b``) is computed again on the
+    transposed (T, B, d) input, so that onnxruntime scans axis 0 and never transposes the wide (B, T, k)."""
+    value = b.values[name]
+    producers = {o: n for n in b.nodes for o in n.output}
+    readers: dict[str, int] = {}
+    for n in b.nodes:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    ir_users = graph.users().get(name, [])
+    fixed = {b.values[n.name] for n in graph if n.op in ("param", "const") and n.name in b.values}
+
+    def batchless(v: str) -> bool:  # a weight, a constant, or computed from those only (Wᵀ, a concatenation)
+        return v in fixed or v in b.root.initializers or v in producers and all(map(batchless, producers[v].input))
+
+    chain, at = [], value
+    while at in producers and producers[at].op_type in _TRAILING and readers.get(at, 0) == (1 if chain else 0):
+        n = producers[at]
+        dynamic = [i for i in n.input if not batchless(i)]
+        if len(dynamic) != 1:
+            break
+        chain.append(n)
+        at = dynamic[0]
+    ir_of = {v: k for k, v in b.values.items()}
+    root = graph.nodes.get(ir_of.get(at, ""))
+    node = graph[name]
+    if (not chain or len(ir_users) != 1 or root is None or len(root.shape) != 3 or len(node.shape) != 3
+            or not isinstance(root.shape[2], int) or not isinstance(node.shape[2], int)
+            or root.shape[2] > node.shape[2] or not any(n.op_type == "MatMul" for n in chain)):
+        return value, 1
+    new = b.op("Transpose", [at], f"{name}_time_major", perm=[1, 0, 2])
+    for n in reversed(chain):  # the chain again, from the transposed root; the old one is left unread (pruned)
+        inputs = [new if i == at else i for i in n.input]
+        at = n.output[0]
+        new = b.op(n.op_type, inputs, f"{name}_time_major", **{a.name: helper.get_attribute_value(a)
+                                                                for a in n.attribute})
+    return new, 0
+
+
+def _prune(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those whose outputs nothing reads (what `_time_major` left behind)."""
+    while True:
+        read = _names_read(nodes) | keep
+        alive = [n for n in nodes if any(o in read for o in n.output)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive
+
+
 def export(model: Model, opset: int | None = None, ir_version: int | None = None,
-           optimize: bool = True, native_cells: bool = True) -> onnx.ModelProto:
+           optimize: bool = True, native_cells: bool | Collection[str] = True) -> onnx.ModelProto:
     """An ONNX model computing ``model``; inputs and outputs carry the spec's names, B and T are symbolic.
 
     ``optimize`` runs seqdsl's default passes first (fusion, hoisting); ``native_cells`` turns blocks that are a
-    standard cell into ONNX's own LSTM / GRU / RNN op, the rest into Scan / Loop."""
+    standard cell into ONNX's own LSTM / GRU / RNN op, the rest into Scan / Loop; given as loop names
+    (``{"enc.loop"}``, see `compilers.onnx_form`), only those blocks."""
     from seqdsl.passes import optimize as run_passes
+    from seqdsl.passes import recognize
 
     from .onnx_runtime import target_versions
+    from .onnx_scan import fuse_steps
 
     if optimize:
-        model = run_passes(model, cells=frozenset(ONNX_CELLS) if native_cells else frozenset())
+        if native_cells:
+            blocks = None if native_cells is True else frozenset(native_cells)
+            model, _ = recognize(model, frozenset(ONNX_CELLS), blocks)
+        model = fuse_steps(run_passes(model))
     max_ir, max_opset = target_versions()
     opset = min(opset or OPSET, max_opset)
     b = _Builder()
@@ -496,6 +632,7 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
             b.op("Identity", [value], out, out=out)
         outputs.append(_value_info(out, g[ref]))
     inputs = [_value_info(n.name, n) for n in model.input_nodes()]
+    b.nodes = _prune(b.nodes, {o.name for o in outputs})
     read = _names_read(b.nodes) | {o.name for o in outputs}
     unread_params = sorted(p.name for p in model.params.values() if p.name not in read)
     initializers = [t for name, t in b.initializers.items() if name in read]

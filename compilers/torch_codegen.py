@@ -209,22 +209,43 @@ TORCH_EMIT: dict[str, Emit] = {
 @dataclass(frozen=True)
 class TorchCell:
     """How torch's kernel for a standard cell takes its weights: groups of spec parameters stacked in torch's
-    gate order (w_ih, w_hh, b_ih, b_hh); None is a zero bias the spec does not have."""
+    gate order (w_ih, w_hh, b_ih, b_hh); None is a zero bias the spec does not have. A cell node runs on it when
+    its family and activations are the kernel's and it has no peephole or coupled gate (with or without bias)."""
 
     fn: str
     title: str
+    family: str
+    activations: tuple[tuple[str, float | None], ...]
     states: tuple[str, ...]
     weights: tuple[tuple[str, ...] | None, ...]
 
 
+_SIGMOID, _TANH, _RELU = ("sigmoid", None), ("tanh", None), ("relu", None)
+_ELMAN = (("W",), ("U",), ("b",), None)
 TORCH_CELLS: dict[str, TorchCell] = {
-    "rnn": TorchCell("torch.rnn_tanh", "Elman RNN", ("h",), (("W",), ("U",), ("b",), None)),
-    "lstm": TorchCell("torch.lstm", "LSTM", ("h", "c"), (("W_i", "W_f", "W_c", "W_o"), ("U_i", "U_f", "U_c", "U_o"),
-                                                         ("b_i", "b_f", "b_c", "b_o"), None)),
-    "gru_torch": TorchCell("torch.gru", "GRU (PyTorch's form)", ("h",),
-                           (("W_r", "W_z", "W_n"), ("U_r", "U_z", "U_n"), ("b_ir", "b_iz", "b_in"),
-                            ("b_hr", "b_hz", "b_hn"))),
+    "rnn_tanh": TorchCell("torch.rnn_tanh", "Elman RNN", "rnn", (_TANH,), ("h",), _ELMAN),
+    "rnn_relu": TorchCell("torch.rnn_relu", "ReLU RNN", "rnn", (_RELU,), ("h",), _ELMAN),
+    "lstm": TorchCell("torch.lstm", "LSTM", "lstm", (_SIGMOID, _TANH, _TANH), ("h", "c"),
+                      (("W_i", "W_f", "W_c", "W_o"), ("U_i", "U_f", "U_c", "U_o"),
+                       ("b_i", "b_f", "b_c", "b_o"), None)),
+    "gru": TorchCell("torch.gru", "GRU (PyTorch's form)", "gru_torch", (_SIGMOID, _TANH), ("h",),
+                     (("W_r", "W_z", "W_n"), ("U_r", "U_z", "U_n"),
+                      ("b_ir", "b_iz", "b_in"), ("b_hr", "b_hz", "b_hn"))),
 }
+
+
+def torch_kernel(attrs: dict[str, Any]) -> TorchCell | None:
+    """The torch kernel that runs the cell node with ``attrs``, or None (it stays a loop, on the generic path)."""
+    if attrs.get("peephole") or attrs.get("input_forget"):
+        return None
+    return next((k for k in TORCH_CELLS.values()
+                 if k.family == attrs["cell"] and k.activations == tuple(attrs["activations"])), None)
+
+
+def torch_runs(attrs: dict[str, Any]) -> bool:
+    """Whether a torch kernel runs the cell node with ``attrs``: the backend's choice for `passes.recognize`."""
+    return torch_kernel(attrs) is not None
+
 
 HELPERS.update({"native_" + c.fn.split(".")[-1]: _native_cell_helper(c.fn) for c in TORCH_CELLS.values()})
 
@@ -361,12 +382,14 @@ class _Generator:
     def write_cell(self, writer: _GraphWriter, node: Node) -> None:
         """A recognised standard cell: one call of torch's own kernel (oneDNN / cuDNN), weights stacked in
         torch's gate order from the spec's parameters."""
-        layout = TORCH_CELLS[node.attrs["cell"]]
+        layout = torch_kernel(node.attrs)
+        assert layout is not None, f"internal: no torch kernel runs the cell {node.attrs}"
         x, *rest = [writer.value(i) for i in node.inputs]
         n_states = len(layout.states)
         states, weights = rest[:n_states], dict(zip(node.attrs["params"], rest[n_states:]))
+        has_biases = node.attrs["bias"]
         stacked = []
-        for k, group in enumerate(layout.weights):
+        for k, group in enumerate(layout.weights if has_biases else layout.weights[:2]):
             if group is None:  # torch's second bias, which the spec does not have
                 rows = len(layout.weights[k - 1] or ()) * node.attrs["hidden"]
                 stacked.append(f"{x}.new_zeros({rows})")
@@ -388,7 +411,8 @@ class _Generator:
             f"{ind}{', '.join(outs)} = {helper}(",
             f"{ind}    {seq}, {hx},",
             f"{ind}    [{(',' + chr(10) + ind + '     ').join(stacked)}],",
-            f"{ind}    True, 1, 0.0, self.training, False, True)  # biases, layers, dropout, train, bidirectional, batch_first",
+            f"{ind}    {has_biases}, 1, 0.0, self.training, False, True)"
+            "  # biases, layers, dropout, train, bidirectional, batch_first",
         ]
         y = f"{outs[0]}.flip(1)" if reverse else outs[0]
         value = {"y": y, "y_last": f"{y}[:, -1]", **{f"{s}_n": f"{o}[0]" for s, o in zip(layout.states, outs[1:])}}

@@ -25,7 +25,7 @@ from seqdsl.ir import Model
 from seqdsl.naming import MODULE_ATTRIBUTES
 
 from . import generated
-from .torch_codegen import TORCH_CELLS, generate
+from .torch_codegen import generate, torch_runs
 
 # Attributes of nn.Module a parameter must not shadow (`self.training = nn.Parameter(...)` would break it).
 _MODULE_ATTRS = set(dir(nn.Module())) | MODULE_ATTRIBUTES
@@ -64,7 +64,7 @@ def module_class(model: Model, source_path: Path | None = None, optimize: bool =
     With neither, model.py computes the spec's equations exactly as written.
     """
     check_param_names(model)
-    cells = frozenset(TORCH_CELLS) if native_cells else frozenset()
+    cells = torch_runs if native_cells else frozenset()
     source = generate(passes.optimize(model, cells=cells) if optimize else model)
     if source_path is not None and (not source_path.exists() or source_path.read_text() != source):
         source_path.write_text(source)

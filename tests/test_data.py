@@ -51,6 +51,10 @@ def test_copy_recalls_the_first_symbols_after_the_delimiter(args, symbols):
     assert np.all((x == tasks.COPY_SYMBOLS + 1).sum(axis=1) == 1)
     assert np.array_equal(y[:, -symbols:], x[:, :symbols]) and np.all(y[:, :-symbols] == 0)
     assert x.max() < tasks.COPY_VOCAB
+    mask = data["target_mask"]  # what `seqdsl train` scores: the recall, the steps after the delimiter
+    assert mask.dtype == np.bool_ and mask.shape == y.shape
+    after = np.argmax(x == tasks.COPY_SYMBOLS + 1, axis=1)[:, None] < np.arange(y.shape[1])[None, :]
+    assert np.array_equal(mask, after)
 
 
 def _reference_balanced(tokens: np.ndarray) -> bool:

@@ -13,7 +13,7 @@ import seqdsl
 from compilers.build import example_inputs, run_torch
 from compilers.onnx_export import ONNX_CELLS, export, set_weights
 from compilers.onnx_runtime import run
-from compilers.torch_codegen import TORCH_CELLS
+from compilers.torch_codegen import torch_runs
 from compilers.torch_module import to_module
 from seqdsl.passes import recognize
 
@@ -33,24 +33,33 @@ def test_standard_cells_are_recognised(spec: str, cell: str):
 
 
 def test_cho_gru_has_no_torch_kernel():
-    assert _cells(seqdsl.load(SPECS / "gru.yaml"), frozenset(TORCH_CELLS)) == []
+    assert _cells(seqdsl.load(SPECS / "gru.yaml"), torch_runs) == []
 
 
 @pytest.mark.parametrize("change, recognised", [
     (("U_f @ h[t-1] + b_f", "b_f + U_f @ h[t-1]"), False),       # grouped differently: (W x + b) + U h
     (("W_f @ x + U_f @ h[t-1]", "U_f @ h[t-1] + W_f @ x"), True),  # a commuted sum is the same sum
     (("f * c[t-1]", "c[t-1] * f"), True),                          # so is a commuted product
-    (("h: o * tanh(c)", "h: o * relu(c)"), False),                 # another activation
     (("h: o * tanh(c)", "h: o * tanh(c) * 1"), False),             # anything extra
+    (("h: o * tanh(c)", "h: o * abs(c)"), False),                  # a function no kernel has
+    (("o: sigmoid(", "o: relu("), False),                          # ONNX has one function for all three gates
 ])
 def test_variants_of_the_lstm(change: tuple[str, str], recognised: bool):
     model = seqdsl.loads(LSTM.replace(*change))
     assert (_cells(model) == ["lstm"]) is recognised
 
 
-def test_peephole_lstm_is_not_a_standard_cell_and_still_runs_right():
+def test_another_activation_is_onnx_lstm_and_generic_in_torch():
+    model = seqdsl.loads(LSTM.replace("h: o * tanh(c)", "h: o * relu(c)"))
+    cell, _ = recognize(model, frozenset(ONNX_CELLS))
+    assert [n.attrs["activations"] for n in cell.graph if n.op == "cell"] == [
+        (("sigmoid", None), ("tanh", None), ("relu", None))]
+    assert _cells(model, torch_runs) == []
+
+
+def test_peephole_lstm_is_generic_in_torch_and_still_runs_right():
     model = seqdsl.load(SPECS / "lstm_peephole.yaml", {"d": 4, "h": 5})
-    assert _cells(model) == []
+    assert _cells(model, torch_runs) == [] and _cells(model) == ["lstm"]  # ONNX's LSTM has peepholes
     net = to_module(model)
     plain = to_module(model, optimize=False)
     plain.load_state_dict(net.state_dict())
@@ -58,7 +67,7 @@ def test_peephole_lstm_is_not_a_standard_cell_and_still_runs_right():
     want = run_torch(plain, inputs)
     for name, value in run_torch(net, inputs).items():
         np.testing.assert_allclose(value, want[name], atol=1e-6)
-    proto = export(model)
+    proto = export(model, native_cells=False)
     assert any(n.op_type == "Scan" for n in proto.graph.node)
     set_weights(proto, {k: v.detach().numpy() for k, v in net.state_dict().items()})
     for name, value in run(proto.SerializeToString(), inputs).outputs.items():

@@ -5,6 +5,10 @@ otherwise). Data files are untrusted: they are read with pickling off, their unp
 anything is read, and every array is checked (presence, dtype, rank, fixed sizes, one B and one length per time
 axis across arrays, ids inside their tables, lengths inside [1, T], finite floats). Each mistake is one
 `SpecError` naming the file and the array (E07xx).
+
+An optional ``<target>_mask`` array (bool, or 0/1 integers, of the targets' shape) says which target elements the
+loss and the accuracy count: e.g. only the recall phase of the copy task. Where a block has ``lengths:``, an
+element counts when it is both a real step and in the mask.
 """
 
 from __future__ import annotations
@@ -45,12 +49,18 @@ class Dataset:
     lengths: dict[str, str]  # time axis -> the int64 [B] input holding each sequence's length
     axes: dict[str, tuple[str, ...]]  # array -> its symbolic axes after B (None for fixed ones), for cropping
     n: int
+    mask: str | None = None  # the bool array, of the targets' shape, of the target elements that count
 
     def sequence_lengths(self) -> np.ndarray | None:
         """The lengths used for bucketing: of the first time axis that has them."""
         for name in self.lengths.values():
             return self.arrays[name]
         return None
+
+
+def mask_name(target: str) -> str:
+    """The array of a data file that says which elements of the targets ``target`` count."""
+    return f"{target}_mask"
 
 
 def lengths_inputs(model: Model) -> dict[str, str]:
@@ -118,12 +128,23 @@ def check(model: Model, arrays: dict[str, np.ndarray], file: str, target: Target
     for node in model.input_nodes():
         if node.dtype == "int64" and node.name not in lengths.values():
             checker.ids_in_range(node.name, out[node.name], _vocabulary(model, node.name), "the embedding table")
+    counted = _counted(out[target.name].shape, _mask_for(target.shape, masks))
+    mask = mask_name(target.name)
+    if mask in arrays:
+        if mask in out:
+            raise SpecError("E0702", f"`{mask}` is a model input and, by its name, the mask of `{target.name}`",
+                            checker.loc(mask), hint="rename the input, or store the targets under another name "
+                                                    "and pass --target NAME")
+        out[mask] = checker.target_mask(mask, arrays[mask], out[target.name].shape, counted)
+        axes[mask] = axes[target.name]
+        counted = out[mask] if counted is None else counted & out[mask]
     if target.classes is not None:
         checker.ids_in_range(target.name, out[target.name], target.classes, f"the classes of `{target.output}`",
-                             mask=_mask_for(target.shape, masks))
+                             mask=counted)
     for name, value in out.items():
         checker.finite(name, value)
-    return Dataset(file, out, [n.name for n in model.input_nodes()], target, lengths, axes, checker.n or 0)
+    return Dataset(file, out, [n.name for n in model.input_nodes()], target, lengths, axes, checker.n or 0,
+                   mask if mask in out else None)
 
 
 def _symbols(shape: tuple[Dim, ...]) -> tuple[str, ...]:
@@ -135,6 +156,13 @@ def _mask_for(shape: tuple[Dim, ...], masks: dict[str, np.ndarray]) -> np.ndarra
     if len(shape) > 1 and isinstance(shape[1], str) and shape[1] in masks:
         return masks[shape[1]]
     return None
+
+
+def _counted(shape: tuple[int, ...], steps: np.ndarray | None) -> np.ndarray | None:
+    """A (N, T) real-steps mask spread over the targets' ``shape`` (None: every element is real)."""
+    if steps is None:
+        return None
+    return np.broadcast_to(steps.reshape(steps.shape + (1,) * (len(shape) - 2)), shape)
 
 
 def _vocabulary(model: Model, name: str) -> int | None:
@@ -221,9 +249,34 @@ class _Checker:
                             hint="a length counts the real (unpadded) steps of its sequence")
         return np.arange(steps)[None, :] < lengths[:, None]
 
+    def target_mask(self, name: str, array: np.ndarray, shape: tuple[int, ...], real: np.ndarray | None) -> np.ndarray:
+        """The targets' mask as bool: of the targets' ``shape``, 0/1, and counting something in every example."""
+        integer = np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
+        if not integer:
+            raise SpecError("E0703", f"`{name}` is {array.dtype.name}: a mask is bool (or 0/1 integers)",
+                            self.loc(name), expected="a bool array", found=array.dtype.name,
+                            hint="store it as array.astype(bool): True where the target counts")
+        if array.shape != shape:
+            raise SpecError("E0704", f"`{name}` has the shape {list(array.shape)}, the targets {list(shape)}",
+                            self.loc(name), expected=str(list(shape)), found=str(list(array.shape)),
+                            hint="one True/False per target element")
+        if array.dtype != np.bool_ and array.size and not np.isin(array, (0, 1)).all():
+            raise SpecError("E0705", f"`{name}` holds values other than 0 and 1", self.loc(name),
+                            hint="a mask says which target elements count: True/1 or False/0")
+        mask = np.ascontiguousarray(array, dtype=np.bool_)
+        counted = mask if real is None else mask & real
+        empty = ~counted.reshape(counted.shape[0], -1).any(axis=1)
+        if empty.any():
+            i = int(np.argmax(empty))
+            raise SpecError("E0705", f"`{name}`[{i}] counts no target element"
+                            + (" at a real step (below its length)" if real is not None else ""), self.loc(name),
+                            found=f"{int(empty.sum())} examples with nothing to score",
+                            hint="drop those examples, or mark at least one of each example's targets True")
+        return mask
+
     def ids_in_range(self, name: str, ids: np.ndarray, size: int | None, table: str,
                      mask: np.ndarray | None = None) -> None:
-        values = ids if mask is None else ids[mask]  # a (N, T) mask selects the real steps of axes 0 and 1
+        values = ids if mask is None else ids[mask]  # a mask of the ids' shape selects the elements that count
         if values.size == 0:
             return
         low, high = int(values.min()), int(values.max())

@@ -257,7 +257,8 @@ class _Run:
     def _real(self, dataset: Dataset, name: str) -> np.ndarray:
         symbols = dataset.axes[name]
         lengths = dataset.arrays[dataset.lengths[symbols[0]]] if symbols and symbols[0] in dataset.lengths else None
-        return real_values(dataset.arrays[name], lengths)
+        mask = dataset.arrays[dataset.mask] if dataset.mask is not None else None
+        return real_values(dataset.arrays[name], lengths, mask)
 
     def _build(self) -> BuildResult:
         from ..build import build

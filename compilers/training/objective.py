@@ -3,7 +3,8 @@
 The loss of a step is a *sum* over the counted elements divided by their number in the whole global batch, so
 that W processes (whose gradients DDP averages) compute exactly the gradient of one process holding the global
 batch, even when a mask counts different numbers of steps in each share. Padded steps (``t >= lengths[b]`` on a
-target's time axis, for a block with ``lengths:``) are not counted.
+target's time axis, for a block with ``lengths:``) are not counted, nor are the elements a ``<target>_mask`` array
+of the data marks False (the copy task scores its recall phase only).
 """
 
 from __future__ import annotations
@@ -35,54 +36,62 @@ class Objective:
         self.output_index = output_index
         symbols = dataset.axes[target.name]
         self.length_input = dataset.lengths.get(symbols[0]) if symbols and symbols[0] else None
+        self.mask_input = dataset.mask
 
     @property
     def has_accuracy(self) -> bool:
         return self.target.loss == "cross_entropy"
 
-    def mask(self, batch: dict[str, torch.Tensor], steps: int) -> torch.Tensor | None:
-        """(b, T) True at real steps, or None when every element counts."""
-        if self.length_input is None:
-            return None
+    def mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """True at the target elements that count (the targets' shape), or None when every element counts."""
+        y = batch[self.target.name]
+        keep = batch[self.mask_input] if self.mask_input is not None else None
+        if self.length_input is None or y.ndim < 2:
+            return keep
         lengths = batch[self.length_input]
-        return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+        real = torch.arange(y.shape[1], device=lengths.device)[None, :] < lengths[:, None]
+        real = real.reshape(real.shape + (1,) * (y.ndim - 2)).expand_as(y)
+        return real if keep is None else real & keep
 
     def count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """How many elements of this batch the loss counts (known before the forward pass), as float64."""
         y = batch[self.target.name]
-        mask = self.mask(batch, y.shape[1]) if y.ndim > 1 else None
+        mask = self.mask(batch)
         if mask is None:
             return torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)
-        return mask.sum().to(torch.float64) * int(np.prod(y.shape[2:]))
+        return mask.sum().to(torch.float64)
 
     def sums(self, outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor]) -> Sums:
         pred = outputs[self.output_index]
         y = batch[self.target.name]
-        mask = self.mask(batch, y.shape[1]) if y.ndim > 1 else None
+        mask = self.mask(batch)
         if self.target.loss == "cross_entropy":
             logits = pred.reshape(-1, pred.shape[-1])
             labels = y.reshape(-1)
-            keep = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).expand_as(y).reshape(-1) if mask is not None else None
-            if keep is not None:
+            if mask is not None:
+                keep = mask.reshape(-1)
                 logits, labels = logits[keep], labels[keep]
             loss = F.cross_entropy(logits, labels, reduction="sum")
             correct = (logits.argmax(-1) == labels).sum()
             return Sums(loss, torch.tensor(labels.numel(), device=y.device), correct)
         err = (pred - y) ** 2
         if mask is not None:
-            weights = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).to(err.dtype)
+            weights = mask.to(err.dtype)
             err = err * weights
-            counted = weights.sum() * int(np.prod(y.shape[2:]))
+            counted = weights.sum()
         else:
             counted = torch.tensor(y.numel(), device=y.device)
         return Sums(err.sum(), counted, torch.zeros((), device=y.device))
 
 
-def real_values(values: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """The elements of ``values`` (N, ...) the loss counts: all, or those at steps below each row's length."""
-    if lengths is None or values.ndim < 2:
-        return values.reshape(-1)
-    return values[np.arange(values.shape[1])[None, :] < lengths[:, None]].reshape(-1)
+def real_values(values: np.ndarray, lengths: np.ndarray | None, mask: np.ndarray | None = None) -> np.ndarray:
+    """The elements of ``values`` (N, ...) the loss counts: all, or those at steps below each row's length, and
+    only where ``mask`` (of the shape of ``values``) is True."""
+    keep = np.ones(values.shape, dtype=bool) if mask is None else mask
+    if lengths is not None and values.ndim > 1:
+        real = np.arange(values.shape[1])[None, :] < lengths[:, None]
+        keep = keep & real.reshape(real.shape + (1,) * (values.ndim - 2))
+    return values[keep].reshape(-1)
 
 
 def baseline(target: Target, train: np.ndarray, evaluated: np.ndarray) -> float:

@@ -39,6 +39,11 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     settings = resolve(model, options, arrays)
     train_set = check(model, arrays, str(data), settings.target)
     val_set = check(model, read_npz(val, "--val"), str(val), settings.target) if val is not None else None
+    if val_set is not None and (train_set.mask is None) != (val_set.mask is None):
+        has, lacks = (train_set, val_set) if val_set.mask is None else (val_set, train_set)
+        raise SpecError("E0702", f"{has.file} holds `{has.mask}` and {lacks.file} does not: training and validation "
+                        "would count different target elements", Location(lacks.file, path=has.mask),
+                        hint="give both files the mask, or neither")
     if options.metrics_format not in ("csv", "jsonl"):
         raise SpecError("E0707", f"--metrics-format {options.metrics_format!r}: csv or jsonl",
                         Location("--metrics-format", path="metrics_format"))

@@ -14,7 +14,7 @@ from .attention import fuse_attention
 from .fold_bias import fold_bias
 from .fuse import fuse_linears
 from .hoist import hoist
-from .recognize import CELLS, recognize
+from .recognize import CELLS, Kinds, recognize
 from .sink import sink
 from .unroll import unroll
 
@@ -23,9 +23,10 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (fuse_attention, fold_bias, fuse_linears, h
 
 
 def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
-             cells: frozenset[str] = frozenset()) -> Model:
+             cells: Kinds = frozenset()) -> Model:
     """Run ``passes`` in order, each until it changes nothing more; first, loops that are one of the standard
-    ``cells`` the backend has a kernel for (see `recognize`) become cells."""
+    ``cells`` the backend has a kernel for (family names, or a test of a cell's attributes: see `recognize`)
+    become cells."""
     if cells:
         model, _ = recognize(model, cells)
     for one in passes:

@@ -1,80 +1,97 @@
-"""Recognition: a recurrent block that *is* a standard cell runs on the runtime's own kernel.
+"""Recognition: a recurrent block that is a member of a cell family runs on the runtime's own kernel.
 
-A loop whose step graph is isomorphic to one of the standard specs — `specs/rnn.yaml` (Elman), `specs/lstm.yaml`,
-`specs/gru.yaml` (Cho's form), `specs/gru_torch.yaml` (PyTorch's form) — lowered with the same sizes, becomes one
-``cell`` node: torch.lstm / torch.gru / torch.rnn_tanh in PyTorch (oneDNN on the CPU, cuDNN on the GPU), the
-LSTM / GRU / RNN op in ONNX. Rewrite rules:
+The families (`cell_families`) are what ONNX's LSTM, GRU (both forms) and RNN ops compute, with their
+attributes: peepholes, a coupled input-forget gate, the activation slots, bias or none. A loop whose step graph is
+isomorphic to a variant's template, lowered with the same sizes, becomes one ``cell`` node; each backend says which
+cells its kernels run (PyTorch: torch.lstm / torch.gru / torch.rnn_tanh / torch.rnn_relu for the standard
+activations and no peephole or coupled gate; ONNX: all of them), and the rest stay loops. Rewrite rules:
   1. the loop has one sequence input (B, T, d), no other outside input, one state (two for the LSTM) and no fixed
      step count;
   2. its body matches the template's node for node: same ops, same constants, parameters of the same shapes,
      operands in the same places except for ``+`` and ``*``, which commute (``U h + W x`` matches ``W x + U h``);
-     sums grouped differently (``W x + (U h + b)``) are not recognised — they still run, on the generic path;
+     an activation (sigmoid, tanh, relu, leaky_relu, elu, softplus) matches any slot, and every node of one slot
+     must then apply the same function with the same number (ONNX has one f for the LSTM's three gates); sums
+     grouped differently (``W x + (U h + b)``) are not recognised — they still run, on the generic path;
   3. it returns only what the kernel gives: the hidden state at every step, its final value, its value at
      position T-1, and the LSTM's final cell state;
   4. the cell node reads the sequence, the initial states and the parameters in the template's order (so each
      backend can stack them in its own gate order); every returned value keeps its ``item`` node.
-A cell that differs in any way — a peephole, another activation, a layer norm inside — is left as it is.
+
+The cell node's attributes, which the backends read:
+  ``cell``         the family: "rnn", "lstm", "gru" (Cho's form) or "gru_torch" (PyTorch's form);
+  ``params``       the template's parameter names (sorted), one per parameter input, after the sequence and states;
+  ``activations``  one (op, number or None) per slot: LSTM (f, g, h), GRU (f, g), RNN (f), e.g. ("sigmoid", None);
+  ``bias``         whether the cell has its biases (all of them; without, the template has none);
+  ``peephole``, ``input_forget``  (LSTM only) whether it looks at the cell state, whether f = 1 - i;
+  ``reverse``, ``hidden``, ``returns``  direction, hidden size, and per returned item "y", "h_n", "y_last", "c_n".
+A cell that differs in any way — a peephole on another state, a layer norm inside, a term more — is left alone.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections import Counter
 from functools import cache
-from pathlib import Path
+from itertools import islice
+from typing import Any, Callable, Union
 
 import networkx as nx
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
 from ..ir import Graph, Loop, Model, Node, loop_of
+from .cell_families import ACTIVATIONS, FAMILIES, Activation, Variant, activation_of, template_text
 
-STD_ROOT = Path(__file__).resolve().parents[2] / "specs"
 COMMUTATIVE = {"add", "mul"}
+CELLS = tuple(FAMILIES)  # the family names
+#: a backend's choice of cells: the families it runs in every form, or a test of a cell node's attributes
+Kinds = Union[frozenset[str], Callable[[dict[str, Any]], bool]]
+MAX_MAPPINGS = 64  # matches of one template tried (symmetric parts, like i and g in c = f c + i g, give several)
 
 
-@dataclass(frozen=True)
-class CellKind:
-    """A standard cell: its template spec, its state names (template order) and its parameters."""
-
-    name: str
-    template: str
-    states: tuple[str, ...]
-
-
-CELLS: dict[str, CellKind] = {
-    "rnn": CellKind("rnn", "rnn.yaml", ("h",)),
-    "lstm": CellKind("lstm", "lstm.yaml", ("h", "c")),
-    "gru": CellKind("gru", "gru.yaml", ("h",)),
-    "gru_torch": CellKind("gru_torch", "gru_torch.yaml", ("h",)),
-}
-
-
-def recognize(model: Model, kinds: frozenset[str] = frozenset(CELLS)) -> tuple[Model, bool]:
-    """``model`` with every top-level loop that is one of the standard cells in ``kinds`` turned into a cell."""
+def recognize(model: Model, kinds: Kinds = frozenset(CELLS),
+              blocks: frozenset[str] | None = None) -> tuple[Model, bool]:
+    """``model`` with every top-level loop that is a cell the backend runs (see `Kinds`) turned into a cell;
+    with ``blocks``, only the loops of those names (a backend choosing its form per block)."""
+    accepts = kinds if callable(kinds) else (lambda attrs: attrs["cell"] in kinds)
     model = copy.deepcopy(model)
     changed = False
     for node in list(model.graph):
-        if node.op == "loop":
-            for kind in kinds:
-                if _rewrite(model.graph, node, CELLS[kind]):
-                    changed = True
-                    break
+        if node.op == "loop" and (blocks is None or node.name in blocks) and _rewrite(model.graph, node, accepts):
+            changed = True
     model.verify()
     return model, changed
 
 
 @cache
-def _template(kind: str, d: int, h: int) -> Loop | None:
-    from ..api import load  # late: the passes are imported by the language's front door
+def _template(variant: Variant, d: int, h: int) -> Loop | None:
+    from ..api import loads  # late: the passes are imported by the language's front door
 
-    model = load(STD_ROOT / CELLS[kind].template, {"d": d, "h": h})
+    model = loads(template_text(variant), {"d": d, "h": h}, file=f"<{variant.family} template>")
     loops = [n for n in model.graph if n.op == "loop"]
-    return loop_of(loops[0]) if len(loops) == 1 else None
+    if len(loops) != 1:
+        return None
+    loop = loop_of(loops[0])
+    for equation in (e for slot in FAMILIES[variant.family].slots_of(variant) for e in slot):
+        assert loop.body[equation].op in ACTIVATIONS, f"internal: slot `{equation}` of {variant} is no activation"
+    return loop
 
 
-def _rewrite(graph: Graph, node: Node, kind: CellKind) -> bool:
+def _activations(variant: Variant, body: Graph, mapping: dict[str, str]) -> tuple[Activation, ...] | None:
+    """The function at each of the variant's slots (named by the template's equations, whose root node is the
+    activation), or None if a slot's nodes disagree."""
+    ours_of = {t: o for o, t in mapping.items()}
+    slots: list[Activation] = []
+    for equations in FAMILIES[variant.family].slots_of(variant):
+        found = {activation_of(body[ours_of[e]].op, body[ours_of[e]].attrs) for e in equations}
+        if len(found) != 1 or None in found:
+            return None
+        slots.append(found.pop())  # type: ignore[arg-type]
+    return tuple(slots)
+
+
+def _rewrite(graph: Graph, node: Node, accepts: Callable[[dict[str, Any]], bool]) -> bool:
     loop = loop_of(node)
-    if loop.n_sequences != 1 or loop.n_captures or loop.steps is not None or loop.n_states != len(kind.states):
+    if loop.n_sequences != 1 or loop.n_captures or loop.steps is not None:
         return False
     seq = graph[node.inputs[loop.n_states]]
     states = sorted((n for n in loop.body if n.op == "state"), key=lambda n: n.attrs["index"])
@@ -83,19 +100,40 @@ def _rewrite(graph: Graph, node: Node, kind: CellKind) -> bool:
     h = states[0].shape[-1]
     if any(s.shape != ("B", h) for s in states):
         return False
-    template = _template(kind.name, seq.shape[2], h)
-    if template is None:
-        return False
-    mapping = _match(loop.body, template.body)
-    if mapping is None:
-        return False
+    for family in FAMILIES.values():
+        if len(family.states) != loop.n_states:
+            continue
+        for variant in family.variants:
+            template = _template(variant, seq.shape[2], h)
+            if template is None:
+                continue
+            for mapping in _matches(loop.body, template.body):
+                found = _cell(node, variant, template, mapping)
+                if found is not None and accepts(found[0]):
+                    attrs, inits, params = found
+                    param_nodes = [_param_node(graph, p, node) for p in params]
+                    cell = Node(node.name, "cell", [seq.name, *inits, *param_nodes], attrs, (), "float32", node.loc)
+                    graph.nodes = {k: (cell if k == node.name else v) for k, v in graph.nodes.items()}
+                    _order_params_first(graph, param_nodes, cell.name)
+                    return True
+    return False
+
+
+def _cell(node: Node, variant: Variant, template: Loop,
+          mapping: dict[str, str]) -> tuple[dict[str, Any], list[str], list[str]] | None:
+    """What the cell that ``node`` is under ``mapping`` (our body node -> template node) reads and is: its
+    attributes, its initial states (parent graph nodes) and its parameters (spec names, in ``params`` order)."""
+    loop = loop_of(node)
+    activations = _activations(variant, loop.body, mapping)
+    if activations is None:
+        return None
     # which of our states is the template's h (and c): through the updates the isomorphism pairs
     ours_by_template = {t: o for o, t in mapping.items()}
     state_of = []  # template state i -> our state index
-    for i, upd in enumerate(template.updates):
+    for upd in template.updates:
         ours = ours_by_template[upd]
         if ours not in loop.updates:
-            return False
+            return None
         state_of.append(loop.updates.index(ours))
     # what the loop returns must be what the kernel gives
     h_update, c_update = template.updates[0], (template.updates[1] if len(template.updates) > 1 else None)
@@ -107,19 +145,14 @@ def _rewrite(graph: Graph, node: Node, kind: CellKind) -> bool:
         elif c_update is not None and t == c_update and r.kind == "final":
             which.append("c_n")
         else:
-            return False
+            return None
     params = {t_node.attrs["name"]: ours.attrs["name"]
               for ours, t_node in ((loop.body[o], template.body[t]) for o, t in mapping.items())
               if ours.op == "param"}
     order = sorted(params)  # template parameter names, in a fixed order each backend looks up by name
-    inits = [node.inputs[state_of[i]] for i in range(len(kind.states))]
-    param_nodes = [_param_node(graph, params[p], node) for p in order]
-    cell = Node(node.name, "cell", [seq.name, *inits, *param_nodes],
-                {"cell": kind.name, "params": order, "reverse": loop.reverse, "hidden": h, "returns": which},
-                (), "float32", node.loc)
-    graph.nodes = {k: (cell if k == node.name else v) for k, v in graph.nodes.items()}
-    _order_params_first(graph, param_nodes, cell.name)
-    return True
+    attrs = {"cell": variant.family, "params": order, "activations": activations, **variant.attrs(),
+             "reverse": loop.reverse, "hidden": template.body[template.updates[0]].shape[-1], "returns": which}
+    return attrs, [node.inputs[i] for i in state_of], [params[p] for p in order]
 
 
 def _param_node(graph: Graph, name: str, before: Node) -> str:
@@ -146,7 +179,7 @@ def _order_params_first(graph: Graph, params: list[str], user: str) -> None:
 def _labelled(body: Graph) -> nx.DiGraph:
     g = nx.DiGraph()
     for n in body:
-        label: tuple[object, ...] = (n.op,)
+        label: tuple[object, ...] = ("activation",) if n.op in ACTIVATIONS else (n.op,)
         if n.op == "const":
             label += (n.attrs["value"],)
         elif n.op == "param":
@@ -163,11 +196,14 @@ def _labelled(body: Graph) -> nx.DiGraph:
     return g
 
 
-def _match(body: Graph, template: Graph) -> dict[str, str] | None:
-    """Our body node -> template node, if the two step graphs are the same computation."""
+def _matches(body: Graph, template: Graph) -> list[dict[str, str]]:
+    """Our body node -> template node, for each way (up to `MAX_MAPPINGS`) in which the two step graphs are the
+    same computation but for the functions at the activation slots."""
     ours, theirs = _labelled(body), _labelled(template)
     if ours.number_of_nodes() != theirs.number_of_nodes() or ours.number_of_edges() != theirs.number_of_edges():
-        return None
+        return []
+    if Counter(label for _, label in ours.nodes(data="label")) != Counter(l for _, l in theirs.nodes(data="label")):
+        return []
     matcher = DiGraphMatcher(ours, theirs, node_match=lambda a, b: a["label"] == b["label"],
                              edge_match=lambda a, b: a["ports"] == b["ports"])
-    return dict(matcher.mapping) if matcher.is_isomorphic() else None
+    return [dict(m) for m in islice(matcher.isomorphisms_iter(), MAX_MAPPINGS)]
