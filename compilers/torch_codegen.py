@@ -68,6 +68,14 @@ HELPERS = {
     """-inf where keep (B, S) is 0, for scores (B, ..., S)."""
     keep = keep.reshape(keep.shape[0], *[1] * (scores.dim() - 2), keep.shape[-1])
     return scores.masked_fill(keep == 0, float("-inf"))''',
+    "masked_attention": '''def masked_attention(q, k, v, keep, scale, causal):
+    """softmax(q kᵀ · scale) v over the keys where keep (B, S) is not 0 (and, if causal, j <= i): one fused
+    kernel. A query that sees no key gives NaN, as the softmax over nothing but -inf does unfused."""
+    seen = (keep != 0).reshape(keep.shape[0], *[1] * (q.dim() - 2), keep.shape[-1])
+    if causal:
+        seen = seen & torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale)
+    return y.masked_fill(~seen.any(-1, keepdim=True), float("nan"))''',
     "sinusoidal_positions": '''def sinusoidal_positions(x):
     """Vaswani et al.'s positional encoding (T, d) for x (B, T, d): sin on even, cos on odd features."""
     t, d = x.shape[1], x.shape[2]
@@ -84,6 +92,16 @@ def dynamic_axes(value, axes):
         torch._dynamo.maybe_mark_dynamic(value, axis)
     return value'''
 HELPER_OF = {"causal": "causal_mask", "mask": "padding_mask", "positional_encoding": "sinusoidal_positions"}
+
+
+def _attention(node: Node, args: list[str]) -> tuple[str, int]:
+    """softmax(q kᵀ · scale (+ masks)) v as torch's fused kernel: F.scaled_dot_product_attention, or with a
+    padding mask the `masked_attention` helper around it (added by the writer)."""
+    scale, causal = number(node.attrs["scale"]), bool(node.attrs["causal"])
+    if len(args) == 4:
+        return f"masked_attention({', '.join(args)}, {scale}, {causal})", ATOM
+    return (f"F.scaled_dot_product_attention({', '.join(args)}{', is_causal=True' if causal else ''}, "
+            f"scale={scale})"), ATOM
 
 
 _LITERAL = re.compile(r"-?[0-9]+(\.[0-9]*)?(e[-+]?[0-9]+)?")  # what `number` writes; no identifier matches
@@ -186,6 +204,7 @@ TORCH_EMIT: dict[str, Emit] = {
                                    + ").float()", ATOM),
     "select": lambda n, a: (f"torch.where({a[0]} > 0, {a[1]}, {a[2]})", ATOM),
     "stack": lambda n, a: (f"torch.stack([{', '.join(a)}], 1)", ATOM),
+    "attention": _attention,
 }
 @dataclass(frozen=True)
 class TorchCell:
@@ -333,6 +352,8 @@ class _GraphWriter:
             raise KeyError(f"op `{node.op}` has no entry in compilers.torch_codegen.TORCH_EMIT")
         if node.op in HELPER_OF:
             self.gen.helpers.add(HELPER_OF[node.op])
+        if node.op == "attention" and len(node.inputs) == 4:
+            self.gen.helpers.add("masked_attention")
         own = emit(node, ["a"] * len(node.inputs))[1]
         if node.op in RECEIVER_OPS:  # `x.sum(1)`: the receiver must be an atom
             args = [self.operand(i, ATOM) for i in node.inputs]

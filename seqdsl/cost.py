@@ -83,7 +83,7 @@ COSTS: dict[str, Rule] = {
     "slice": _free, "zeros": _free, "expand_batch": _free, "time_slice": _free, "sequence_mask": _each(1),
     "select": _each(1), "stack": _free, "item": _free,
     "loop": _free,  # its body is counted node by node, once per step
-    "cell": _not_costed,
+    "cell": _not_costed, "attention": _not_costed,
     "gelu": _each(1), "silu": _each(1), "softplus": _each(1), "elu": _each(1), "leaky_relu": _each(1),
     "log": _each(1), "abs": _each(1), "min": _each(1), "max": _each(1), "clamp": _each(1), "where": _each(1),
 }

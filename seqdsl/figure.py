@@ -41,7 +41,7 @@ SYMBOLS: dict[str, str] = {
     "log_softmax": "log_softmax", "concat": "concat", "embedding": "embedding", "last": "last", "first": "first",
     "slice": "slice", "zeros": "0", "expand_batch": "learned", "time_slice": "x[:, t]",
     "sequence_mask": "t < lengths", "select": "keep if t < length", "stack": "stack", "loop": "loop",
-    "cell": "cell", "item": "item",
+    "cell": "cell", "item": "item", "attention": "attention",
     "gelu": "gelu", "silu": "silu", "softplus": "softplus", "elu": "elu", "leaky_relu": "leaky_relu", "log": "log",
     "abs": "abs", "min": "min", "max": "max", "clamp": "clamp", "where": "where",
 }

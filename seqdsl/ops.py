@@ -281,6 +281,16 @@ def _mask(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tupl
     return scores, _float(dtypes[:1], "mask")
 
 
+def _attention(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    q, k, v = shapes[:3]
+    if not (len(q) == len(k) == len(v) >= 3 and q[:-2] == k[:-2] == v[:-2] and q[-1] == k[-1] and k[-2] == v[-2]):
+        raise ShapeError("attention(q, k, v) needs q [..., T, E], k [..., S, E] and v [..., S, E_v]",
+                         found=f"{fmt(q)}, {fmt(k)}, {fmt(v)}")
+    if len(shapes) == 4 and (len(shapes[3]) != 2 or shapes[3] != (q[0], k[-2])):
+        raise ShapeError("attention's keep mask is [B, S]", expected=f"[{q[0]}, {k[-2]}]", found=fmt(shapes[3]))
+    return (*q[:-1], v[-1]), _float(dtypes[:3], "attention")
+
+
 def _positions(shapes: list[Shape], dtypes: list[str], attrs: dict[str, Any]) -> tuple[Shape, str]:
     s = shapes[0]
     if len(s) != 3 or not isinstance(s[2], int) or s[2] % 2:
@@ -409,6 +419,8 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     _op("merge_heads", _merge_heads, (1, 1), user=True, doc="merge_heads(x): (B, heads, T, k) -> (B, T, heads*k)"),
     _op("causal", _causal, (1, 1), user=True, doc="causal(scores): -inf where key position > query position"),
     _op("mask", _mask, (2, 2), user=True, doc="mask(scores, keep): -inf where keep (B, S) is 0"),
+    _op("attention", _attention, (3, 4), doc="softmax(q kᵀ · scale, masked) v, one fused op (passes.attention): q "
+        "(..., T, E), k (..., S, E), v (..., S, E_v), keep (B, S) optional; attrs scale, causal"),
     _op("positional_encoding", _positions, (1, 1), user=True, doc="sinusoidal positions (T, d) for x (B, T, d)"),
     _op("softmax", _softmax, (1, 1), user=True, doc="softmax(x, axis=-1)", attrs=AXIS),
     _op("log_softmax", _softmax, (1, 1), user=True, doc="log_softmax(x, axis=-1)", attrs=AXIS),

@@ -728,6 +728,10 @@ def test_optimized_spec_computes_the_same(spec: Path):
     proto = export(model)  # optimized by default
     set_weights(proto, {k: v.detach().numpy() for k, v in plain.state_dict().items()})
     proto = proto.SerializeToString()
+    # fused attention (F.scaled_dot_product_attention: online softmax, the scale as a product) rounds its
+    # gradients otherwise again: up to 1.3e-6 of their scale here, both sides within 3e-7 of float64's
+    fused = any(n.op == "attention" for n in all_nodes(optimize(model).graph))
+    grad_tol = 3e-6 if fused else 1e-6
     for batch, steps in SHAPES:
         inputs = example_inputs(model, batch, steps)
         want, want_grads = _gradients(plain, inputs)
@@ -739,7 +743,7 @@ def test_optimized_spec_computes_the_same(spec: Path):
         for name, g in want_grads.items():
             # float32 sums the fused products in another order: within 1e-6 of the gradient's own scale
             scale = max(1.0, g.abs().max().item())
-            torch.testing.assert_close(got_grads[name], g, atol=1e-6 * scale, rtol=0, msg=f"d/d{name} B={batch}")
+            torch.testing.assert_close(got_grads[name], g, atol=grad_tol * scale, rtol=0, msg=f"d/d{name} B={batch}")
         for name, value in run(proto, inputs).outputs.items():
             expected = dict(zip(plain.output_names, want))[name].numpy()
             np.testing.assert_allclose(value, expected, atol=1e-5, rtol=0, err_msg=f"onnx {name} B={batch} T={steps}")

@@ -1,9 +1,9 @@
 """IR passes: each takes a model and returns ``(model, changed)``; `Model.verify()` holds after every one.
 
 `optimize` is the default pipeline the backends run: recognition of standard cells (for the kernels the backend
-has), regrouping of sums (state-free terms first), bias folding, fusion (of sibling products, then of the
-elementwise ops on their slices, so that a fused product can then leave the loop whole), hoisting, then sinking
-(a decoder nothing feeds back runs after the loop).
+has), attention recognition (one fused scaled-dot-product node), regrouping of sums (state-free terms first),
+bias folding, fusion (of sibling products, then of the elementwise ops on their slices, so that a fused product
+can then leave the loop whole), hoisting, then sinking (a decoder nothing feeds back runs after the loop).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir import Model
+from .attention import fuse_attention
 from .fold_bias import fold_bias
 from .fuse import fuse_linears, fuse_slices
 from .hoist import hoist, regroup
@@ -19,7 +20,7 @@ from .sink import sink
 from .unroll import unroll
 
 Pass = Callable[[Model], tuple[Model, bool]]
-DEFAULT_PIPELINE: tuple[Pass, ...] = (regroup, fold_bias, fuse_linears, fuse_slices, hoist, sink)
+DEFAULT_PIPELINE: tuple[Pass, ...] = (fuse_attention, regroup, fold_bias, fuse_linears, fuse_slices, hoist, sink)
 
 
 def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
@@ -37,4 +38,5 @@ def optimize(model: Model, passes: tuple[Pass, ...] = DEFAULT_PIPELINE,
     return model
 
 
-__all__ = ["optimize", "fold_bias", "fuse_linears", "fuse_slices", "hoist", "regroup", "sink", "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
+__all__ = ["optimize", "fuse_attention", "fold_bias", "fuse_linears", "fuse_slices", "hoist", "regroup", "sink",
+           "recognize", "unroll", "CELLS", "DEFAULT_PIPELINE"]
