@@ -227,11 +227,17 @@ def ort_session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_model(model: Any, net: nn.Module, native_cells: bool = True) -> onnx.ModelProto:
-    """``export(model)`` with ``net``'s weights (native_cells=True is export's default)."""
+def onnx_model(model: Any, net: nn.Module, native_cells: bool | None = None) -> onnx.ModelProto:
+    """``export(model)`` with ``net``'s weights: each block in the form ``seqdsl build`` chooses for it
+    (native_cells None: `compilers.onnx_form`'s shipped table, no probe), or every block native / Scan."""
     from compilers.onnx_export import export, set_weights
+    from compilers.onnx_form import choose
 
-    proto = export(model, native_cells=native_cells)
+    if native_cells is None:
+        native = {f.loop for f in choose(model, allow_probe=False).values() if f.form == "native"}
+        proto = export(model, native_cells=native)
+    else:
+        proto = export(model, native_cells=native_cells)
     set_weights(proto, {k: v.detach().numpy() for k, v in net.state_dict().items()})
     return proto
 

@@ -40,4 +40,7 @@ def run(report: Report, cfg: Config) -> None:
     run_cell(report, cfg, Cell(
         "hypernetwork RNN", SPECS / "hypernetwork_rnn.yaml", 1, "hand-written loop", HypernetworkByHand,
         full={"B": 32, "T": 128, "d": 64, "h": 64}, tiny={"B": 2, "T": 3, "d": 4, "h": 4}, forward_target=1.10,
-        recurrent_gates=lambda s: s["d"] + 1))  # U_w h (h -> h·d) and U h in one product
+        recurrent_gates=lambda s: s["d"] + 1,  # U_w h (h -> h·d) and U h in one product
+        # at x ~ N(0, 1) the multiplicative step is chaotic at default init: two correct implementations drift
+        # apart from rounding alone (float64: 1e-15 at T=2, 1e-8 at T=32, 2.0 at T=128), so parity says nothing
+        input_scale=0.1))
