@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """seqdsl benchmarks (issues 6 and 12): what the compiled specs cost against torch.nn and hand-written PyTorch.
 
-    python benchmarks/run.py                 # everything: about 5 minutes on a quiet 2-core CPU machine
+    python benchmarks/run.py                 # everything: about 3.5 minutes on a quiet 2-core CPU machine
     python benchmarks/run.py --quick         # 1 warm-up, 3 rounds, short builds only (about a minute)
     python benchmarks/run.py --only rnn      # one workload (several: --only rnn,onnx); the list: --help
     python benchmarks/run.py --threads 1     # torch and onnxruntime intra-op threads (default: usable cores)
