@@ -302,6 +302,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         if changed:
             unrolled_lengths = wanted
             lengths = {**wanted, **lengths}
+    out = Path(out_dir) if out_dir is not None else Path("build") / model.name
+    target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
     inputs = example_inputs(model, batch, steps, seed, lengths)
     try:  # the probe, where one runs, times the check run's inputs (zero weights: the speed is the same)
         choices = choose(model, onnx_form, optimize=optimize_passes, unroll=unrolled_lengths is not None,
@@ -313,8 +315,6 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     if unroll and unrolled_lengths is None:
         warnings.append(f"note: --unroll: `{model.name}` has no recurrent loop to unroll; model.onnx is the same "
                         "graph at every length")
-    out = Path(out_dir) if out_dir is not None else Path("build") / model.name
-    target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
     staging = make_staging(target)
     try:
         stage("writing model.py")

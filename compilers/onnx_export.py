@@ -35,6 +35,7 @@ class _Builder:
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.cache: dict[tuple[object, ...], str] = {}
         self.counter = 0
+        self.allocated: set[str] = set()  # every internal name `name` gave out, on the root
         self.graph: Graph | None = None  # the IR graph being emitted (for shapes of inputs)
         self.params: set[str] = set()  # parameter names (their initializers are written last), on the root
 
@@ -44,15 +45,24 @@ class _Builder:
 
     def name(self, base: str) -> str:
         self.root.counter += 1
-        return f"{self.scope}{base}#{self.root.counter}"  # `#` never occurs in spec names
+        out = f"{self.scope}{base}#{self.root.counter}"  # `#` never occurs in spec names
+        self.root.allocated.add(out)
+        return out
+
+    def _owned(self, name: str) -> str:
+        """``name``, checked: an internal name (with `#`) must come from `name`, the one allocator, or two values
+        could be given the same name (a hand-made ``zeros#3`` against the allocator's ``zeros#3``)."""
+        assert "#" not in name or name in self.root.allocated, f"internal: {name} not from the name allocator"
+        return name
 
     def op(self, op_type: str, inputs: list[str], base: str, out: str | None = None, **attrs: object) -> str:
-        out = out or self.name(base)
+        out = self._owned(out) if out else self.name(base)
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"{out}:{op_type}", **attrs))
         return out
 
     def initializer(self, name: str, array: np.ndarray) -> str:
         root = self.root
+        self._owned(name)
         if name not in root.initializers:
             root.initializers[name] = numpy_helper.from_array(array, name)
         return name
@@ -361,7 +371,7 @@ def _emit_cell(b: _Builder, node: Node, graph: Graph) -> None:
             return weights[name]
         key = ("zeros", shape)  # a gate the cell does not have (a coupled forget gate, a bias it has one of)
         if key not in b.root.cache:
-            b.root.cache[key] = b.initializer(f"zeros#{len(b.root.cache)}", np.zeros(shape, np.float32))
+            b.root.cache[key] = b.initializer(b.root.name("zeros"), np.zeros(shape, np.float32))
         return b.root.cache[key]
 
     def stacked(names: tuple[str | None, ...], shape: tuple[int, ...]) -> str:

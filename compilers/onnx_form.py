@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from seqdsl.ir import Model, loop_of
+from seqdsl.text import plain_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,12 +85,12 @@ def parse_forced(values: list[str] | None) -> tuple[str | None, dict[str, str]]:
         block, _, form = value.rpartition("=")
         form = form.strip()
         if form not in (*FORMS, "auto"):
-            raise FormError(f"--onnx-form {value}: a form is one of auto, {', '.join(FORMS)}")
+            raise FormError(f"--onnx-form {plain_text(value)}: a form is one of auto, {', '.join(FORMS)}")
         if block:
             per_block[block.strip()] = form
         else:
             every = None if form == "auto" else form
-    return every, {b: f for b, f in per_block.items() if f != "auto"}
+    return every, per_block  # a block's ``auto`` stays: it overrides a form given for every block
 
 
 def standard_cells(model: Model) -> dict[str, str | None]:
@@ -126,7 +127,8 @@ def choose(model: Model, forced: list[str] | None = None, optimize: bool = True,
     unknown = sorted(set(per_block) - set(labels))
     if unknown:
         have = ", ".join(sorted(labels)) or "none"
-        raise FormError(f"--onnx-form {unknown[0]}=...: the model has no recurrent block `{unknown[0]}`; its blocks: "
+        raise FormError(f"--onnx-form {plain_text(unknown[0])}=...: the model has no recurrent block "
+                        f"`{plain_text(unknown[0])}`; its blocks: "
                         f"{have}")
     if allow_probe is None:
         allow_probe = not os.environ.get("CI")
@@ -142,8 +144,8 @@ def choose(model: Model, forced: list[str] | None = None, optimize: bool = True,
             choice.note = "--unroll"
         elif not optimize:
             choice.note = "--as-written: no recognition, the spec's equations as a Scan"
-        elif label in per_block or every:
-            want = per_block.get(label) or every
+        elif per_block.get(label, every) not in (None, "auto"):
+            want = per_block.get(label, every)
             if want == "native" and not cell:
                 if label in per_block:
                     raise FormError(f"--onnx-form {label}=native: block `{label}` is no standard cell ONNX has an "

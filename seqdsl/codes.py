@@ -53,7 +53,7 @@ CODES: dict[str, tuple[str, str]] = {
     # -- E03xx: names and expressions
     "E0301": ("unknown name", "An equation refers to a name that is not an input, parameter, size, state or "
                               "equation of the module. Names are case-sensitive."),
-    "E0302": ("expression too large", "Equations are at most 2,000 characters and 50 levels deep; numbers are "
+    "E0302": ("expression too large", "Equations are at most 2,000 characters and 50 levels deep; a number is 0 or "
                                       "bounded. Split long equations into several."),
     "E0303": ("syntax error in expression", "The equation does not parse. Allowed: names, numbers, + - * / @, "
                                             "function calls, `h[t-1]`, `call.output`."),

@@ -135,6 +135,9 @@ class _Converter:
                 raise self.error(node, f"only numbers may appear as constants, found {node.value!r}")
             if abs(node.value) > 1e30:
                 raise self.error(node, "number too large", code="E0302")
+            if 0 < abs(node.value) < 1e-30:  # float32 keeps it denormal or as 0: a division by it is inf
+                raise self.error(node, "number too small (the model computes in float32)", code="E0302",
+                                 hint="write 0 for zero; a number is at least 1e-30 in size")
             return Number(node.value, col, length)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             return BinOp(_BINOPS[type(node.op)], self.convert(node.left, depth + 1),

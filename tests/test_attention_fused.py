@@ -30,6 +30,7 @@ from compilers.onnx_export import export, set_weights
 from compilers.torch_codegen import generate
 from compilers.torch_module import to_module
 from seqdsl.ir import all_nodes, loop_of
+from seqdsl.errors import SpecError
 from seqdsl.passes import fuse_attention, optimize
 
 TOL = 1e-5
@@ -309,3 +310,34 @@ def load_probe_sum(expr: str) -> seqdsl.Model:
           y: {expr}
         outputs: {{y: y}}
         """)
+
+
+@given(st.sampled_from(["/", "*"]),
+       st.one_of(st.sampled_from([1e-310, 1e-45, 1.4e-45, 1e-39, 1e-38, 2.9e-39, 1e-31, 1e30, 3.5e38, 0.125, 8.0]),
+                 st.floats(min_value=1e-320, max_value=1e300, allow_nan=False, allow_infinity=False)))
+@settings(max_examples=EXAMPLES, deadline=None)
+def test_any_positive_constant_scale_builds_fused_or_as_written(op, c):
+    """A scale constant of any size (subnormal, 0 or inf once in float32, its reciprocal out of float32's range)
+    never reaches the code generator as inf: either it is a finite float32 scale and the pass fuses it, or the
+    scores stay as written. Both backends build, and the module computes what the unoptimized one does."""
+    try:
+        model = probe(f"""
+            name: probe
+            sizes: {{d: 4}}
+            inputs: {{q: [B, T, d], k: [B, T, d], v: [B, T, d]}}
+            graph:
+              y: softmax(q @ transpose(k) {op} {c!r}) @ v
+            outputs: {{y: y}}
+            """)
+    except SpecError as e:  # a number beyond float32 is the user's mistake, said at its place
+        assert e.code == "E0302" and (c > 1e30 or c < 1e-30)
+        return
+    for n in fused_nodes(model):
+        assert np.isfinite(np.float32(n.attrs["scale"])) and np.float32(n.attrs["scale"]) > 0
+    generate(optimize(model))
+    export(model)
+    g = torch.Generator().manual_seed(0)
+    args = [0.01 * torch.randn(2, 3, 4, generator=g) for _ in range(3)]
+    with torch.no_grad():
+        want, got = to_module(model, optimize=False).eval()(*args), to_module(model).eval()(*args)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, equal_nan=True)

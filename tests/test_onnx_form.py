@@ -107,6 +107,19 @@ def test_the_table_choice_is_deterministic_with_a_margin():
     assert (plain.form, plain.reason, plain.candidates) == ("scan", "only form", ["scan"])
 
 
+@pytest.mark.parametrize("forced, want", [
+    (["scan", "recurrent=auto"], ("native", "table")),  # the block's own word wins, in either order
+    (["recurrent=auto", "scan"], ("native", "table")),
+    (["native", "recurrent=scan"], ("scan", "forced")),
+    (["recurrent=scan", "auto"], ("scan", "forced")),
+    (["auto"], ("native", "table")),
+])
+def test_a_block_form_overrides_the_form_for_every_block(forced: list[str], want: tuple[str, str]):
+    model = seqdsl.load(SPECS / "lstm.yaml", {"d": 8, "h": 4})
+    choice = choose(model, forced, table=_table(lstm={"native": 1.0, "scan": 1.2}))["recurrent"]
+    assert (choice.form, choice.reason) == want
+
+
 def test_without_a_table_row_the_probe_measures_or_the_default_holds(monkeypatch):
     model = seqdsl.load(SPECS / "gru.yaml", {"d": 8, "h": 4})
     inputs = {"x": np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)}

@@ -226,6 +226,56 @@ def _builds(text: str) -> tuple[seqdsl.Model, str]:
     return model, generate(model)
 
 
+@pytest.mark.parametrize("name", ["zeros", "const", "lstm", "recurrent", "Y", "h_n", "c_n", "x", "W_i", "W_iT",
+                                  "Transpose", "Unsqueeze", "Concat", "Squeeze", "Gather", "LSTM"])
+def test_a_value_named_like_an_onnx_internal_name_exports(name: str):
+    """A spec value named like one of the ONNX builder's own values (the zero filler of a native cell's missing
+    bias, constants, a cell's outputs) feeding a recognised LSTM: every internal name comes from the one
+    allocator, so nothing is named twice and the export matches PyTorch."""
+    _builds(f"""
+        sizes: {{d: 3, h: 4}}
+        inputs:
+          x_in: [B, T, d]
+        graph:
+          {name}: x_in * 2
+          r: LSTM({name})
+        modules:
+          LSTM:
+            sizes: {{d: 3, h: 4}}
+            inputs: {{x: [B, T, d]}}
+            params:
+              W_i, W_f, W_c, W_o: [h, d]
+              U_i, U_f, U_c, U_o: [h, h]
+              b_i, b_f, b_c, b_o: [h]
+            recurrent:
+              state: {{h: [B, h], c: [B, h]}}
+              step:
+                i: sigmoid(W_i @ x + U_i @ h[t-1] + b_i)
+                f: sigmoid(W_f @ x + U_f @ h[t-1] + b_f)
+                o: sigmoid(W_o @ x + U_o @ h[t-1] + b_o)
+                c: f * c[t-1] + i * tanh(W_c @ x + U_c @ h[t-1] + b_c)
+                h: o * tanh(c)
+            outputs: {{y: h, h_n: final(h)}}
+        outputs:
+          y: r.y
+          z: r.h_n
+    """)
+
+
+@pytest.mark.parametrize("name", ["zeros", "const", "lstm_Y", "lstm_h_n", "W_f", "e", "Transpose"])
+def test_the_classifier_with_its_embedding_named_like_an_onnx_internal_name_exports(name: str):
+    """specs/classifier.yaml (an LSTM with biases: a native cell with a zero-filled second bias) with its
+    embedding renamed: the case a hand-made ``zeros#N`` once collided with the allocator's ``zeros#N``."""
+    text = (Path(seqdsl.__file__).parent.parent / "specs" / "classifier.yaml").read_text()
+    text = text.replace("  e: embedding(E, tokens)\n  lstm: LSTM(e, h=h)",
+                        f"  {name}: embedding(E, tokens) * 2\n  lstm: LSTM({name}, h=h)")
+    assert f"LSTM({name}" in text
+    model = load_text(text)
+    cls = module_class(model, optimize=True, native_cells=True)
+    torch.manual_seed(0)
+    _parity(model, cls(), True)
+
+
 @pytest.mark.parametrize("name", ["causal_mask", "padding_mask", "bool", "torch", "F", "nn", "math", "self", "Model",
                                   "super", "h_prev", "x_t", "h_steps", "y_steps", "const"])
 def test_a_value_named_like_a_generated_name_builds_right(name: str):

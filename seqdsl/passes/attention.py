@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import struct
 from typing import Any
 
 from ..ir import Graph, Model, Node, loop_of
@@ -145,8 +146,21 @@ def _scaling(graph: Graph, node: Node) -> tuple[float, str] | None:
         value = float(c.attrs["value"])
         if not math.isfinite(value) or value <= 0:
             return None
-        return (1.0 / value if node.op == "div" else value), scores
+        scale = 1.0 / value if node.op == "div" else value
+        # the graph computes in float32: a constant or a scale that is 0 or inf there stays as written
+        if not all((_float32(v) or 0.0) > 0 for v in (value, scale)):
+            return None
+        return scale, scores
     return None
+
+
+def _float32(value: float) -> float | None:
+    """``value`` rounded to float32, or None where float32 holds no finite value for it."""
+    try:
+        rounded = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return None
+    return rounded if math.isfinite(rounded) else None
 
 
 def _shapes_fit(q: Node, k: Node, v: Node, scores: Node, out: Node) -> bool:
