@@ -78,6 +78,13 @@ def _template(variant: Variant, d: int, h: int) -> Loop | None:
     return loop
 
 
+@cache
+def _canonical_template(variant: Variant, d: int, h: int) -> Graph:
+    template = _template(variant, d, h)
+    assert template is not None
+    return canonical_body(template)
+
+
 def _activations(variant: Variant, body: Graph, mapping: dict[str, str]) -> tuple[Activation, ...] | None:
     """The function at each of the variant's slots (named by the template's equations, whose root node is the
     activation), or None if a slot's nodes disagree."""
@@ -102,6 +109,7 @@ def _rewrite(graph: Graph, node: Node, accepts: Callable[[dict[str, Any]], bool]
     h = states[0].shape[-1]
     if any(s.shape != ("B", h) for s in states):
         return False
+    body = canonical_body(loop)  # once per loop; a template's is cached with it
     for family in FAMILIES.values():
         if len(family.states) != loop.n_states:
             continue
@@ -109,7 +117,7 @@ def _rewrite(graph: Graph, node: Node, accepts: Callable[[dict[str, Any]], bool]
             template = _template(variant, seq.shape[2], h)
             if template is None:
                 continue
-            for mapping in _matches(canonical_body(loop), canonical_body(template)):
+            for mapping in _matches(body, _canonical_template(variant, seq.shape[2], h)):
                 found = _cell(node, variant, template, mapping)
                 if found is not None and accepts(found[0]):
                     attrs, inits, params = found
