@@ -9,8 +9,9 @@ only for the ONNX export, works on whole fused products instead. Per loop with s
   2. ``add(slice(X, r), slice(Y, r))`` for ranges r that cover X and Y becomes ``slice(add(X, Y), r)``, one add;
      ``add(slice(X, r), p_r)`` with a batchless invariant ``p_r`` (a bias) for every range becomes
      ``slice(add(X, concat(p_r...)), r)``;
-  3. ``(A + M) + C`` with M reading the state and A, C not becomes ``(A + C) + M``, so that `hoist` moves
-     ``A + C`` (input projection plus bias) out of the loop as one product over the whole sequence;
+  3. ``(A + M) + C`` with M reading the state and A, C not becomes ``(A + C) + M`` (`hoist.regroup_sums`, here
+     for spec equations too), so that `hoist` moves ``A + C`` (input projection plus bias) out of the loop as
+     one product over the whole sequence;
   4. then `seqdsl.passes.hoist`, and step inputs and captures the step no longer reads are dropped.
 Rule 3 reassociates a float sum: the result may differ from the spec's order by one rounding (~1e-7).
 What is left of an LSTM step is ``U h``, one add, the gate slices (one ``Split`` in ONNX), the activations and
@@ -24,6 +25,7 @@ from dataclasses import replace
 
 from seqdsl.ir import Graph, Model, Node, loop_of
 from seqdsl.passes import hoist
+from seqdsl.passes.hoist import classify, regroup_sums
 
 LEAVES = ("state", "step_input", "capture", "param", "const")
 
@@ -37,7 +39,7 @@ def fuse_steps(model: Model) -> Model:
         if node.op == "loop" and loop_of(node).steps is None:
             changed |= _merge_sequences(model.graph, node)
             loop = loop_of(node)
-            changed |= _fuse_body(loop.body, set(loop.updates) | {r.node for r in loop.returns})
+            changed |= _fuse_body(loop.body, loop.read)
     if not changed:
         return model
     for _ in range(4):
@@ -104,32 +106,16 @@ def _merge_sequences(parent: Graph, node: Node) -> bool:
     return True
 
 
-def _kinds(body: Graph) -> dict[str, str]:
-    """Each body node: ``dynamic`` (reads a state), ``time`` (a step input, no state) or ``invariant``."""
-    kind: dict[str, str] = {}
-    for n in body:
-        if n.op == "state" or n.op == "loop":
-            kind[n.name] = "dynamic"
-        elif n.op == "step_input":
-            kind[n.name] = "time"
-        elif n.op in LEAVES:
-            kind[n.name] = "invariant"
-        else:
-            ks = {kind[i] for i in n.inputs}
-            kind[n.name] = "dynamic" if "dynamic" in ks else "time" if "time" in ks else "invariant"
-    return kind
-
-
 def _fuse_body(body: Graph, needed: set[str]) -> bool:
     changed = False
-    while _sink_one_group(body, needed) or _reassociate_one(body, needed):
+    while _sink_one_group(body, needed) or regroup_sums(body, needed, keep_equations=False):
         changed = True
     return changed
 
 
 def _sink_one_group(body: Graph, needed: set[str]) -> bool:
     """Rule 2 for one group of adds (the first found); True if one was rewritten."""
-    kind = _kinds(body)
+    kind = classify(body)
     groups: dict[tuple[str, str], list[tuple[str, tuple[int, int], str | None]]] = {}
     for n in body:
         if n.op != "add":
@@ -184,32 +170,6 @@ def _sink_one_group(body: Graph, needed: set[str]) -> bool:
     return False
 
 
-def _reassociate_one(body: Graph, needed: set[str]) -> bool:
-    """Rule 3 for the first ``(A + M) + C`` found whose ``A + M`` nothing else reads (no other node, not the
-    loop: a new state or a returned value keeps its value); True if one was rewritten."""
-    kind = _kinds(body)
-    users = body.users()
-    for n in body:
-        if n.op != "add" or kind[n.name] != "dynamic":
-            continue
-        for inner_name, c in (n.inputs, n.inputs[::-1]):
-            inner = body[inner_name]
-            if (inner.op != "add" or kind[c] == "dynamic" or len(users[inner_name]) != 1 or inner_name in needed
-                    or inner.shape != n.shape):
-                continue
-            dyn = [i for i in inner.inputs if kind[i] == "dynamic"]
-            if len(dyn) != 1 or len(inner.inputs) != 2 or inner.inputs[0] == inner.inputs[1]:
-                continue
-            a = next(i for i in inner.inputs if i != dyn[0])
-            if body[a].shape != n.shape:
-                continue  # A + C must have the shape of the result (no broadcast of a smaller A)
-            body.nodes[inner_name] = replace(inner, inputs=[a, c])
-            body.nodes[n.name] = replace(n, inputs=[inner_name, dyn[0]])
-            _reorder(body)
-            return True
-    return False
-
-
 def _reorder(body: Graph) -> None:
     """Definition order again after a rewrite moved an input: a stable topological sort."""
     done: dict[str, Node] = {}
@@ -243,7 +203,7 @@ def _drop_unread_inputs(node: Node) -> None:
     """Step inputs and captures the step does not read leave the loop's inputs (indices renumbered)."""
     loop = loop_of(node)
     body = loop.body
-    needed = set(loop.updates) | {r.node for r in loop.returns}
+    needed = loop.read
     users = body.users()
     n_s, n_q = loop.n_states, loop.n_sequences
     new_inputs = list(node.inputs[:n_s])

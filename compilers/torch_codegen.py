@@ -474,7 +474,7 @@ class _Generator:
             names.map[n.name] = names.fresh(n.name.removeprefix(prefix) + "_t")  # its slice at step t
         writer = _GraphWriter(self, body, names, ind)
         writer.step = True
-        writer.keep |= set(loop.updates) | {r.node for r in loop.returns}
+        writer.keep |= loop.read
         for n in body:
             writer.emit_node(n)
         sig = ", ".join(["self"] + carried + seq_args + [names(c.name) for c in caps])

@@ -67,6 +67,12 @@ class Loop:
     time: str = "T"  # the symbolic time axis of its sequences
     stop: tuple[str, int] | None = None  # (body node, id): a `steps` loop ends once every row produced the id
 
+    @property
+    def read(self) -> set[str]:
+        """The body values the loop itself reads: each state's update, what it returns, its stop condition.
+        A pass may rewrite any other body value, never these."""
+        return {*self.updates, *(r.node for r in self.returns), *(self.stop[:1] if self.stop else ())}
+
 
 @dataclass
 class Param:
@@ -279,8 +285,7 @@ def used_params(graph: Graph) -> set[str]:
                 used.add(node.attrs["name"])
             elif node.op == "loop":
                 loop = loop_of(node)
-                walk(loop.body, [*loop.updates, *(r.node for r in loop.returns), *loop.stop[:1]] if loop.stop
-                     else [*loop.updates, *(r.node for r in loop.returns)])
+                walk(loop.body, sorted(loop.read))
             stack.extend(node.inputs)
 
     walk(graph, list(graph.outputs.values()))

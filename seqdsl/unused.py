@@ -28,7 +28,7 @@ def unused_values(graph: Graph) -> list[SpecError]:
     for node in graph:
         if node.op == "loop":
             loop = loop_of(node)
-            body_keep = set(loop.updates) | {r.node for r in loop.returns}
+            body_keep = loop.read
             body_users = loop.body.users()
             for b in loop.body:
                 if b.attrs.get("eq_root") and not body_users.get(b.name) and b.name not in body_keep:

@@ -42,7 +42,7 @@ def _fuse_graph(graph: Graph, pinned: set[str]) -> bool:
     for node in graph:
         if node.op == "loop":
             loop = loop_of(node)
-            body_pinned = {*loop.updates, *(r.node for r in loop.returns), *(loop.stop[:1] if loop.stop else ())}
+            body_pinned = loop.read
             changed |= _fuse_graph(loop.body, pinned=body_pinned | set(loop.body.outputs.values()))
     for node in graph:
         if node.name not in graph.nodes or node.op not in ("matmul", "sum"):
@@ -60,13 +60,7 @@ def _fuse_graph(graph: Graph, pinned: set[str]) -> bool:
 
 def _users(graph: Graph, pinned: set[str]) -> dict[str, int]:
     """How many readers each node has; values the graph or its loop returns count as read once more."""
-    count = {name: 0 for name in graph.nodes}
-    for node in graph:
-        for i in node.inputs:
-            count[i] = count.get(i, 0) + 1
-    for name in pinned:
-        count[name] = count.get(name, 0) + 1
-    return count
+    return {name: len(readers) + (name in pinned) for name, readers in graph.users().items()}
 
 
 def _match(graph: Graph, out: Node, users: dict[str, int]) -> tuple[Node, list[str]] | None:

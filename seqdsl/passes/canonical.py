@@ -52,12 +52,8 @@ def canonical_body(loop: Loop, keep_equations: bool = False) -> Graph:
     body.nodes = {k: copy.deepcopy(n) if n.op == "loop" else replace(n, inputs=list(n.inputs), attrs=dict(n.attrs))
                   for k, n in loop.body.nodes.items()}
     body.outputs, body.reserved = dict(loop.body.outputs), set(loop.body.reserved)
-    _canonical(body, _loop_values(loop), keep_equations)
+    _canonical(body, loop.read, keep_equations)
     return body
-
-
-def _loop_values(loop: Loop) -> set[str]:
-    return {*loop.updates, *(r.node for r in loop.returns), *(loop.stop[:1] if loop.stop else ())}
 
 
 @dataclass
@@ -71,7 +67,7 @@ def _canonical(graph: Graph, keep: set[str], keep_equations: bool) -> bool:
     changed = False
     for node in graph:
         if node.op == "loop":
-            changed |= _canonical(loop_of(node).body, _loop_values(loop_of(node)), keep_equations)
+            changed |= _canonical(loop_of(node).body, loop_of(node).read, keep_equations)
     trees = _trees(graph, keep, keep_equations)
     digests = _Digests(graph)
     rebuilt: dict[str, list[Node]] = {}  # root -> its new nodes, the root last

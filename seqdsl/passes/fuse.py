@@ -55,7 +55,7 @@ def _fuse_slices_in(graph: Graph, kept: frozenset[str]) -> bool:
     for node in graph:
         if node.op == "loop":
             loop = loop_of(node)
-            changed |= _fuse_slices_in(loop.body, frozenset(loop.updates) | {r.node for r in loop.returns})
+            changed |= _fuse_slices_in(loop.body, frozenset(loop.read))
     while _fuse_slices(graph, kept | set(graph.outputs.values())):
         changed = True
     return changed

@@ -65,7 +65,8 @@ def _axis_ok(node: Node) -> bool:
     return -len(node.shape) < node.attrs.get("axis", -1) < 0
 
 
-def _classify(body: Graph) -> dict[str, Kind]:
+def classify(body: Graph) -> dict[str, Kind]:
+    """Each body node: ``dynamic`` (reads a state), ``time`` (reads a step input, no state) or ``invariant``."""
     kind: dict[str, Kind] = {}
     for n in body:
         if n.op == "state":
@@ -86,7 +87,7 @@ def _hoist_loop(parent: Graph, node: Node) -> bool:
     """Move what can move out of the loop ``node`` (not yet added to ``parent``); True if anything moved."""
     loop = loop_of(node)
     body = loop.body
-    kind = _classify(body)
+    kind = classify(body)
     keep = set(loop.updates)  # a state's new value stays a body node of its own
     n_s, n_q = loop.n_states, loop.n_sequences
     sequences, captures = node.inputs[n_s:n_s + n_q], node.inputs[n_s + n_q:]
@@ -168,14 +169,15 @@ def _regroup_graph(graph: Graph) -> bool:
         if node.op == "loop":
             loop = loop_of(node)
             changed |= _regroup_graph(loop.body)
-            changed |= _regroup_sums(loop.body, set(loop.updates) | {r.node for r in loop.returns})
+            changed |= regroup_sums(loop.body, loop.read)
     return changed
 
 
-def _regroup_sums(body: Graph, kept: set[str]) -> bool:
+def regroup_sums(body: Graph, kept: set[str], keep_equations: bool = True) -> bool:
     """Rule 4, in place: ``add(add(a, d), c)`` with ``d`` the only term that reads a state becomes
-    ``add(add(a, c), d)`` (the inner sum read by nothing else), its new inner sum placed just before the outer."""
-    kind = _classify(body)
+    ``add(add(a, c), d)`` (the inner sum read by nothing else, not in ``kept``, and with ``keep_equations``
+    not a spec equation's value), its new inner sum placed just before the outer."""
+    kind = classify(body)
     users = body.users()
     changed = False
     for outer in list(body):
@@ -184,7 +186,7 @@ def _regroup_sums(body: Graph, kept: set[str]) -> bool:
         for k in (0, 1):
             inner, c = body[outer.inputs[k]], body[outer.inputs[1 - k]]
             if inner.op != "add" or users.get(inner.name) != [outer.name] or inner.name in kept \
-                    or inner.attrs.get("eq_root") or kind[c.name] == "dynamic":
+                    or (keep_equations and inner.attrs.get("eq_root")) or kind[c.name] == "dynamic":
                 continue
             dynamic = [i for i in inner.inputs if kind[i] == "dynamic"]
             if len(dynamic) != 1 or inner.inputs[0] == inner.inputs[1]:
@@ -256,7 +258,7 @@ def _copy_out(parent: Graph, body: Graph, n: Node, outer: dict[str, str], time_a
 
 def _drop_unused_leaves(body: Graph, loop: Loop) -> None:
     """Parameters and constants only the moved work read are no longer needed in the body."""
-    read = {i for n in body for i in n.inputs} | set(loop.updates) | {r.node for r in loop.returns}
+    read = {i for n in body for i in n.inputs} | loop.read
     for n in list(body):
         if n.op in ("param", "const") and n.name not in read:
             del body.nodes[n.name]
@@ -266,7 +268,7 @@ def _compact(node: Node) -> None:
     """Drop the step inputs and captures the rewritten body no longer reads; renumber the rest to match the
     loop node's inputs (a sequence whose every use moved out is not sliced any more)."""
     loop = loop_of(node)
-    read = {i for n in loop.body for i in n.inputs} | set(loop.updates) | {r.node for r in loop.returns}
+    read = {i for n in loop.body for i in n.inputs} | loop.read
     n_s, n_q = loop.n_states, loop.n_sequences
     groups = {"step_input": node.inputs[n_s:n_s + n_q], "capture": node.inputs[n_s + n_q:]}
     kept: dict[str, list[str]] = {"step_input": [], "capture": []}
