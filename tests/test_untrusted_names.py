@@ -492,7 +492,7 @@ POOL = sorted({
     # Python: keywords, soft keywords, builtins, model.py's module-level names, the class and its methods
     "if", "lambda", "None", "match", "case", "bool", "range", "float", "int", "super", "len", "input", "print", "id",
     "type", "self", "torch", "F", "nn", "math", "Model", "causal_mask", "padding_mask", "sinusoidal_positions",
-    "dynamic_axes", "native_lstm", "native_gru", "native_rnn_tanh", "block",
+    "dynamic_axes", "native_lstm", "native_gru", "native_rnn_tanh", "native_rnn_relu", "masked_attention", "block",
     "forward", "reset_parameters", "state_dict", "training", "parameters", "to", "eval", "input_names",
     "output_names", "T_destination",
     # seqdsl: reserved names, functions, the compiler's temporaries for every base name
