@@ -1,14 +1,14 @@
 """``python -m seqdsl ...`` is the `seqdsl` command (so that ``torchrun -m seqdsl train ...`` works).
 
-The command line lives in the top-level ``cli`` module; it is imported only here, when run as a program, so that
-importing the language (``import seqdsl``) never imports typer, torch or any backend.
+The command line is `seqdsl.cli` (the repository's cli.py); it is imported only here, when run as a program, so
+that importing the language (``import seqdsl``) never imports typer, torch or any backend.
 """
 
 from __future__ import annotations
 
 
 def main() -> None:
-    from cli import app
+    from seqdsl.cli import app
 
     app(prog_name="seqdsl")
 
