@@ -2,10 +2,14 @@
 
 `compilers.torch_module` writes each generated ``model.py`` to a per-user cache folder, named after the model and
 the SHA-256 of its source, and imports it from there under this package. So a class made by ``to_module`` keeps
-one importable name: ``torch.save(net)`` pickles it by that name, and ``torch.load(..., weights_only=False)``
-finds it again in any process on the same machine (this package's finder re-imports the cached file). A cached
-file is executed only if its content still has the digest its name says: a file changed or planted in the cache
-is refused. On another machine, ship the state_dict (or a build's model.py and weights.safetensors) instead.
+one importable name, and ``copy.deepcopy(net)`` and tracebacks work. A cached file is executed only if its content
+still has the digest its name says: a file changed or planted in the cache is refused.
+
+``torch.save(net)`` pickles the module with its generated source (`restore` and the source, then the state as
+nn.Module pickles it), so ``torch.load(..., weights_only=False)`` works in any later process that has seqdsl, even
+after the cache (``$TMPDIR``) was cleaned: the carried source is imported only if its SHA-256 is the one its module
+name says. A module name that is neither cached nor carried (a pickle from an older seqdsl whose cache is gone) is
+one ModuleNotFoundError line saying what to do.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import hashlib
 import importlib.abc
 import importlib.util
 import os
+import pickle
 import re
 import sys
 import tempfile
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Sequence
 
 DIGEST_CHARS = 32  # hex characters of SHA-256 in a module's name
 _NAME = re.compile(rf"(?P<stem>[A-Za-z0-9_]{{1,40}})_(?P<digest>[0-9a-f]{{{DIGEST_CHARS}}})")
@@ -67,8 +72,11 @@ class _Finder(importlib.abc.MetaPathFinder):
         try:
             source = file.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
-            return None  # not made on this machine: "No module named ..."
-        if hashlib.sha256(source.encode()).hexdigest()[:DIGEST_CHARS] != match["digest"]:
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r}: its generated source is not in {cache_dir()} (a pickle from another "
+                "machine, or its cache was cleaned); load the saved state_dict into to_module(seqdsl.load(spec)), "
+                "or save the module again with this seqdsl, whose pickles carry their source", name=fullname) from None
+        if _digest(source) != match["digest"]:
             raise ImportError(f"{file} does not hold the source its name says (changed since it was written); "
                               "remove it and make the module again", name=fullname)
         return importlib.util.spec_from_loader(fullname, _Loader(file, source), origin=str(file))
@@ -76,7 +84,25 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 def load(model_name: str, source: str) -> ModuleType:
     """Write ``source`` to the cache (whole or not at all) and import it under its stable name."""
-    leaf = module_name(model_name, source)
+    return _import(module_name(model_name, source), source)
+
+
+def restore(leaf: str, source: str) -> Any:
+    """Unpickling a saved module: import the carried ``source`` under ``<package>.<leaf>`` if its SHA-256 is the
+    one ``leaf`` names, and give a bare instance of its ``Model`` for pickle to fill with the saved state."""
+    match = _NAME.fullmatch(leaf) if isinstance(leaf, str) else None
+    if match is None or not isinstance(source, str) or _digest(source) != match["digest"]:
+        raise pickle.UnpicklingError(f"the generated source carried for {__name__}.{leaf!s:.80} does not have the "
+                                     "SHA-256 its name says (the file was changed); load its state_dict instead")
+    cls = _import(leaf, source).Model
+    return cls.__new__(cls)
+
+
+def _digest(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def _import(leaf: str, source: str) -> ModuleType:
     fullname = f"{__name__}.{leaf}"
     if fullname in sys.modules:
         return sys.modules[fullname]
@@ -85,9 +111,21 @@ def load(model_name: str, source: str) -> ModuleType:
         tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")  # another process may be importing the same file
         tmp.write_text(source, encoding="utf-8")
         os.replace(tmp, file)
-    import importlib
+    module = importlib.import_module(fullname)
+    _carry_source(module, leaf, source)
+    return module
 
-    return importlib.import_module(fullname)
+
+def _carry_source(module: ModuleType, leaf: str, source: str) -> None:
+    """Pickle the module's ``Model`` instances as ``restore(leaf, source)`` plus nn.Module's own state."""
+    cls = getattr(module, "Model", None)
+    if not isinstance(cls, type) or "__reduce_ex__" in cls.__dict__:
+        return
+
+    def __reduce_ex__(self: Any, protocol: int) -> tuple[Any, ...]:
+        return restore, (leaf, source), self.__getstate__()
+
+    cls.__reduce_ex__ = __reduce_ex__  # type: ignore[method-assign]
 
 
 if not any(isinstance(f, _Finder) for f in sys.meta_path):
