@@ -38,6 +38,9 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
+THREADS = typer.Option(None, "--threads", min=1, max=1024,  # compilers.threads.MAX_THREADS
+                       help="CPU threads per process (torch and onnxruntime); default: 1 for a small model or on a "
+                            "busy machine, else one per core (README, Threads).")
 # how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
 MAX_NODES = typer.Option(30_000, "--max-nodes", min=1, help="Refuse a spec that lowers to more IR nodes.")
 MAX_DEPTH = typer.Option(32, "--max-depth", min=1, help="Refuse module calls nested deeper.")
@@ -256,7 +259,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                    "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
                    "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          debug: bool = DEBUG) -> None:
+          threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
@@ -272,7 +275,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
-                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat), **limits))
+                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 threads=threads, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -304,6 +308,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
     rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
+    if result.threads:
+        rows.append(tuple(result.threads.split(": ", 1)))  # type: ignore[arg-type]  # ("threads", "1 (why)")
     title = f"{result.name} → {result.out_dir}"
     if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
         print(title)
@@ -382,12 +388,13 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         provider: str = typer.Option("auto", "--provider", help="onnxruntime provider: auto, cpu, cuda, tensorrt."),
         output_dir: Optional[Path] = typer.Option(None, "--output-dir",
                                                   help="Also write each output to DIR/<output>.npy."),
-        debug: bool = DEBUG) -> None:
+        threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
     """Run an ONNX model in onnxruntime on .npy inputs: prints each output's shape, dtype and range."""
     import numpy as np
     import onnxruntime as ort
 
     from compilers import onnx_runtime as rt
+    from compilers.threads import choose_threads, describe
 
     if model.suffix.lower() != ".onnx":
         _fail(f"error: {model}: not an .onnx file (give the model.onnx of a build)", 2)
@@ -396,14 +403,17 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         _fail(f"error: --output-dir {output_dir}: exists and is not a directory", 2)
     arrays = _parse_inputs(inputs)
+    said: list[str] = []  # the threads chosen, said after the outputs
 
     def action() -> Any:
         try:
             rt.available_providers(provider)  # an unknown name is the user's: ValueError before the session
         except ValueError as exc:
             _fail(f"error: --provider: {exc}", 2)
+        chosen, why = choose_threads(_onnx_step_work(model, arrays), threads)
+        said.append(describe(chosen, why))
         try:
-            session, used = rt.make_session(model, provider)
+            session, used = rt.make_session(model, provider, chosen)
             rt.check_inputs(session, arrays)
         except rt.ModelLoadError as exc:
             _fail(f"error: {exc}", 2)
@@ -425,6 +435,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
     width = max((len(n) for n in result.outputs), default=0)
     for name, value in result.outputs.items():
         print(f"{name:<{width}}  {_summary(value)}")
+    print(*said, sep="\n")
     print(f"provider: {result.provider}")
     if output_dir is not None:
         written = []
@@ -437,6 +448,23 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         except OSError as exc:
             _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
         print(f"wrote {', '.join(written)}")
+
+
+def _onnx_step_work(model: Path, arrays: dict[str, Any]) -> float:
+    """`compilers.threads.step_work` of an ONNX file: its initializers' elements, the inputs' first axis as B."""
+    import math
+
+    import onnx
+
+    from compilers.threads import step_work
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - not a readable model: make_session says so, with its reason
+        return 0.0
+    params = sum(math.prod(t.dims) for t in graph.initializer)
+    batch = next((a.shape[0] for a in arrays.values() if getattr(a, "ndim", 0) >= 1), 1)
+    return step_work(params, batch)
 
 
 def _si(n: int) -> str:
@@ -491,7 +519,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                                                   help="Metrics, plot and checkpoint (default: <DIR>.train)."),
           device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
           progress: str = typer.Option("auto", "--progress", help="auto (a bar on a terminal), bar, lines, quiet."),
-          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch's CPU threads per process."),
+          threads: Optional[int] = THREADS,
           nproc: int = typer.Option(1, "--nproc", min=1,
                                     help="Train on N processes with DDP (runs torchrun on this machine)."),
           provider: str = typer.Option("auto", "--provider", help="onnxruntime provider of the final check."),

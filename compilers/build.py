@@ -82,6 +82,7 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
+    threads: str = ""  # the threads of the check run and why (`compilers.threads`); not in build.json
 
 
 def time_axes(model: Model) -> list[str]:
@@ -223,7 +224,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
-          onnx_form: list[str] | None = None) -> BuildResult:
+          onnx_form: list[str] | None = None, threads: int | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -254,6 +255,11 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     bytes of values and ``max_steps`` loop steps (`seqdsl.footprint`), all within this machine's memory.
     ``limits`` bounds how far the spec may expand while it is lowered (`seqdsl.Limits`).
     """
+    if threads is not None:
+        from .threads import choose_threads
+
+        choose_threads(0.0, threads)  # a bad count is refused before any work
+
     def stage(name: str) -> None:
         assert name in STAGES, name
         if progress is not None:
@@ -273,6 +279,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
     from .triton import model_dir, write_repository
+    from .threads import choose_threads, describe, step_work
     from .weights import read_weights
 
     if out_dir is not None:
@@ -336,8 +343,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         written = _read_structure(staging / "model.onnx")
         forms = onnx_forms(written, model)
         stage("running onnxruntime against PyTorch")
-        expected = run_torch(net, inputs)
-        got = run(str(staging / "model.onnx"), inputs, provider)
+        chosen, why = choose_threads(step_work(model.param_count, batch), threads)
+        before = torch.get_num_threads()
+        torch.set_num_threads(chosen)
+        try:
+            expected = run_torch(net, inputs)
+            got = run(str(staging / "model.onnx"), inputs, provider, threads=chosen)
+        finally:
+            torch.set_num_threads(before)
         diff = max_abs_diff(expected, got.outputs)
         worst = max(diff.values(), default=0.0)
         if not worst <= tolerance:
@@ -360,8 +373,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
-            triton=str(triton_dir) if triton_dir is not None else None)
-        (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+            triton=str(triton_dir) if triton_dir is not None else None, threads=describe(chosen, why))
+        record = asdict(result)
+        del record["threads"]  # how this machine ran the check, not what was built
+        (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
         if triton_dir is not None:
             write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
         stage("publishing")

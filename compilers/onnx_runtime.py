@@ -87,10 +87,12 @@ def _identity_model(ir_version: int, opset: int) -> bytes:
     return model.SerializeToString()
 
 
-def _session_options() -> ort.SessionOptions:
-    """Session options that keep onnxruntime quiet below errors."""
+def _session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Session options that keep onnxruntime quiet below errors; ``threads`` intra-op threads (one op at a time)."""
     options = ort.SessionOptions()
     options.log_severity_level = LOG_SEVERITY
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return options
 
 
@@ -238,14 +240,16 @@ def _model_payload(model: ModelSource) -> bytes | str:
     return os.fspath(model)
 
 
-def make_session(model: ModelSource, provider: str | None = None) -> tuple[ort.InferenceSession, str]:
-    """An InferenceSession for ``model`` on the chosen provider, and the provider actually used.
+def make_session(model: ModelSource, provider: str | None = None,
+                 threads: int | None = None) -> tuple[ort.InferenceSession, str]:
+    """An InferenceSession for ``model`` on the chosen provider (``threads`` CPU threads, default onnxruntime's),
+    and the provider actually used.
 
     Quiet on a CPU-only machine: GPU providers are never requested there and logging is set to errors only.
     """
     providers = available_providers(provider)
     try:
-        session = ort.InferenceSession(_model_payload(model), _session_options(), providers=providers)
+        session = ort.InferenceSession(_model_payload(model), _session_options(threads), providers=providers)
     except Exception as exc:  # onnxruntime's pybind classes (InvalidProtobuf, NoSuchFile, Fail, ...)
         if type(exc).__module__.split(".")[0] != "onnxruntime":
             raise
@@ -259,13 +263,14 @@ def make_session(model: ModelSource, provider: str | None = None) -> tuple[ort.I
     return session, used
 
 
-def run(model: ModelSource, inputs: Mapping[str, np.ndarray], provider: str | None = None) -> RunResult:
+def run(model: ModelSource, inputs: Mapping[str, np.ndarray], provider: str | None = None,
+        threads: int | None = None) -> RunResult:
     """Run ``model`` once on ``inputs``; outputs are keyed by the model's output names.
 
     Raises `InputMismatch` (a ValueError) when ``inputs`` do not fit the model's input signature, `ModelLoadError`
     when onnxruntime cannot load the model and `RuntimeUnavailable` for a provider that cannot run here.
     """
-    session, used = make_session(model, provider)
+    session, used = make_session(model, provider, threads)
     check_inputs(session, inputs)
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, {k: np.asarray(v) for k, v in inputs.items()})

@@ -16,6 +16,7 @@ Under torchrun (or ``--nproc``) every process runs this; DDP averages the gradie
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +64,23 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
     threads = torch.get_num_threads()
     world = join(options.device)
     try:
-        if options.threads:
-            torch.set_num_threads(options.threads)
+        torch.set_num_threads(_threads(prepared, options, world))
         return _Run(spec, sizes, out_dir, prepared, options, world).run()
     finally:
         torch.set_num_threads(threads)  # a library call leaves the process as it found it
         leave(world)
+
+
+def _threads(prepared: Prepared, options: TrainOptions, world: World) -> int:
+    """The rule of `compilers.threads` for this run (``--threads`` wins); rank 0 says what it chose."""
+    from ..threads import choose_threads, describe, step_work
+
+    batch = max(1, prepared.settings.batch_size // world.size)
+    threads, why = choose_threads(step_work(prepared.model.param_count, batch), options.threads,
+                                  processes=world.size)
+    if world.main and options.progress != "quiet":
+        print(describe(threads, why), file=sys.stderr, flush=True)
+    return threads
 
 
 class _Run:
