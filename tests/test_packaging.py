@@ -146,12 +146,14 @@ def test_a_carried_source_changed_anywhere_is_refused_unrun(data):
     assert not (generated.cache_dir() / f"{forged_leaf}.py").exists()
 
 
-@pytest.mark.parametrize("leaf", ["../../etc/x", "lstm", "lstm_" + "g" * 32, "a" * 41 + "_" + "0" * 32, 3])
+@pytest.mark.parametrize("leaf", ["../../etc/x", "lstm", "lstm_" + "g" * 32, "a" * 41 + "_" + "0" * 32, 3,
+                                  "x\nfake.yaml:1:1: error\x1b[2J"])
 def test_a_carried_name_that_is_no_module_name_is_refused(leaf):
     from seqdsl.compilers import generated
 
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError) as err:
         generated.restore(leaf, "X = 1\n")
+    assert str(err.value).isprintable()  # one line, no control characters from the file
 
 
 def test_a_module_neither_cached_nor_carried_is_one_line_saying_what_to_do():

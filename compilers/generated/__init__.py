@@ -27,6 +27,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
+from seqdsl.naming import escape
+
 DIGEST_CHARS = 32  # hex characters of SHA-256 in a module's name
 _NAME = re.compile(rf"(?P<stem>[A-Za-z0-9_]{{1,40}})_(?P<digest>[0-9a-f]{{{DIGEST_CHARS}}})")
 
@@ -92,8 +94,9 @@ def restore(leaf: str, source: str) -> Any:
     one ``leaf`` names, and give a bare instance of its ``Model`` for pickle to fill with the saved state."""
     match = _NAME.fullmatch(leaf) if isinstance(leaf, str) else None
     if match is None or not isinstance(source, str) or _digest(source) != match["digest"]:
-        raise pickle.UnpicklingError(f"the generated source carried for {__name__}.{leaf!s:.80} does not have the "
-                                     "SHA-256 its name says (the file was changed); load its state_dict instead")
+        raise pickle.UnpicklingError(f"the generated source carried for {__name__}.{escape(str(leaf)[:80])} does "
+                                     "not have the SHA-256 its name says (the file was changed); load its state_dict "
+                                     "instead")
     cls = _import(leaf, source).Model
     return cls.__new__(cls)
 
