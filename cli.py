@@ -403,7 +403,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         _fail(f"error: --output-dir {output_dir}: exists and is not a directory", 2)
     arrays = _parse_inputs(inputs)
-    said: list[str] = []  # the threads chosen, said after the outputs
+    said: list[str] = []  # the threads the rule chose, said after the outputs
 
     def action() -> Any:
         try:
@@ -411,7 +411,8 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         except ValueError as exc:
             _fail(f"error: --provider: {exc}", 2)
         chosen, why = choose_threads(_onnx_step_work(model, arrays), threads)
-        said.append(describe(chosen, why))
+        if threads is None:  # what the rule chose is said; a given --threads is not repeated
+            said.append(describe(chosen, why))
         try:
             session, used = rt.make_session(model, provider, chosen)
             rt.check_inputs(session, arrays)

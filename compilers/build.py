@@ -82,7 +82,7 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
-    threads: str = ""  # the threads of the check run and why (`compilers.threads`); not in build.json
+    threads: str = ""  # the threads the rule chose for the check run, and why (`compilers.threads`); not in build.json
 
 
 def time_axes(model: Model) -> list[str]:
@@ -373,7 +373,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
-            triton=str(triton_dir) if triton_dir is not None else None, threads=describe(chosen, why))
+            triton=str(triton_dir) if triton_dir is not None else None, threads=describe(chosen, why) if threads is None else "")
         record = asdict(result)
         del record["threads"]  # how this machine ran the check, not what was built
         (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")

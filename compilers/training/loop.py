@@ -72,13 +72,13 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
 
 
 def _threads(prepared: Prepared, options: TrainOptions, world: World) -> int:
-    """The rule of `compilers.threads` for this run (``--threads`` wins); rank 0 says what it chose."""
+    """The rule of `compilers.threads` for this run (``--threads`` wins); rank 0 says what the rule chose."""
     from ..threads import choose_threads, describe, step_work
 
     batch = max(1, prepared.settings.batch_size // world.size)
     threads, why = choose_threads(step_work(prepared.model.param_count, batch), options.threads,
                                   processes=world.size)
-    if world.main and options.progress != "quiet":
+    if options.threads is None and world.main and options.progress != "quiet":
         print(describe(threads, why), file=sys.stderr, flush=True)
     return threads
 
