@@ -1,14 +1,15 @@
-"""Threads: 1 against 2 for a training step of a spec's module, by model size, on a quiet and on a loaded machine.
+"""Threads: 1 against 2 for a training step of a spec's module, by model size, on the machine as found and loaded.
 
     python benchmarks/threads.py                 # the table for BENCHMARKS.md ("Threads")
-    python benchmarks/threads.py --json out.json --reps 5
+    python benchmarks/threads.py --json out.json --reps 5 --loads as-is
 
 Each row is a forward and backward pass over T steps of ``to_module`` (a recognised LSTM, which runs torch's own
 kernel, and the peephole LSTM, a generic loop of small ops), timed with 1 and 2 threads in alternating rounds in
-one process, so that drift of a shared machine hits both sides alike. "loaded" adds one busy-loop process per core
-(at the benchmark's own priority), the situation of the issue's report. The work of a row is what
-`compilers.threads.step_work` counts: 2 · parameters · batch FLOP per step. The rule in `compilers.threads` is read
-off these rows: the smallest work at which 2 threads were faster.
+one process, so that drift of a shared machine hits both sides alike. "as-is" is the machine as found (its load
+average is printed: a shared machine is not quiet); "loaded" adds one busy-loop process per core (at the
+benchmark's own priority), the situation of the issue's report. The work of a row is what
+`compilers.threads.step_work` counts: 2 · parameters · batch FLOP per step. The rule in
+`compilers.threads` is read off these rows: the smallest work at which 2 threads were faster.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import seqdsl  # noqa: E402
 from compilers.threads import step_work  # noqa: E402
 from compilers.torch_module import to_module  # noqa: E402
 
-SPECS = {"lstm (torch.lstm)": ROOT / "specs" / "lstm.yaml", "peephole (generic loop)": ROOT / "specs" / "lstm_peephole.yaml"}
+SPECS = {"lstm (torch.lstm)": ROOT / "specs" / "lstm.yaml",
+         "peephole (generic loop)": ROOT / "specs" / "lstm_peephole.yaml"}
 HIDDEN = (16, 64, 256, 1024)
 BATCH = (1, 8, 64)
 TARGET_FLOP = 2e9  # per timed call: T is chosen so that a call does about this much work (3 to 50 steps)

@@ -82,7 +82,7 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
-    threads: str = ""  # the threads the rule chose for the check run, and why (`compilers.threads`); not in build.json
+    threads: str = ""  # the check run's threads as the rule (threads.py) chose them, and why; not in build.json
 
 
 def time_axes(model: Model) -> list[str]:
