@@ -13,10 +13,11 @@ an expected-vs-found pair where there is one, and a hint. `format()` renders it 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from .suggest import closest
 
 
 @dataclass(frozen=True)
@@ -121,5 +122,5 @@ def _excerpt(loc: Location, source: str | None) -> list[str]:
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A ``did you mean `x`?`` hint for a misspelt name, or None when nothing is close."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    close = closest(name, candidates)  # the one rule (seqdsl.suggest): a transposition is one edit
+    return f"did you mean `{close}`?" if close is not None else None
