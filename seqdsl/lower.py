@@ -12,6 +12,7 @@ Every mistake becomes a `SpecError` at the file:line:col of the offending (sub-)
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import keyword
 import math
@@ -75,7 +76,7 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
                   doc=unit.module.doc, train=_train_defaults(unit), scopes=scopes)
     model.verify()
-    model.warnings = unused_values(graph) + unused_params(model)
+    model.warnings = unused_values(graph, model.scopes) + unused_params(model)
     model.sources = spec_sources(unit)
     return model
 
@@ -727,6 +728,7 @@ class _Env:
         outputs: dict[str, str] = {}
         scopes = self.owner.scopes
         scopes[self.owner.prefix + name] = Scope(e.func, repeat if numbered else None, direction, loc)
+        given: list[str] = []  # every layer's outputs: the caller may read only the last layer's, or none
         for layer in range(repeat):
             prefix = self.owner.prefix + name + (f".{layer}." if numbered else ".")
             if numbered:
@@ -743,6 +745,9 @@ class _Env:
                                           f"{name}.{layer}.{k}" if numbered else f"{name}.{k}") for k in fw}
             else:
                 outputs = self.instance(callee, prefix, bound, sizes, loc, direction, e.func)
+            given += outputs.values()
+        call = scopes[self.owner.prefix + name]
+        scopes[self.owner.prefix + name] = dataclasses.replace(call, outputs=tuple(dict.fromkeys(given)))
         if len(outputs) == 1:
             return _Value(node=next(iter(outputs.values())), members=outputs)
         return _Value(members=outputs)
