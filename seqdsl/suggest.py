@@ -27,7 +27,7 @@ def edit_distance(a: str, b: str) -> int:
 def closest(name: str, candidates: Iterable[str], fold_case: bool = False) -> str | None:
     """The candidate nearest ``name``, or None when none is near: at most one edit per three characters (one at
     least), and fewer edits than the longer of the two has characters (`x` suggests nothing for `y`). Ties go to
-    the nearer length, then the longer common start, then alphabetical order. With ``fold_case`` case differences are free."""
+    the same letters (a swap), then the nearer length, then the longer common start, then alphabetical order. With ``fold_case`` case differences are free."""
     def key(text: str) -> str:
         return text.casefold() if fold_case else text
 
@@ -38,7 +38,8 @@ def closest(name: str, candidates: Iterable[str], fold_case: bool = False) -> st
             continue  # cannot be near: skip the table
         d = edit_distance(target, key(candidate))
         if d <= limit and d < max(len(name), len(candidate)):
-            rank = (d, abs(len(candidate) - len(name)), -len(os.path.commonprefix([target, key(candidate)])))
+            rank = (d, sorted(target) != sorted(key(candidate)), abs(len(candidate) - len(name)),
+                    -len(os.path.commonprefix([target, key(candidate)])))
             if best_rank is None or rank < best_rank:
                 best, best_rank = candidate, rank
     return best
