@@ -5,6 +5,10 @@ Spec text is untrusted. Here it never becomes source code (``model.py`` takes na
 and other text only through `seqdsl.naming.escape`),
 but a doc string is shown by tools such as Netron and onnx's printer: control and bidirectional-override
 characters could make it display something other than what it holds, and an unbounded one would bloat the file.
+
+Text that reaches the *terminal* (every error and warning) goes through `printable` instead, which keeps every
+character visible as an escape rather than dropping it: `seqdsl.errors` renders each part of a message with it, and
+the command line prints every message through `terminal_text`.
 """
 
 from __future__ import annotations
