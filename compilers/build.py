@@ -31,7 +31,7 @@ from seqdsl.text import plain_text
 from seqdsl.version import __version__
 
 from .memory import check_memory, memory_message, out_of_memory
-from .parity import ATOL, RTOL, compare, overflow_warning
+from .parity import ATOL, RTOL, ParityError, check  # noqa: F401 - ParityError: what a failed check raises
 from .publish import SIGNATURE, discard, make_staging, output_dir, publish
 from .usage import UsageError
 
@@ -51,11 +51,6 @@ EXTERNAL_DATA_FILE = "model.onnx.data"
 #: The stages of a build, in order, as `build` reports them to its ``progress`` callback.
 STAGES = ("loading PyTorch and ONNX", "checking the spec", "writing model.py", "exporting ONNX",
           "checking model.onnx (onnx.checker)", "running onnxruntime against PyTorch", "publishing")
-
-
-class ParityError(Exception):
-    """onnxruntime and PyTorch disagree beyond the tolerance (`compilers.parity`): a compiler bug, never the
-    user's fault. Outputs that are inf or NaN alike in both are no disagreement (a warning says so)."""
 
 
 @dataclass
@@ -343,10 +338,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         stage("running onnxruntime against PyTorch")
         expected = run_torch(net, inputs)
         got = run(str(staging / "model.onnx"), inputs, provider)
-        checked = compare(expected, got.outputs, tolerance, rel_tolerance)
-        if not checked.ok:
-            raise ParityError(checked.failure())
-        overflow = overflow_warning(checked, model, weights, inputs)
+        # ParityError (a seqdsl bug) unless they agree as numbers; inf/NaN alike in both is a warning
+        checked, overflow = check(model, weights, inputs, expected, got.outputs, tolerance, rel_tolerance)
         if overflow is not None:
             warnings.append(overflow)
         g = model.graph

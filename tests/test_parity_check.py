@@ -190,3 +190,51 @@ def test_train_ends_in_the_same_check(tmp_path: Path):
     result = train(spec, tmp_path / "train.npz", tmp_path / "out", {"h": 4},
                    options=TrainOptions(steps=3, lr=5.0, progress="quiet", threads=1))
     assert result.build is not None and result.build.check["rtol"] == RTOL
+
+
+def test_weights_at_the_float32_limit_build_with_the_overflow_located(tmp_path: Path):
+    # accepted by the weights check; W @ x overflows, and the backends then differ (tanh of +inf or of -inf)
+    rng = np.random.default_rng(0)
+    weights = {"W": np.full((4, 4), 3.4e38, np.float32), "U": rng.standard_normal((4, 4)).astype(np.float32),
+               "b": np.zeros(4, np.float32)}
+    spec = Path(build_module.__file__).resolve().parent.parent / "specs" / "rnn.yaml"
+    result = build(spec, tmp_path / "out", sizes={"d": 4, "h": 4}, steps=5, weights=weights)
+    [warning] = [w for w in result.warnings if "overflow" in w or "inf or NaN" in w]
+    assert warning.startswith(f"{spec}:15:8: warning: ") and "is `h`" in warning
+
+
+CAUSAL = """\
+    name: causal
+    sizes: {d: 4}
+    inputs:
+      x: [B, T, d]
+    params:
+      W: [d, d]
+    graph:
+      q: W @ x
+      s: causal(q @ transpose(x))
+    outputs:
+      s: s
+    """
+
+
+def test_causal_scores_are_minus_inf_by_design_and_a_difference_in_them_is_still_a_bug(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = _spec(tmp_path, CAUSAL)
+    result = build(spec, tmp_path / "out", steps=4)
+    assert result.check["outputs"]["s"]["non_finite"] == 3 * 6  # B=3 rows of the 4x4 upper triangle
+    [warning] = [w for w in result.warnings if "inf or NaN" in w]
+    assert warning.startswith(f"{spec}:9:6: warning: ")
+
+    from compilers import onnx_runtime
+
+    real = onnx_runtime.run
+
+    def wrong(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        out.outputs["s"] = np.where(np.isfinite(out.outputs["s"]), out.outputs["s"] + 1, out.outputs["s"])
+        return out
+
+    monkeypatch.setattr(onnx_runtime, "run", wrong)
+    with pytest.raises(ParityError):  # -inf from a constant is no overflow: it excuses nothing
+        build(spec, tmp_path / "bad", steps=4)
