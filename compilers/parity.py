@@ -25,6 +25,7 @@ from seqdsl.errors import Location
 if TYPE_CHECKING:
     from seqdsl.ir import Model
 
+
 class ParityError(Exception):
     """onnxruntime and PyTorch disagree beyond the tolerance: a compiler bug, never the user's fault."""
 
@@ -70,17 +71,11 @@ class Comparison:
         """The outputs with values that are not finite (in both backends alike)."""
         return [name for name, c in self.outputs.items() if c.non_finite]
 
-    def worst(self, field: str) -> float:
-        return max((getattr(c, field) for c in self.outputs.values()), default=0.0)
-
     def record(self) -> dict[str, Any]:
         """What build.json says was compared."""
         return {"rule": "|onnxruntime - pytorch| <= atol + rtol * |pytorch|; inf == inf of the same sign, "
                         "nan == nan", "atol": self.atol, "rtol": self.rtol,
                 "outputs": {name: c.record() for name, c in self.outputs.items()}}
-
-    def summary(self) -> str:
-        return check_line(self.record())
 
     def failure(self) -> str:
         bad = {name: c for name, c in self.outputs.items() if c.disagree}

@@ -372,7 +372,8 @@ class Env:
                          f"and write `{name}[t-1]`")
         return SpecError("E0402", "cycle that does not pass through a delay: " + " -> ".join(chain),
                          self.at(parsed[reader][1], ref), found=found, hint=hint,
-                         notes=[(parsed[k][1], f"`{k}` is defined here") for k in dict.fromkeys(chain[:-1]) if k != reader])
+                         notes=[(parsed[k][1], f"`{k}` is defined here")
+                                for k in dict.fromkeys(chain[:-1]) if k != reader])
 
     def value_refs(self, expr: E.Expr) -> list[E.Name | E.Member]:
         """The names ``expr`` reads as values: keyword arguments that are sizes (`repeat=n`, `h=h`, `axis=k`) are

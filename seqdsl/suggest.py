@@ -27,7 +27,8 @@ def edit_distance(a: str, b: str) -> int:
 def closest(name: str, candidates: Iterable[str], fold_case: bool = False) -> str | None:
     """The candidate nearest ``name``, or None when none is near: at most one edit per three characters (one at
     least), and fewer edits than the longer of the two has characters (`x` suggests nothing for `y`). Ties go to
-    the same letters (a swap), then the nearer length, then the longer common start, then alphabetical order. With ``fold_case`` case differences are free."""
+    the same letters (a swap), then the nearer length, then the longer common start, then alphabetical order.
+    With ``fold_case`` case differences are free."""
     def key(text: str) -> str:
         return text.casefold() if fold_case else text
 

@@ -105,7 +105,8 @@ def test_a_missing_delay_is_pointed_at_where_it_is_missing(data):
     line_no = spec.splitlines().index(lines[first]) + 1
     col = re.search(r"U_\w @ h(?!\[)", lines[first]).end()  # 1-based column of that bare `h`
     assert (err.code, err.loc.line, err.loc.col) == ("E0402", line_no, col), err.format(spec)
-    assert "write `h[t-1]`" in (err.hint or "") and err.message.startswith("cycle that does not pass through a delay: h ->")
+    assert "write `h[t-1]`" in (err.hint or "")
+    assert err.message.startswith("cycle that does not pass through a delay: h ->")
     caret = err.format(spec).splitlines()[2]
     assert caret.index("^") - caret.index("|") - 2 == col - 1
 

@@ -115,4 +115,5 @@ def test_the_caret_stays_under_the_quoted_text_when_the_line_is_escaped(text: st
     shown, caret = shown[shown.index("|") + 2:], caret[caret.index("|") + 2:]
     assert shown == printable(line)
     start = caret.index("^")
-    assert shown[:start] == printable(line[:col - 1]) and shown[start:len(caret)] == printable(line[col - 1:col - 1 + length])
+    assert shown[:start] == printable(line[:col - 1])
+    assert shown[start:len(caret)] == printable(line[col - 1:col - 1 + length])
