@@ -147,7 +147,10 @@ def check(model: "Model", state: Mapping[str, Any], inputs: Mapping[str, np.ndar
     result = compare(want, got, atol, rtol)
     if result.ok and not result.non_finite:
         return result, None
-    overflow = first_non_finite(model, state, inputs)
+    try:
+        overflow = first_non_finite(model, state, inputs)
+    except Exception:  # noqa: BLE001 - the place is told where it can be found; the check itself stands without it
+        overflow = None
     # after a real overflow that reached the outputs, the backends' numbers are no evidence either way (tanh of
     # +inf in one and of -inf in the other): said, not called a bug. A causal mask's -inf is no overflow.
     excused = overflow is not None and overflow.overflowed and any(c.reached for c in result.outputs.values())
