@@ -614,20 +614,26 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
     limits = _limits(max_nodes, max_depth, max_repeat)
     model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
-    if as_json:
-        print(json.dumps({"sizes": model.sizes, **summary.to_json()}, indent=2))
-        return
     g = model.graph
+    # one source for the table and --json: the inputs, the outputs and each module's parameters
+    signature = {"inputs": {n.name: {"shape": list(n.shape), "dtype": n.dtype} for n in model.input_nodes()},
+                 "outputs": {k: {"shape": list(g[v].shape), "dtype": g[v].dtype} for k, v in g.outputs.items()},
+                 "parameters": [{"module": group.module,
+                                 "params": {n: list(shape) for n, shape in group.params}, "count": group.count}
+                                for group in params_by_module(model)],
+                 "param_count": model.param_count}
+    if as_json:
+        print(json.dumps({"sizes": model.sizes, **signature, **summary.to_json()}, indent=2))
+        return
     out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
-    for n in model.input_nodes():
-        out.print(f"  input  {n.name}: {_shape([*n.shape, n.dtype])}")
-    for name, ref in g.outputs.items():
-        out.print(f"  output {name}: {_shape([*g[ref].shape, g[ref].dtype])}")
+    for role in ("inputs", "outputs"):
+        for name, value in signature[role].items():
+            out.print(f"  {role[:-1]:<6} {name}: {_shape([*value['shape'], value['dtype']])}")
     table = Table("module", "parameters", "count", title_justify="left")
-    for group in params_by_module(model):
-        shapes = ", ".join(f"{n} {list(s)}" for n, s in group.params)
-        table.add_row(group.module or "(top)", shapes, f"{group.count:,}")
-    table.add_row("[bold]total[/bold]", "", f"[bold]{model.param_count:,}[/bold]")
+    for group in signature["parameters"]:
+        shapes = ", ".join(f"{n} {shape}" for n, shape in group["params"].items())
+        table.add_row(group["module"] or "(top)", shapes, f"{group['count']:,}")
+    table.add_row("[bold]total[/bold]", "", f"[bold]{signature['param_count']:,}[/bold]")
     out.print(table)
     cost = Table(title=f"costs at B={batch}, T={seq_len} (every time axis)", title_justify="left")
     cost.add_column("module", no_wrap=True)
