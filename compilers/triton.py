@@ -111,9 +111,11 @@ def _ours(config: Path) -> bool:
         fd = os.open(config, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return False
     with os.fdopen(fd, "rb") as f:
-        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and \
-            f.readline(4096).decode("utf-8", "replace").rstrip("\n") == HEADER
+        return f.readline(4096).decode("utf-8", "replace").rstrip("\n") == HEADER
 
 
 def config_text(onnx_path: Path, name: str, max_batch_size: int = DEFAULT_MAX_BATCH) -> str:
