@@ -74,7 +74,7 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
         if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
             _fail(str(exc), 2)
         if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
-                      + _loaded("compilers.onnx_runtime", "RuntimeUnavailable", "InputMismatch")):
+                      + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
             _fail(f"error: {exc}", 2)
         if debug:
             raise
