@@ -42,8 +42,7 @@ def write(path: str | os.PathLike[str], content: Content) -> Path:
             else:
                 f.write(content)
             f.flush()
-            os.fchmod(f.fileno(), _ordinary_mode())  # mkstemp's 0600 -> what open() would have made
-            os.fsync(f.fileno())
+            _durable(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
@@ -78,8 +77,7 @@ def replacing(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
                 raise OSError(f"{temp.name}: the writer made something other than a file")
             fd = os.open(temp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             try:
-                os.fchmod(fd, _ordinary_mode())
-                os.fsync(fd)
+                _durable(fd)
             finally:
                 os.close(fd)
             os.replace(temp, target)
@@ -91,6 +89,12 @@ def replacing(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
 def is_temporary(name: str) -> bool:
     """Whether ``name`` is a temporary file or folder of `write` / `replacing` (what a killed process leaves)."""
     return name.startswith(TEMP_PREFIX)
+
+
+def _durable(fd: int) -> None:
+    """The new file as open() would have made it (not mkstemp's 0600), and on the disk (where a full disk shows)."""
+    os.fchmod(fd, _ordinary_mode())
+    os.fsync(fd)
 
 
 def _stem(path: Path) -> str:
