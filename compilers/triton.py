@@ -27,7 +27,7 @@ from pathlib import Path
 
 from seqdsl.files import write, write_text
 
-from .build import UsageError
+from .usage import UsageError
 
 HEADER = "# written by seqdsl build --triton; a rebuild replaces it (and 1/model.onnx)"
 VERSION = "1"
