@@ -35,10 +35,10 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     if options.build:
         output_dir(out_dir if out_dir is not None else Path("build") / model.name, spec)
     check_size(model, options.max_params)
-    arrays = read_npz(data, "--data")
+    arrays = read_npz(data, "--data", options.max_data)
     settings = resolve(model, options, arrays)
     train_set = check(model, arrays, str(data), settings.target)
-    val_set = check(model, read_npz(val, "--val"), str(val), settings.target) if val is not None else None
+    val_set = check(model, read_npz(val, "--val", options.max_data), str(val), settings.target) if val is not None else None
     if val_set is not None and (train_set.mask is None) != (val_set.mask is None):
         has, lacks = (train_set, val_set) if val_set.mask is None else (val_set, train_set)
         raise SpecError("E0702", f"{has.file} holds `{has.mask}` and {lacks.file} does not: training and validation "
