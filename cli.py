@@ -641,8 +641,8 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets (generat
     if length is None:
         _fail(f"error: seqdsl data {task}: --length is required (for example --length 50)", 2)
     _data_generated(task, output, force, cap, _integer("--length", length, example="--length 50"),
-                    _integer("--examples", examples or "10000", example="-n 10000"),
-                    _integer("--seed", seed or "0", minimum=0, example="--seed 1"),
+                    _integer("--examples", "10000" if examples is None else examples, example="-n 10000"),
+                    _integer("--seed", "0" if seed is None else seed, minimum=0, example="--seed 1"),
                     None if min_length is None else _integer("--min-length", min_length, example="--min-length 10"),
                     debug)
 
@@ -677,13 +677,13 @@ def _data_text(source: Path, output: Path, force: bool, cap: int, level: Optiona
     from seqdsl import text_data
     from seqdsl.datafiles import shown
 
-    level = level or "char"
+    level = "char" if level is None else level
     if level not in text_data.LEVELS:
         _fail(f"error: --level expects char or byte, got {level!r}", 2)
-    width = _integer("--window", window or "64", example="--window 64")
+    width = _integer("--window", "64" if window is None else window, example="--window 64")
     step = _integer("--stride", stride, example="--stride 32") if stride is not None else width
     fraction = _fraction("--val-fraction", val_fraction) if val_fraction is not None else 0.1
-    vocab_cap = _integer("--max-vocab", max_vocab, example="--max-vocab 4096") if max_vocab else text_data.MAX_VOCAB
+    vocab_cap = _integer("--max-vocab", max_vocab, example="--max-vocab 4096") if max_vocab is not None else text_data.MAX_VOCAB
     if max_vocab is not None and level == "byte":
         _fail("error: --max-vocab applies to --level char (bytes always have 257 ids)", 2)
     paths = _data_outputs(output, force, (".vocab.json",) + ((".val.npz",) if fraction else ()))

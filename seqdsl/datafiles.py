@@ -73,9 +73,9 @@ def size_text(n: int) -> str:
     return f"{n} B"
 
 
-def _header(fp: Any, name: str, size: int | None, what: str = "") -> tuple[Declared, int]:
-    """The declared array of the ``.npy`` stream ``fp`` and the header's length; checked against ``size``, the
-    stream's length when known. ``what`` names the array in messages (default: array `name`)."""
+def _header(fp: Any, name: str, size: int | None, max_bytes: int, what: str = "") -> tuple[Declared, int]:
+    """The declared array of the ``.npy`` stream ``fp`` and the header's length; checked against ``max_bytes``,
+    then against ``size``, the stream's length when known. ``what`` names the array (default: array `name`)."""
     what = what or f"array `{shown(name[:80])}`"
     try:
         version = np.lib.format.read_magic(fp)
@@ -96,10 +96,12 @@ def _header(fp: Any, name: str, size: int | None, what: str = "") -> tuple[Decla
     if any(d < 0 for d in shape):
         raise DataFileError(f"{what} declares a negative size in its shape")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize if shape else dtype.itemsize
+    declared = Declared(name, tuple(int(d) for d in shape), dtype, nbytes)
+    _bounded([declared], max_bytes)
     if size is not None and size < offset + nbytes:
         raise DataFileError(f"{what} is truncated: its header declares {size_text(nbytes)}, the file "
                             f"holds {size_text(max(0, size - offset))}", "write the file again")
-    return Declared(name, tuple(int(d) for d in shape), dtype, nbytes), offset
+    return declared, offset
 
 
 def _bounded(declared: list[Declared], max_bytes: int) -> None:
@@ -160,13 +162,14 @@ def _read_archive(file: Path, max_bytes: int, load: bool) -> tuple[list[Declared
                                 "arrays: one per model input and the targets")
         with zipfile.ZipFile(file) as archive:
             members = _members(archive)
-            if sum(info.file_size for info, _ in members) > max_bytes:
-                raise DataFileError(f"unpacks to more than --max-data {size_text(max_bytes)}",
+            unpacked = sum(info.file_size for info, _ in members)
+            if unpacked > max_bytes:
+                raise DataFileError(f"unpacks to {size_text(unpacked)}, above --max-data {size_text(max_bytes)}",
                                     "raise --max-data if the machine has the memory, or split the data")
             declared = []
             for info, key in members:
                 with archive.open(info) as fp:
-                    declared.append(_header(fp, key, info.file_size)[0])
+                    declared.append(_header(fp, key, info.file_size, max_bytes)[0])
             _bounded(declared, max_bytes)
             arrays: dict[str, np.ndarray] = {}
             for (info, key), want in zip(members if load else [], declared):
@@ -191,8 +194,7 @@ def read_npy(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
         if zipfile.is_zipfile(file):
             raise DataFileError("an .npz archive holds several arrays; give one .npy file")
         with file.open("rb") as fp:
-            declared, _ = _header(fp, file.stem, file.stat().st_size, what="the array")
-            _bounded([declared], max_bytes)
+            _header(fp, file.stem, file.stat().st_size, max_bytes, what="the array")
             fp.seek(0)
             return np.lib.format.read_array(fp, allow_pickle=False)
     except DataFileError as exc:
