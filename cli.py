@@ -665,6 +665,9 @@ def _data_generated(task: str, output: Path, force: bool, cap: int, length: int,
             return tasks.generate(task, n, length, seed=seed, min_length=min_length)
         except tasks.TaskError as exc:
             _fail(f"error: seqdsl data {task}: {exc}", 2)
+        except MemoryError:
+            _fail(f"error: seqdsl data {task}: not enough memory for {size_text(size)} of arrays (lower -n, "
+                  "--length or --max-data)", 2)
 
     arrays = _guard(debug, make)
     _data_write({paths[0]: arrays})
@@ -693,6 +696,9 @@ def _data_text(source: Path, output: Path, force: bool, cap: int, level: Optiona
             return text_data.make(source, level, width, step, fraction, vocab_cap, cap)
         except text_data.TextDataError as exc:
             _fail(f"error: seqdsl data text: {exc}", 2)
+        except MemoryError:
+            _fail("error: seqdsl data text: not enough memory for these windows (a larger --stride, a smaller "
+                  "--window, or a lower --max-data)", 2)
 
     made = _guard(debug, make)
     vocabulary = {**made.vocabulary.to_json(), "source": source.name, "tokens_in_file": made.tokens,

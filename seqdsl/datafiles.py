@@ -90,8 +90,8 @@ def _header(fp: Any, name: str, size: int | None, max_bytes: int, what: str = ""
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataFileError(f"{what}: not a readable .npy header ({shown(reason[:200])})") from None
     if dtype.hasobject or dtype.kind not in NUMERIC_KINDS or dtype.shape:
-        raise DataFileError(f"{what} is of dtype {shown(str(dtype)[:80])}: only numeric arrays (bool, "
-                            "integers, floats) are read, never pickled objects",
+        raise DataFileError(f"{what} is of dtype {shown(str(dtype)[:80])}: only bool, integer and float "
+                            "arrays are read (never pickled objects)",
                             "store numbers, for example array.astype(np.float32)")
     if any(d < 0 for d in shape):
         raise DataFileError(f"{what} declares a negative size in its shape")
