@@ -686,7 +686,8 @@ def _data_text(source: Path, output: Path, force: bool, cap: int, level: Optiona
     width = _integer("--window", "64" if window is None else window, example="--window 64")
     step = _integer("--stride", stride, example="--stride 32") if stride is not None else width
     fraction = _fraction("--val-fraction", val_fraction) if val_fraction is not None else 0.1
-    vocab_cap = _integer("--max-vocab", max_vocab, example="--max-vocab 4096") if max_vocab is not None else text_data.MAX_VOCAB
+    vocab_cap = (text_data.MAX_VOCAB if max_vocab is None
+                 else _integer("--max-vocab", max_vocab, example="--max-vocab 4096"))
     if max_vocab is not None and level == "byte":
         _fail("error: --max-vocab applies to --level char (bytes always have 257 ids)", 2)
     paths = _data_outputs(output, force, (".vocab.json",) + ((".val.npz",) if fraction else ()))

@@ -237,7 +237,16 @@ def check_output(path: Path, force: bool, option: str = "-o") -> None:
     """Refuse, before any work, an output path that cannot be written or holds a file seqdsl may not replace:
     an existing file is replaced only with ``force`` and only if seqdsl wrote it. Raises `DataFileError`
     (whose message starts with ``option`` and the path)."""
-    where = f"{option} {shown(path)}"
+    try:
+        _check_output(path, force, f"{option} {shown(path)}")
+    except (OSError, ValueError) as exc:  # a name too long, a folder that cannot be searched
+        if isinstance(exc, DataFileError):
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DataFileError(f"{option} {shown(path)}: cannot write there ({shown(reason)})") from None
+
+
+def _check_output(path: Path, force: bool, where: str) -> None:
     if path.is_dir():
         raise DataFileError(f"{where}: a folder", "give a file name in it")
     if path.is_symlink() or (path.exists() and not path.is_file()):

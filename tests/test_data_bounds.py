@@ -358,7 +358,7 @@ def test_the_output_size_is_what_the_generators_make():
 
 
 TARGETS = st.sampled_from(["folder", "under-a-file", "unwritable", "users-file", "users-file-force", "symlink",
-                           "suffix", "users-json", "seqdsl-file"])
+                           "suffix", "users-json", "seqdsl-file", "name-too-long", "under-a-long-name"])
 
 
 @settings(max_examples=30 if LONG else 12, deadline=None)
@@ -372,19 +372,18 @@ def test_each_bad_output_target_is_exit_2_naming_o_and_leaves_every_file_alone(t
     extra = ["--force"] if target in ("users-file-force", "users-json") else []
     out = {"folder": folder, "under-a-file": user / "d.npz", "unwritable": Path("/proc/seqdsl-test/d.npz"),
            "users-file": user, "users-file-force": user, "symlink": folder / "link.npz", "suffix": folder / "d.txt",
-           "users-json": folder / "d.npz", "seqdsl-file": folder / "d.npz"}[target]
+           "users-json": folder / "d.npz", "seqdsl-file": folder / "d.npz",
+           "name-too-long": folder / ("d" * 300 + ".npz"),
+           "under-a-long-name": folder / ("d" * 300) / "d.npz"}[target]
     if target == "symlink":
         out.symlink_to(user)
     if target == "users-json":
         (folder / "d.vocab.json").write_text('{"mine": 1}')  # the vocabulary's place, taken by a user's file
     if target == "seqdsl-file":  # ours, but without --force
         assert _invoke(["adding", "--length", "4", "-n", "2", "-o", str(out)]).exit_code == 0
-        (folder / "d.vocab.json").unlink(missing_ok=True)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
-    args = ["adding", "--length", "4", "-n", "2"] if task == "adding" or target == "users-json" \
-        else ["text", str(text), "--window", "4"]
-    if target == "users-json":
-        args = ["text", str(text), "--window", "4"]
+    args = ["text", str(text), "--window", "4"] if task == "text" or target == "users-json" \
+        else ["adding", "--length", "4", "-n", "2"]
     r = _invoke([*args, "-o", str(out), *extra])
     assert r.exit_code == 2, (target, r.output)
     lines = r.stderr.strip().splitlines()
