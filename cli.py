@@ -537,6 +537,7 @@ _DATA_GENERATED = ("adding", "copy", "brackets")
 _DATA_READERS = {"text": "a text file"}
 _DATA_OPTIONS = {"generated": ("--length", "--examples", "--seed", "--min-length"),
                  "text": ("--level", "--window", "--stride", "--val-fraction", "--max-vocab")}
+_LOUD_BYTES = 256 * 2**20  # `seqdsl data` says how much it makes from this size on
 _FRACTION = re.compile(r"[0-9]{0,20}(\.[0-9]{0,20})?", re.ASCII)
 
 
@@ -659,6 +660,8 @@ def _data_generated(task: str, output: Path, force: bool, cap: int, length: int,
     if size > cap:
         _fail(f"error: seqdsl data {task}: -n {n} sequences of --length {length} make {size_text(size)} of "
               f"arrays, above --max-data {size_text(cap)} (fewer or shorter sequences, or raise --max-data)", 2)
+    if size >= _LOUD_BYTES:  # not quietly: a person sees what is being allocated before it is
+        print(f"making {size_text(size)} of arrays", file=sys.stderr)
 
     def make() -> Any:
         try:
