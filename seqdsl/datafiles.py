@@ -8,8 +8,8 @@ object arrays (pickles), structured and string dtypes, members that are not ``.n
 parse, members shorter than their header says, names with control characters and archives of more than
 `MAX_MEMBERS` members are each one `DataFileError`.
 
-Writing: `seqdsl data` writes through `write_npz` and `write_json`: a temporary file in the target's folder, then
-``os.replace``, so a reader never sees half a file. Each file carries a mark (the zip comment of an ``.npz``, the
+Writing: `seqdsl data` writes through `write_npz` and `write_json`, which write through `seqdsl.files` (whole and
+atomically: a reader never sees half a file). Each file carries a mark (the zip comment of an ``.npz``, the
 ``written_by`` key of a JSON file); `check_output` lets ``--force`` replace only a file with that mark: a build owns
 only what it writes.
 """
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from . import files
 
 #: The default bound on the bytes a data file declares (``--max-data``): the build's ``--max-memory`` default.
 MAX_DATA_BYTES = 4 * 2**30
@@ -247,9 +248,12 @@ def check_output(path: Path, force: bool, option: str = "-o") -> None:
 
 
 def _check_output(path: Path, force: bool, where: str) -> None:
+    if path.is_symlink():
+        raise DataFileError(f"{where}: a symbolic link; it is left alone, and so is what it points to",
+                            "give a new file name")
     if path.is_dir():
         raise DataFileError(f"{where}: a folder", "give a file name in it")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
+    if path.exists() and not path.is_file():
         raise DataFileError(f"{where}: not a regular file", "give a new file name")
     if path.exists():
         if not is_seqdsl_file(path):
@@ -267,28 +271,12 @@ def _check_output(path: Path, force: bool, where: str) -> None:
                             "give a path in a folder you can write")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic(path: Path, write: Any, option: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        files.write(path, write)  # whole, atomically, over a link rather than through it
     except OSError as exc:
         raise DataFileError(f"{option} {shown(path)}: cannot write ({shown(exc.strerror or str(exc))})") from None
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            write(fp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make data files private, unlike any other
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataFileError(f"{option} {shown(path)}: cannot write ({shown(exc.strerror or str(exc))})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_npz(arrays: Mapping[str, np.ndarray], path: Path, option: str = "-o") -> None:
