@@ -498,6 +498,9 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1, help="Refuse larger models."),
           no_build: bool = typer.Option(False, "--no-build",
                                         help="Skip the final build (the weights stay in the checkpoint)."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the data's normalisation statistics (seqdsl data csv) into "
+                                           "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DEBUG) -> None:
     """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
@@ -510,7 +513,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
-                           provider=provider, max_params=max_params, build=not no_build)
+                           provider=provider, max_params=max_params, build=not no_build, raw_io=raw_io)
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _fail("error: --nproc under torchrun: give one or the other", 2)
@@ -535,16 +538,26 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
 
 
 @app.command()
-def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
-         length: int = typer.Option(..., "--length", "-T", help="The sequence length (for copy: the delay)."),
-         output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write."),
+def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: windows of a table."),
+         table: Optional[Path] = typer.Argument(None, help="csv: the table, a .csv or .parquet file."),
+         length: Optional[int] = typer.Option(None, "--length", "-T",
+                                              help="The sequence length (for copy: the delay)."),
+         output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write (csv: the training one)."),
+         columns: Optional[str] = typer.Option(None, "--columns", help="csv: the input columns, NAME[,NAME...]."),
+         target_column: Optional[str] = typer.Option(None, "--target", help="csv: the column to forecast."),
+         window: Optional[int] = typer.Option(None, "--window", help="csv: input rows per example (W)."),
+         horizon: int = typer.Option(1, "--horizon", help="csv: target rows after each window (H)."),
+         val_output: Optional[Path] = typer.Option(None, "--val", help="csv: the validation .npz to write."),
+         val_fraction: float = typer.Option(0.2, "--val-fraction", help="csv: the last fraction of the rows, "
+                                                                        "for validation."),
          examples: int = typer.Option(10_000, "--examples", "-n", help="How many sequences."),
          seed: int = typer.Option(0, "--seed", help="The generator's seed (the same seed, the same arrays)."),
          min_length: Optional[int] = typer.Option(None, "--min-length",
                                                   help="Vary the lengths from this to --length; writes `lengths`."),
          force: bool = typer.Option(False, "--force", help="Replace an existing file."),
          debug: bool = DEBUG) -> None:
-    """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003)."""
+    """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003); or
+    (csv) training and validation windows of a real table, normalised with the training part's statistics."""
     import os
 
     from seqdsl import tasks
@@ -553,6 +566,13 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
         _fail(f"error: -o {output}: the file name ends in .npz", 2)
     if (output.exists() or output.is_symlink()) and not force:
         _fail(f"error: -o {output}: exists; pass --force to replace it", 2)
+    if task == "csv":
+        _data_csv(table, output, val_output, columns, target_column, window, horizon, val_fraction, force, debug)
+        return
+    if table is not None:
+        _fail(f"error: seqdsl data {task}: takes no file (only csv reads a table)", 2)
+    if length is None:
+        _fail(f"error: seqdsl data {task}: --length is required", 2)
     try:
         arrays = tasks.generate(task, examples, length, seed=seed, min_length=min_length)
     except tasks.TaskError as exc:
@@ -574,6 +594,48 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
     shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in arrays.items())
     print(f"wrote {output}: {shapes}")
     print(f"trivial baseline: {tasks.TASKS[task].baseline}")
+
+
+def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns: Optional[str],
+              target: Optional[str], window: Optional[int], horizon: int, val_fraction: float, force: bool,
+              debug: bool) -> None:
+    """`seqdsl data csv`: both .npz files written whole (each through a temporary file), or neither."""
+    import os
+
+    import numpy as np
+
+    for option, given in (("FILE", table), ("--columns", columns), ("--target", target), ("--window", window),
+                          ("--val", val)):
+        if given is None:
+            _fail(f"error: seqdsl data csv: {option} is required (seqdsl data csv FILE.csv --columns A,B "
+                  "--target A --window W --horizon H -o TRAIN.npz --val VAL.npz)", 2)
+    assert table is not None and val is not None and columns is not None and target is not None
+    if val.suffix != ".npz" or val.resolve() == output.resolve():
+        _fail(f"error: --val {val}: a second file whose name ends in .npz", 2)
+    if (val.exists() or val.is_symlink()) and not force:
+        _fail(f"error: --val {val}: exists; pass --force to replace it", 2)
+    from compilers.training.tables import table_windows
+
+    names = [c.strip() for c in columns.split(",")]
+    found = _guard(debug, lambda: table_windows(table, names, target.strip(), window, horizon, val_fraction))
+    temporary = [path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz") for path in (output, val)]
+
+    def write() -> None:
+        try:
+            for path, arrays in zip(temporary, (found.train, found.val)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, **arrays)
+            for tmp, path in zip(temporary, (output, val)):
+                os.replace(tmp, path)
+        finally:
+            for tmp in temporary:
+                tmp.unlink(missing_ok=True)
+
+    _guard(debug, write)
+    for path, arrays, rows in ((output, found.train, f"rows 1-{found.split}"),
+                               (val, found.val, f"rows {found.split + 1}-{found.rows}")):
+        print(f"wrote {path}: x {tuple(arrays['x'].shape)}, target {tuple(arrays['target'].shape)} ({rows})")
+    print("normalised with the training rows' mean and std (stored as x_mean, x_std, target_mean, target_std)")
 
 
 @app.command()

@@ -36,6 +36,7 @@ from .publish import SIGNATURE, discard, make_staging, output_dir, publish
 if TYPE_CHECKING:
     import onnx
 
+    from .normalise import Normalisation
     from .weights import WeightsSource
 
 TOLERANCE = 1e-4  # fp32: onnxruntime vs PyTorch, largest absolute difference allowed
@@ -85,6 +86,8 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
+    # the statistics the training data was normalised with, and whether model.onnx takes raw values (raw_io)
+    normalisation: dict[str, Any] | None = None
 
 
 def time_axes(model: Model) -> list[str]:
@@ -226,7 +229,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
-          onnx_form: list[str] | None = None) -> BuildResult:
+          onnx_form: list[str] | None = None, normalisation: "Normalisation | None" = None,
+          raw_io: bool = False) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -250,6 +254,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     standard cell gets the form that is fastest in the installed onnxruntime (`compilers.onnx_form`), and
     build.json's ``onnx_choice`` says which and why.
 
+    ``normalisation`` (`compilers.normalise`: the statistics the training data was normalised with) is recorded
+    in build.json; with ``raw_io`` it is also folded into model.onnx, which then takes and returns raw values
+    (the check against PyTorch runs in the normalised units). ``raw_io`` without statistics is a UsageError.
+
     ``triton`` (a folder) also writes the checked model.onnx into a Triton Inference Server model repository:
     ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `compilers.triton`).
 
@@ -271,6 +279,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from seqdsl.passes.unroll import UnrollError
 
     from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
+    from .normalise import fold, normalised_outputs, raw_inputs
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
     from .onnx_runtime import max_abs_diff, run
@@ -278,6 +287,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .triton import model_dir, write_repository
     from .weights import read_weights
 
+    if raw_io and normalisation is None:
+        raise UsageError("--raw-io: the data carries no normalisation statistics (x_mean, x_std, target_mean, "
+                         "target_std: what `seqdsl data csv` writes)")
     if out_dir is not None:
         output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
     stage("checking the spec")
@@ -330,6 +342,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         stage("exporting ONNX")
         proto = export(exported, optimize=optimize_passes, native_cells=native if optimize_passes else False)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
+        if raw_io and normalisation is not None:
+            fold(proto, normalisation)
         if unrolled_lengths is not None:
             _fix_dims(proto, unrolled_lengths)
         onnx_nodes = len(proto.graph.node)
@@ -340,8 +354,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         forms = onnx_forms(written, model)
         stage("running onnxruntime against PyTorch")
         expected = run_torch(net, inputs)
-        got = run(str(staging / "model.onnx"), inputs, provider)
-        diff = max_abs_diff(expected, got.outputs)
+        folded = raw_io and normalisation is not None
+        got = run(str(staging / "model.onnx"), raw_inputs(inputs, normalisation) if folded else inputs, provider)
+        diff = max_abs_diff(expected, normalised_outputs(got.outputs, normalisation) if folded else got.outputs)
         worst = max(diff.values(), default=0.0)
         if not worst <= tolerance:
             raise ParityError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance:g}) on "
@@ -363,7 +378,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
-            triton=str(triton_dir) if triton_dir is not None else None)
+            triton=str(triton_dir) if triton_dir is not None else None,
+            normalisation=normalisation.record(raw_io) if normalisation is not None else None)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         if triton_dir is not None:
             write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
