@@ -255,6 +255,12 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="ONNX form of the recurrent blocks: auto (default: the faster in this onnxruntime, from a "
                    "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
                    "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
+          stats: Optional[Path] = typer.Option(
+              None, "--stats", metavar="DATA.npz",
+              help="The training data's normalisation statistics (x_mean, x_std, target_mean, target_std, what "
+                   "`seqdsl data csv` writes), recorded in build.json."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the --stats into model.onnx: it takes and returns raw values."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
@@ -272,7 +278,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
-                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat), **limits))
+                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 normalisation=stats, raw_io=raw_io, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -300,6 +307,11 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
         version = next(iter(result.onnx_choice.values()))["onnxruntime"]
         rows.append(("onnx form", f"{why} (onnxruntime {version})"))
+    if result.normalisation is not None:
+        stats_of = ", ".join([*result.normalisation["inputs"], *result.normalisation["outputs"]])
+        rows.append(("normalisation", f"{stats_of}: " + ("raw values in and out of model.onnx (the check runs "
+                     "normalised)" if result.normalisation["raw_io"] else "recorded in build.json; model.onnx "
+                     "takes normalised values")))
     rows.append(("onnxruntime", result.provider))
     worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())

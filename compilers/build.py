@@ -229,7 +229,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
-          onnx_form: list[str] | None = None, normalisation: "Normalisation | None" = None,
+          onnx_form: list[str] | None = None, normalisation: "Normalisation | str | Path | None" = None,
           raw_io: bool = False) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
@@ -254,7 +254,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     standard cell gets the form that is fastest in the installed onnxruntime (`compilers.onnx_form`), and
     build.json's ``onnx_choice`` says which and why.
 
-    ``normalisation`` (`compilers.normalise`: the statistics the training data was normalised with) is recorded
+    ``normalisation`` (`compilers.normalise`: the statistics the training data was normalised with, or a data
+    file that carries them, read with `compilers.normalise.from_file`) is recorded
     in build.json; with ``raw_io`` it is also folded into model.onnx, which then takes and returns raw values
     (the check against PyTorch runs in the normalised units). ``raw_io`` without statistics is a UsageError.
 
@@ -279,7 +280,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from seqdsl.passes.unroll import UnrollError
 
     from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
-    from .normalise import fold, normalised_outputs, raw_inputs
+    from .normalise import fold, from_file, normalised_outputs, raw_inputs
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
     from .onnx_runtime import max_abs_diff, run
@@ -301,6 +302,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     fp = check_footprint(model, _axis_lengths(model, batch, steps, {**wanted, **lengths}), max_memory, max_steps)
     check_memory(model, fp)
     trained = read_weights(model, weights) if weights is not None else None
+    if isinstance(normalisation, (str, Path)):
+        normalisation = from_file(normalisation, model)
     triton_dir = model_dir(Path(triton), model.name) if triton is not None else None
     unrolled_lengths: dict[str, int] | None = None
     exported = model

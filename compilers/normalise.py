@@ -11,6 +11,7 @@ the loss trained, so a served model needs no preprocessing. ``model.py`` and the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,6 +107,22 @@ def read(arrays: dict[str, np.ndarray], model: Model, target: str, output: str, 
         return None
     outputs = {output: found.pop(target)} if target in found else {}
     return Normalisation(found, outputs, file)
+
+
+def from_file(path: str | Path, model: Model) -> Normalisation:
+    """The statistics a data file (``.npz``) carries for ``model``: its inputs, and the targets its spec's
+    ``train:`` section names (default ``target``) for the output it names (default the first). E0710 if none."""
+    from .training.data import read_npz
+
+    arrays = read_npz(path, "--stats")
+    train = model.train.values
+    output = train.get("output") or next(iter(model.graph.outputs))
+    found = read(arrays, model, train.get("target", "target"), output, train.get("loss", "mse"), str(path))
+    if found is None:
+        raise SpecError("E0710", f"--stats {path}: no normalisation statistics in the file", Location(str(path),
+                        path="--stats"), hint="give the training data `seqdsl data csv` wrote (it holds x_mean, "
+                                              "x_std, target_mean, target_std)")
+    return found
 
 
 def check_same(train: Normalisation | None, val: Normalisation | None, val_file: str) -> None:
@@ -212,4 +229,4 @@ def normalised_outputs(outputs: dict[str, np.ndarray], norm: Normalisation) -> d
             for k, v in outputs.items()}
 
 
-__all__ = ["Stats", "Normalisation", "read", "check_same", "fold", "raw_inputs", "normalised_outputs", "stat_names"]
+__all__ = ["Stats", "Normalisation", "read", "from_file", "check_same", "fold", "raw_inputs", "normalised_outputs", "stat_names"]
