@@ -237,3 +237,13 @@ def test_raw_io_folds_the_statistics_into_onnx_as_numpy_applies_them(tmp_path: P
     assert [i.name for i in session(tmp_path / "raw").get_inputs()] == ["x"]
     with pytest.raises(Exception, match="--raw-io: the data carries no normalisation"):
         build(spec, tmp_path / "none", raw_io=True)
+
+
+def test_build_options_for_the_statistics_refuse_bad_values_with_exit_2(tmp_path: Path):
+    spec = str(SPECS / "forecast_lstm.yaml")
+    alone = seqdsl_cli("build", spec, "--raw-io", "-o", str(tmp_path / "a"))
+    assert alone.returncode == 2 and "--raw-io: the data carries no normalisation statistics" in alone.stderr
+    np.savez(tmp_path / "plain.npz", x=np.zeros((2, 3, 1), np.float32))
+    plain = seqdsl_cli("build", spec, "--stats", str(tmp_path / "plain.npz"), "-o", str(tmp_path / "b"))
+    assert plain.returncode == 2 and "error[E0710]: --stats" in plain.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
