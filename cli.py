@@ -581,6 +581,8 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: wi
     if task == "csv":
         _data_csv(table, output, val_output, columns, target_column, window, horizon, val_fraction, force, debug)
         return
+    if task not in tasks.TASKS:
+        _fail(f"error: seqdsl data {task!r}: no such task; " + ", ".join(tasks.TASKS) + " or csv", 2)
     if table is not None:
         _fail(f"error: seqdsl data {task}: takes no file (only csv reads a table)", 2)
     if length is None:
