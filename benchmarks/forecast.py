@@ -22,6 +22,7 @@ seeds; the table gives the mean over the seeds and the range.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import subprocess
@@ -57,6 +58,7 @@ SERIES = {
     "sunspots": Series("sunspots", "sunspots, yearly (Wolf number)", 11, 44, 33, 11, {"aic_ar": 9}),
 }
 CELLS = {"lstm": "specs/forecast_lstm.yaml", "gru": "specs/forecast_gru.yaml"}
+EVAL_EVERY = 50  # steps between validations: where the early-stopped weights may come from
 
 
 def load(name: str) -> np.ndarray:
@@ -112,11 +114,11 @@ def run_cli(*args: str) -> str:
 
 
 def network_forecasts(y: np.ndarray, series: Series, cell: str, variant: str, seed: int, steps: int,
-                      work: Path) -> tuple[dict[int, np.ndarray], dict]:
+                      work: Path) -> dict[str, tuple[dict[int, np.ndarray], dict]]:
     """Train ``cell`` through the command line on the training points (``variant``: level or seasonal
-    difference) and forecast from every origin with the built model.onnx (raw values in and out)."""
-    import onnxruntime
-
+    difference) and forecast from every origin with the built model.onnx (raw values in and out): with the last
+    weights (``last``), and with the weights of the step of lowest validation loss (``best``: the same run again
+    up to that step, which gives those weights exactly: the batch order is seeded and validating draws nothing)."""
     m, n = series.period, len(y)
     model_input = y if variant == "level" else np.concatenate([np.full(m, np.nan), y[m:] - y[:-m]])
     train = model_input[: n - series.test]
@@ -128,24 +130,41 @@ def network_forecasts(y: np.ndarray, series: Series, cell: str, variant: str, se
     run_cli("data", "csv", str(table), "--columns", "value", "--target", "value", "--window", str(series.window),
             "--horizon", str(series.horizon), "--val-fraction", "0.2", "-o", str(folder / "train.npz"),
             "--val", str(folder / "val.npz"), "--force")
-    began = time.perf_counter()
-    result = json.loads(run_cli("train", str(ROOT / CELLS[cell]), "--data", str(folder / "train.npz"),
-                                "--val", str(folder / "val.npz"), "--set", f"H={series.horizon}", "--steps",
-                                str(steps), "--seed", str(seed), "--threads", "1", "--raw-io", "--progress", "quiet",
-                                "-o", str(folder / "build"), "--work-dir", str(folder / "train"), "--json"))
-    seconds = time.perf_counter() - began
-    session = onnxruntime.InferenceSession(str(folder / "build" / "model.onnx"), providers=["CPUExecutionProvider"])
-    starts = origins(series, n)
-    windows = np.stack([model_input[o - series.window:o] for o in starts])[:, :, None].astype(np.float32)
-    predicted = session.run(["y"], {"x": windows})[0].astype(np.float64)
-    out = {}
-    for o, p in zip(starts, predicted):
+
+    def train_for(total: int, name: str) -> tuple[dict, float]:
+        began = time.perf_counter()
+        result = json.loads(run_cli("train", str(ROOT / CELLS[cell]), "--data", str(folder / "train.npz"),
+                                    "--val", str(folder / "val.npz"), "--set", f"H={series.horizon}", "--steps",
+                                    str(total), "--seed", str(seed), "--threads", "1", "--raw-io", "--eval-every",
+                                    str(EVAL_EVERY), "--progress", "quiet", "-o", str(folder / name),
+                                    "--work-dir", str(folder / f"{name}.train"), "--json"))
+        return result, time.perf_counter() - began
+
+    def forecast(name: str) -> dict[int, np.ndarray]:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(folder / name / "model.onnx"), providers=["CPUExecutionProvider"])
+        starts = origins(series, n)
+        windows = np.stack([model_input[o - series.window:o] for o in starts])[:, :, None].astype(np.float32)
+        predicted = session.run(["y"], {"x": windows})[0].astype(np.float64)
         if variant == "level":
-            out[o] = p
-        else:  # y[o + h] = y[o + h − m] + the forecast difference (h < m: a value before the origin)
-            out[o] = y[o + np.arange(series.horizon) - m] + p
-    info = {"seconds": seconds, "val_mse_normalised": result["val"]["loss"], "steps": result["steps"]}
-    return out, info
+            return dict(zip(starts, predicted))
+        # y[o + h] = y[o + h − m] + the forecast difference (h < m: a value before the origin)
+        return {o: y[o + np.arange(series.horizon) - m] + p for o, p in zip(starts, predicted)}
+
+    result, seconds = train_for(steps, "last")
+    curve = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(open(folder / "last.train" / "metrics.csv"))
+             if r.get("val_loss")]
+    best_step, best_loss = min(curve, key=lambda c: c[1])
+    out = {"last": (forecast("last"), {"seconds": seconds, "val_mse_normalised": result["val"]["loss"],
+                                       "steps": result["steps"]})}
+    if best_step < result["steps"]:
+        again, _ = train_for(best_step, "best")
+        assert abs(again["val"]["loss"] - best_loss) <= 1e-4 * max(1.0, best_loss), (again["val"], best_loss)
+        out["best"] = (forecast("best"), {"seconds": seconds, "val_mse_normalised": best_loss, "steps": best_step})
+    else:
+        out["best"] = out["last"]
+    return out
 
 
 def scores(y: np.ndarray, forecasts: dict[int, np.ndarray], horizon: int) -> dict:
@@ -181,16 +200,19 @@ def evaluate(names: list[str], cells: list[str], seeds: int, steps: int, variant
                 continue  # the difference is for the trend: sunspots has none
             for cell in cells:
                 runs = [network_forecasts(y, series, cell, variant, seed, steps, work) for seed in range(seeds)]
-                each = [scores(y, f, series.horizon) for f, _ in runs]
-                label = f"{cell.upper()} ({variant})"
-                mean = {o: np.mean([f[o] for f, _ in runs], axis=0) for o in runs[0][0]}
-                averaged = {"mae": float(np.mean([s["mae"] for s in each])),
-                            "rmse": float(np.mean([s["rmse"] for s in each])),
-                            "mae_by_step": np.mean([s["mae_by_step"] for s in each], axis=0).tolist()}
-                add(label, averaged, seeds=seeds, steps=steps, mae_seeds=[s["mae"] for s in each],
-                    rmse_seeds=[s["rmse"] for s in each], seconds=float(np.mean([i["seconds"] for _, i in runs])),
-                    val_mse_normalised=[i["val_mse_normalised"] for _, i in runs])
-                curves[name][label] = mean[first].tolist()
+                for choice, suffix in (("last", f", last of {steps} steps"), ("best", ", early-stopped")):
+                    each = [scores(y, run[choice][0], series.horizon) for run in runs]
+                    infos = [run[choice][1] for run in runs]
+                    label = f"{cell.upper()} ({variant}{suffix})"
+                    averaged = {"mae": float(np.mean([e["mae"] for e in each])),
+                                "rmse": float(np.mean([e["rmse"] for e in each])),
+                                "mae_by_step": np.mean([e["mae_by_step"] for e in each], axis=0).tolist()}
+                    add(label, averaged, seeds=seeds, steps=[i["steps"] for i in infos],
+                        mae_seeds=[e["mae"] for e in each], rmse_seeds=[e["rmse"] for e in each],
+                        seconds=float(np.mean([i["seconds"] for i in infos])),
+                        val_mse_normalised=[i["val_mse_normalised"] for i in infos])
+                    first_forecasts = [run[choice][0][first] for run in runs]
+                    curves[name][label] = np.mean(first_forecasts, axis=0).tolist()
     return {"rows": rows, "curves": curves}
 
 
@@ -200,8 +222,8 @@ def table(results: dict) -> str:
         s = SERIES[name]
         out.append(f"**{s.title}**: the last {s.test} points held out, H = {s.horizon} steps from each of "
                    f"{s.test - s.horizon + 1} origins (networks: windows of W = {s.window})\n")
-        out.append("| model | MAE | RMSE | seconds |")
-        out.append("| --- | --- | --- | --- |")
+        out.append("| model | MAE | RMSE | steps | seconds |")
+        out.append("| --- | --- | --- | --- | --- |")
         for r in (r for r in results["rows"] if r["series"] == name):
             if "mae_seeds" in r:
                 mae = f"{r['mae']:.3f} ({min(r['mae_seeds']):.3f}-{max(r['mae_seeds']):.3f})"
@@ -209,7 +231,8 @@ def table(results: dict) -> str:
             else:
                 mae, rmse = f"{r['mae']:.3f}", f"{r['rmse']:.3f}"
             seconds = f"{r['seconds']:.1f}" if "seconds" in r else ""
-            out.append(f"| {r['model']} | {mae} | {rmse} | {seconds} |")
+            steps = ", ".join(map(str, r["steps"])) if "steps" in r else ""
+            out.append(f"| {r['model']} | {mae} | {rmse} | {steps} | {seconds} |")
         out.append("")
     return "\n".join(out)
 
@@ -229,14 +252,21 @@ def plot(results: dict, path: Path) -> None:
         shown = slice(max(0, o - 3 * s.horizon), len(y))
         left.plot(t[shown], y[shown], "k-", lw=1.2, label="actual")
         left.axvline(o - 0.5, color="grey", ls=":", lw=1)
-        for i, (label, values) in enumerate((k, v) for k, v in curve.items() if k not in ("actual", "first_origin")):
-            left.plot(np.arange(o, o + s.horizon), values, color=f"C{i}", lw=1.2, label=label)
+        colours = {r["model"]: f"C{i}" for i, r in enumerate(r for r in results["rows"] if r["series"] == name)}
+        for label, values in curve.items():
+            if label in ("actual", "first_origin") or "last of" in label:
+                continue  # the early-stopped networks only: the plot stays readable
+            model = next((m for m in colours if m.startswith(label) or label.startswith(m.split(" (m =")[0])), None)
+            left.plot(np.arange(o, o + s.horizon), values, color=colours.get(model, "C9"), lw=1.2, label=label)
+        span = float(y[shown].max() - y[shown].min())
+        left.set_ylim(float(y[shown].min()) - 0.15 * span, float(y[shown].max()) + 0.15 * span)
         left.set_title(f"{s.title}: H = {s.horizon} from the first held-out point", fontsize=9)
         left.set_xlabel("time step (the held-out tail right of the dotted line)", fontsize=8)
         left.legend(fontsize=7)
-        for i, r in enumerate(r for r in results["rows"] if r["series"] == name):
-            right.plot(np.arange(1, s.horizon + 1), r["mae_by_step"], marker="o", ms=3, color=f"C{i}",
-                       label=r["model"])
+        for r in (r for r in results["rows"] if r["series"] == name):
+            right.plot(np.arange(1, s.horizon + 1), r["mae_by_step"], marker="o", ms=3, color=colours[r["model"]],
+                       ls=":" if "last of" in r["model"] else "-", label=r["model"])
+        right.set_yscale("log")
         right.set_title(f"{name}: MAE by step ahead, over every origin", fontsize=9)
         right.set_xlabel("steps ahead", fontsize=8)
         right.legend(fontsize=7)

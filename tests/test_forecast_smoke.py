@@ -21,7 +21,7 @@ def test_the_forecast_experiment_runs_at_tiny_sizes(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "forecast.json").read_text())
     models = [r["model"] for r in results["rows"]]
-    assert models[0] == "seasonal naive (m = 12)" and models[1].startswith("SARIMAX") and models[2] == "LSTM (level)"
+    assert models[0] == "seasonal naive (m = 12)" and models[1].startswith("SARIMAX") and models[2] == "LSTM (level, last of 10 steps)"
     assert all(np.isfinite(r["mae"]) and r["rmse"] >= r["mae"] > 0 for r in results["rows"])
     from statsmodels.datasets import co2
 
@@ -29,4 +29,4 @@ def test_the_forecast_experiment_runs_at_tiny_sizes(tmp_path: Path):
     naive = [np.abs(y[o:o + 12] - y[o - 12:o]).mean() for o in range(len(y) - 48, len(y) - 11)]
     assert abs(results["rows"][0]["mae"] - float(np.mean(naive))) < 1e-9
     assert (tmp_path / "forecast.png").stat().st_size > 1000
-    assert "| LSTM (level) |" in done.stdout
+    assert "| LSTM (level, early-stopped) |" in done.stdout
