@@ -35,7 +35,8 @@ def seqdsl_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def tables(draw: st.DrawFn) -> tuple[np.ndarray, int, int, float]:
     window, horizon = draw(st.integers(1, 6)), draw(st.integers(1, 4))
     fraction = draw(st.sampled_from([0.1, 0.2, 0.3, 0.5]))
-    rows = draw(st.integers(int(np.ceil((window + horizon) / min(fraction, 1 - fraction))) + 2, 80))
+    least = int(np.ceil((window + horizon) / min(fraction, 1 - fraction))) + 2  # a window in each part
+    rows = draw(st.integers(least, least + 60))
     columns = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**16))
     values = np.random.default_rng(seed).normal(5.0, 3.0, size=(rows, columns)).cumsum(axis=0)
