@@ -133,6 +133,9 @@ def test_bad_tables_each_get_one_located_error(tmp_path: Path):
     assert "positive" in error(good, window=0).message
     (tmp_path / "empty.csv").write_text("")
     assert "cannot read the table as CSV" in error(tmp_path / "empty.csv").message
+    (tmp_path / "blank.csv").write_text("v\n1\n\n3\n")
+    blank = error(tmp_path / "blank.csv")
+    assert blank.loc.line == 3 and "row 2, column `v`: the value is missing" in blank.message
     frame = pd.DataFrame({"v": [1.0, 2.0, None, 4.0] * 8, "s": ["x"] * 32, "d": pd.date_range("2020", periods=32)})
     frame.to_parquet(tmp_path / "t.parquet")
     assert "row 3, column `v`: the value is missing" in error(tmp_path / "t.parquet").message
@@ -163,7 +166,7 @@ def test_cli_writes_both_files_and_reports_a_bad_table_with_exit_2(tmp_path: Pat
     with np.load(train) as f:
         assert f["x"].shape == (48 - 11 + 1, 8, 1) and f["target"].shape == (38, 3)
         assert set(f.files) == {"x", "target", "x_mean", "x_std", "target_mean", "target_std"}
-    table.write_text("v\n1\n2\n\n")  # a blank line is skipped by the CSV reader; a short table is not
+    table.write_text("v\n1\n2\n")
     again = seqdsl_cli("data", "csv", str(table), "--columns", "v", "--target", "v", "--window", "8",
                        "-o", str(tmp_path / "a.npz"), "--val", str(tmp_path / "b.npz"))
     assert again.returncode == 2 and again.stderr.startswith(f"{table}: error[E0709]: the table has 2 rows")

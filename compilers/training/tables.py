@@ -28,7 +28,7 @@ import numpy as np
 from seqdsl.errors import Location, SpecError, did_you_mean
 from seqdsl.text import plain_text
 
-#: A table file larger than this is refused before it is read.
+#: A table file larger than this is refused before it is read (for Parquet also: the columns read, unpacked).
 MAX_TABLE_BYTES = 512 * 2**20
 #: A table of more rows than this is refused (the rows are counted before the values are converted).
 MAX_ROWS = 5_000_000
@@ -110,8 +110,9 @@ def _read_csv(p: Path, file: str, columns: list[str]) -> np.ndarray:
         for name in columns:
             if name not in header:
                 raise _missing_column(file, name, [str(c) for c in header], line=1)
+        # blank lines kept (as missing values), so that data row r is line r + 1 of the file
         frame = pd.read_csv(p, usecols=columns, dtype=str, keep_default_na=False, na_filter=False,
-                            encoding="utf-8", nrows=MAX_ROWS + 1, engine="c")
+                            skip_blank_lines=False, encoding="utf-8", nrows=MAX_ROWS + 1, engine="c")
     except SpecError:
         raise
     except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -144,6 +145,12 @@ def _read_parquet(p: Path, file: str, columns: list[str]) -> np.ndarray:
             if name not in header:
                 raise _missing_column(file, name, header)
         _row_cap(file, meta.metadata.num_rows)
+        unpacked = sum(group.column(j).total_uncompressed_size
+                       for group in (meta.metadata.row_group(i) for i in range(meta.metadata.num_row_groups))
+                       for j in range(group.num_columns) if group.column(j).path_in_schema in columns)
+        if unpacked > MAX_TABLE_BYTES:
+            raise _error(file, f"the columns read unpack to {unpacked / 2**20:,.0f} MiB, above the limit of "
+                         f"{MAX_TABLE_BYTES // 2**20} MiB", "cut the table to the rows and columns you train on")
         table = meta.read(columns=columns)
     except SpecError:
         raise
