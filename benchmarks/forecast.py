@@ -1,8 +1,8 @@
 """Forecasting real series that ship with statsmodels: an LSTM and a GRU trained by `seqdsl train`, against
 SARIMAX and the seasonal-naive forecast, on the held-out tail of each series.
 
-    python benchmarks/forecast.py                     # both series, every model (a few minutes on one core)
-    python benchmarks/forecast.py --table             # the Markdown table and the plot again, from results.json
+    python benchmarks/forecast.py                     # both series, every model (5-15 minutes on one busy core)
+    python benchmarks/forecast.py --table             # the Markdown table and the plot again, from forecast.json
 
 Per series: the last ``test`` points are held out. Everything is fitted on the points before them: the networks
 through the command line exactly as a user runs it (`seqdsl data csv` on a CSV of the training points, then
@@ -11,12 +11,15 @@ every model forecasts the same points the same way: from each forecast origin o 
 first held-out point, ..., the last point minus H + 1), the next H values from the series up to o − 1 alone,
 with no parameter refitted (the networks read the last W values through onnxruntime; SARIMAX runs its Kalman
 filter with the fitted parameters over the series up to o − 1 and forecasts H steps; seasonal naive repeats the
-last observed season). MAE and RMSE are over every (origin, step) pair, in the series' units.
+last observed season, and with drift adds the training points' mean change over a season). MAE and RMSE are over
+every (origin, step) pair, in the series' units.
 
 The networks' variants: ``level`` reads and predicts the series itself; ``seasonal difference`` reads and
 predicts y_t − y_{t−m} (the differencing SARIMA's D = 1 applies) and adds the forecast to the value a season
 before, for a series with a trend that leaves the training range (co2). Each network is trained with several
-seeds; the table gives the mean over the seeds and the range.
+seeds (the table gives the mean over the seeds and the range) and scored twice: with its last weights, and
+early-stopped (the weights of the validation's best step; the validation is the last fifth of the training
+points, never the held-out tail).
 """
 
 from __future__ import annotations
@@ -81,6 +84,14 @@ def seasonal_naive(y: np.ndarray, o: int, horizon: int, m: int) -> np.ndarray:
     """y[o + h] forecast as the last value observed (before o) in the same season."""
     h = np.arange(horizon)
     return y[o + h - m * (1 + h // m)]
+
+
+def seasonal_naive_drift(y: np.ndarray, o: int, horizon: int, m: int, test: int) -> np.ndarray:
+    """Seasonal naive plus the mean change over one season in the training points (the drift)."""
+    train = y[: len(y) - test]
+    drift = float((train[m:] - train[:-m]).mean())
+    h = np.arange(horizon)
+    return seasonal_naive(y, o, horizon, m) + drift * (1 + h // m)
 
 
 def sarimax_forecasts(y: np.ndarray, series: Series, maxiter: int) -> tuple[dict[int, np.ndarray], str]:
@@ -191,6 +202,9 @@ def evaluate(names: list[str], cells: list[str], seeds: int, steps: int, variant
         naive = {o: seasonal_naive(y, o, series.horizon, series.period) for o in origins(series, len(y))}
         add(f"seasonal naive (m = {series.period})", scores(y, naive, series.horizon))
         curves[name]["seasonal naive"] = naive[first].tolist()
+        drift = {o: seasonal_naive_drift(y, o, series.horizon, series.period, series.test)
+                 for o in origins(series, len(y))}
+        add(f"seasonal naive + drift (m = {series.period})", scores(y, drift, series.horizon))
         began = time.perf_counter()
         fitted, label = sarimax_forecasts(y, series, maxiter)
         add(label, scores(y, fitted, series.horizon), seconds=time.perf_counter() - began)
@@ -244,7 +258,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["curves"])
-    fig, axes = plt.subplots(len(names), 2, figsize=(11, 3.4 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), 2, figsize=(13.5, 3.6 * len(names)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1]})
     for (left, right), name in zip(axes, names):
         s, curve = SERIES[name], results["curves"][name]
         y, o = np.asarray(curve["actual"]), curve["first_origin"]
@@ -252,7 +267,9 @@ def plot(results: dict, path: Path) -> None:
         shown = slice(max(0, o - 3 * s.horizon), len(y))
         left.plot(t[shown], y[shown], "k-", lw=1.2, label="actual")
         left.axvline(o - 0.5, color="grey", ls=":", lw=1)
-        colours = {r["model"]: f"C{i}" for i, r in enumerate(r for r in results["rows"] if r["series"] == name)}
+        family = lambda model: model.split(", ")[0]  # noqa: E731 - a network's two rows share a colour
+        kinds = list(dict.fromkeys(family(r["model"]) for r in results["rows"] if r["series"] == name))
+        colours = {r["model"]: f"C{kinds.index(family(r['model']))}" for r in results["rows"] if r["series"] == name}
         for label, values in curve.items():
             if label in ("actual", "first_origin") or "last of" in label:
                 continue  # the early-stopped networks only: the plot stays readable
@@ -262,14 +279,14 @@ def plot(results: dict, path: Path) -> None:
         left.set_ylim(float(y[shown].min()) - 0.15 * span, float(y[shown].max()) + 0.15 * span)
         left.set_title(f"{s.title}: H = {s.horizon} from the first held-out point", fontsize=9)
         left.set_xlabel("time step (the held-out tail right of the dotted line)", fontsize=8)
-        left.legend(fontsize=7)
+        left.legend(fontsize=6, loc="upper left")
         for r in (r for r in results["rows"] if r["series"] == name):
             right.plot(np.arange(1, s.horizon + 1), r["mae_by_step"], marker="o", ms=3, color=colours[r["model"]],
                        ls=":" if "last of" in r["model"] else "-", label=r["model"])
         right.set_yscale("log")
         right.set_title(f"{name}: MAE by step ahead, over every origin", fontsize=9)
         right.set_xlabel("steps ahead", fontsize=8)
-        right.legend(fontsize=7)
+        right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

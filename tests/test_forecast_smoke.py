@@ -21,7 +21,8 @@ def test_the_forecast_experiment_runs_at_tiny_sizes(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "forecast.json").read_text())
     models = [r["model"] for r in results["rows"]]
-    assert models[0] == "seasonal naive (m = 12)" and models[1].startswith("SARIMAX") and models[2] == "LSTM (level, last of 10 steps)"
+    assert models[:2] == ["seasonal naive (m = 12)", "seasonal naive + drift (m = 12)"]
+    assert models[2].startswith("SARIMAX") and models[3] == "LSTM (level, last of 10 steps)"
     assert all(np.isfinite(r["mae"]) and r["rmse"] >= r["mae"] > 0 for r in results["rows"])
     from statsmodels.datasets import co2
 
