@@ -557,8 +557,9 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: wi
          output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write (csv: the training one)."),
          columns: Optional[str] = typer.Option(None, "--columns", help="csv: the input columns, NAME[,NAME...]."),
          target_column: Optional[str] = typer.Option(None, "--target", help="csv: the column to forecast."),
-         window: Optional[int] = typer.Option(None, "--window", help="csv: input rows per example (W)."),
-         horizon: int = typer.Option(1, "--horizon", help="csv: target rows after each window (H)."),
+         window: Optional[str] = typer.Option(None, "--window", metavar="W",
+                                              help="csv: input rows per example (W)."),
+         horizon: str = typer.Option("1", "--horizon", metavar="H", help="csv: target rows after each window (H)."),
          val_output: Optional[Path] = typer.Option(None, "--val", help="csv: the validation .npz to write."),
          val_fraction: float = typer.Option(0.2, "--val-fraction", help="csv: the last fraction of the rows, "
                                                                         "for validation."),
@@ -611,7 +612,7 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: wi
 
 
 def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns: Optional[str],
-              target: Optional[str], window: Optional[int], horizon: int, val_fraction: float, force: bool,
+              target: Optional[str], window: Optional[str], horizon: str, val_fraction: float, force: bool,
               debug: bool) -> None:
     """`seqdsl data csv`: both .npz files written whole (each through a temporary file), or neither."""
     import os
@@ -624,6 +625,9 @@ def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns:
             _fail(f"error: seqdsl data csv: {option} is required (seqdsl data csv FILE.csv --columns A,B "
                   "--target A --window W --horizon H -o TRAIN.npz --val VAL.npz)", 2)
     assert table is not None and val is not None and columns is not None and target is not None
+    assert window is not None
+    lengths = (_integer("--window", window, example="--window 36"),
+               _integer("--horizon", horizon, example="--horizon 12"))
     if val.suffix != ".npz" or val.resolve() == output.resolve():
         _fail(f"error: --val {val}: a second file whose name ends in .npz", 2)
     if (val.exists() or val.is_symlink()) and not force:
@@ -631,7 +635,7 @@ def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns:
     from compilers.training.tables import table_windows
 
     names = [c.strip() for c in columns.split(",")]
-    found = _guard(debug, lambda: table_windows(table, names, target.strip(), window, horizon, val_fraction))
+    found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))
     temporary = [path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz") for path in (output, val)]
 
     def write() -> None:

@@ -229,4 +229,5 @@ def normalised_outputs(outputs: dict[str, np.ndarray], norm: Normalisation) -> d
             for k, v in outputs.items()}
 
 
-__all__ = ["Stats", "Normalisation", "read", "from_file", "check_same", "fold", "raw_inputs", "normalised_outputs", "stat_names"]
+__all__ = ["Stats", "Normalisation", "read", "from_file", "check_same", "fold", "raw_inputs", "normalised_outputs",
+           "stat_names"]

@@ -81,7 +81,8 @@ def read_table(path: str | Path, columns: list[str]) -> np.ndarray:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
-        raise _error(file, f"{_shown(p.name)}: not a table seqdsl reads (the name ends in {_shown(suffix) or 'no suffix'})",
+        ends = _shown(suffix) or "no suffix"
+        raise _error(file, f"{_shown(p.name)}: not a table seqdsl reads (the name ends in {ends})",
                      "give a .csv or a .parquet file")
     if not p.is_file():
         raise _error(file, f"{_shown(file)}: " + ("no such file" if not p.exists() else "not a file"),
