@@ -10,7 +10,6 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,6 +112,8 @@ def test_a_missing_column_is_named_plainly_whatever_the_header_holds(tmp_path: P
 
 
 def test_bad_tables_each_get_one_located_error(tmp_path: Path):
+    import pandas as pd  # here, not at the top: collecting the suite must not hold pandas (test_budgets' memory)
+
     good = tmp_path / "good.csv"
     good.write_text("t,v,k\n" + "".join(f"{i},{np.sin(i):.4f},7\n" for i in range(30)))
 
@@ -147,6 +148,8 @@ def test_bad_tables_each_get_one_located_error(tmp_path: Path):
 
 
 def test_parquet_and_csv_give_the_same_windows(tmp_path: Path):
+    import pandas as pd
+
     frame = pd.DataFrame({"a": np.linspace(0, 3, 40) ** 2, "b": np.cos(np.arange(40.0))})
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
