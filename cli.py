@@ -50,8 +50,17 @@ def _limits(nodes: int, depth: int, repeat: int) -> Any:
     return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    print(message, file=sys.stderr)  # plain: error blocks must not be re-wrapped or styled
+def _terminal(message: str) -> str:
+    from seqdsl.text import terminal_text  # here, not at the top: `seqdsl run` loads the language only to fail
+
+    return terminal_text(message)
+
+
+def _fail(message: str | list[str], code: int) -> NoReturn:
+    """Print a message (or several blocks, a blank line apart) and exit. Every control character is escaped
+    (`seqdsl.text.terminal_text`), and a newline only begins one of the message's own indented lines."""
+    blocks = [message] if isinstance(message, str) else message
+    print("\n\n".join(_terminal(b) for b in blocks), file=sys.stderr)  # plain: not re-wrapped or styled
     raise typer.Exit(code)
 
 
@@ -71,15 +80,17 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
-        if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
+            _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
             _fail(str(exc), 2)
         if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
                       + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
-            _fail(f"error: {exc}", 2)
+            _fail(f"error: {_oneline(exc)}", 2)
         if debug:
             raise
         kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
-        _fail(f"error: {kind}: {type(exc).__name__}: {exc}\n"
+        _fail(f"error: {kind}: {type(exc).__name__}: {_oneline(exc)}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
 
@@ -158,9 +169,23 @@ def _progress(what: str, stages: tuple[str, ...]) -> Iterator[Callable[[str], No
         yield update
 
 
+def _oneline(exc: BaseException) -> str:
+    """An exception's message, one line: what it quotes (a path, an ONNX name) cannot start a line of its own."""
+    from seqdsl.text import printable
+
+    return printable(str(exc))
+
+
+def _shown(path: Path) -> str:
+    """A file's name for a rich print: escaped for the terminal, and for rich's markup (`[` is no tag)."""
+    from rich.markup import escape
+
+    return escape(_terminal(str(path)))
+
+
 def _warn(warnings: list[str]) -> None:
     for text in warnings:
-        print(text, file=sys.stderr)
+        print(_terminal(text), file=sys.stderr)
 
 
 def _shape(dims: list[Any]) -> str:
@@ -206,7 +231,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
             failed += 1
             continue
         _warn([w.format() for w in model.warnings])
-        out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
+        out.print(f"{_shown(spec)}: ok — {model.name}, {model.param_count:,} parameters, "
                   f"{model.graph.count()} IR nodes")
     if len(files) > 1:
         out.print(f"{len(files) - failed} of {len(files)} specs ok" + (f", {failed} failed" if failed else ""))
@@ -266,6 +291,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
+    from compilers.parity import check_line
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
@@ -313,20 +339,22 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                      "normalised)" if result.normalisation["raw_io"] else "recorded in build.json; model.onnx "
                      "takes normalised values")))
     rows.append(("onnxruntime", result.provider))
-    worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
-    rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
-    title = f"{result.name} → {result.out_dir}"
+    rows.append(("check", f"vs PyTorch at {shape}: {check_line(result.check)}"))
+    title = _terminal(f"{result.name} → {result.out_dir}")  # the folder's name may come from anywhere
+    rows = [(key, _terminal(value)) for key, value in rows]
     if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
         print(title)
         for key, value in rows:
             print(f"  {key}: {value}")
         return
-    table = Table(title=title, show_header=False, title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     out.print(table)
 
 
@@ -379,12 +407,31 @@ def _summary(value: Any) -> str:
     return f"{head}  {stats}" + (f"  non-finite {nonfinite:,}" if nonfinite else "")
 
 
-def _output_file(directory: Path, name: str) -> Path:
-    """``DIR/<name>.npy``, with any character that cannot be in a plain file name replaced by `_`."""
-    import re
+#: What an output's file name keeps as it is; any other character, a leading dot, or a name above 100 characters
+#: makes the file name the kept characters plus `~` and a digest of the whole name.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", re.ASCII)
 
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
-    return directory / f"{safe}.npy"
+
+def _output_files(names: list[str]) -> dict[str, str]:
+    """Output name -> its file name in --output-dir, one file per output (an injective mapping): a plain name as it
+    is (``y`` -> ``y.npy``); any other as its plain characters, ``~`` and 16 hex digits of its SHA-256 (``yé`` ->
+    ``y_~<digest>.npy``). No plain name holds ``~``, so the two kinds never meet, and two names that differ only in
+    case (one file on macOS and Windows) both get the digest."""
+    import hashlib
+
+    def digested(name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100]
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return f"{safe}~{digest}.npy"
+
+    files = {n: f"{n}.npy" if _PLAIN_NAME.fullmatch(n) else digested(n) for n in names}
+    folded: dict[str, list[str]] = {}
+    for name, file in files.items():
+        folded.setdefault(file.casefold(), []).append(name)
+    for group in folded.values():
+        if len(group) > 1:
+            files.update({n: digested(n) for n in group})
+    return files
 
 
 @app.command()
@@ -394,6 +441,10 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         provider: str = typer.Option("auto", "--provider", help="onnxruntime provider: auto, cpu, cuda, tensorrt."),
         output_dir: Optional[Path] = typer.Option(None, "--output-dir",
                                                   help="Also write each output to DIR/<output>.npy."),
+        cast: bool = typer.Option(False, "--cast",
+                                  help="Convert an input of another dtype to the model's (float64 to float32, "
+                                       "int32 to int64...), with a warning each; values that do not fit are "
+                                       "refused."),
         debug: bool = DEBUG) -> None:
     """Run an ONNX model in onnxruntime on .npy inputs: prints each output's shape, dtype and range."""
     import numpy as np
@@ -416,7 +467,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
             _fail(f"error: --provider: {exc}", 2)
         try:
             session, used = rt.make_session(model, provider)
-            rt.check_inputs(session, arrays)
+            feed, casts = rt.prepare_inputs(session, arrays, cast=cast)
         except rt.ModelLoadError as exc:
             _fail(f"error: {exc}", 2)
         except rt.InputMismatch as exc:
@@ -425,27 +476,30 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         try:
             quiet = ort.RunOptions()
             quiet.log_severity_level = 4  # the error is reported once, below, not also in onnxruntime's log
-            values = session.run(names, arrays, quiet)
+            values = session.run(names, feed, quiet)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes; e.g. a token id beyond the vocabulary
             if type(exc).__module__.split(".")[0] != "onnxruntime":
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _fail(f"error: {model}: onnxruntime failed on these inputs: {reason}", 2)
-        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used)
+        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used, casts)
 
     result = _guard(debug, action)
+    _warn([f"warning: --cast: {line}" for line in result.casts])
     width = max((len(n) for n in result.outputs), default=0)
     for name, value in result.outputs.items():
         print(f"{name:<{width}}  {_summary(value)}")
     print(f"provider: {result.provider}")
     if output_dir is not None:
+        from seqdsl import files
+
         written = []
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
-            for name, value in result.outputs.items():
-                path = _output_file(output_dir, name)
-                np.save(path, value, allow_pickle=False)
-                written.append(str(path))
+            for name, file in _output_files(list(result.outputs)).items():
+                value = result.outputs[name]
+                written.append(str(files.write(output_dir / file,
+                                               lambda f, v=value: np.save(f, v, allow_pickle=False))))
         except OSError as exc:
             _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
         print(f"wrote {', '.join(written)}")
@@ -571,8 +625,6 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: wi
          debug: bool = DEBUG) -> None:
     """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003); or
     (csv) training and validation windows of a real table, normalised with the training part's statistics."""
-    import os
-
     from seqdsl import tasks
 
     if output.suffix != ".npz":
@@ -594,13 +646,10 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: wi
         _fail(f"error: seqdsl data {task}: {exc}", 2)
 
     def write() -> None:
+        from seqdsl import files
+
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp.npz")
-        try:
-            tasks.save(arrays, str(tmp))
-            os.replace(tmp, output)
-        finally:
-            tmp.unlink(missing_ok=True)
+        files.write(output, lambda f: tasks.save(arrays, f))  # whole, and over a link rather than through it
 
     try:
         _guard(debug, write)
@@ -614,9 +663,7 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: wi
 def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns: Optional[str],
               target: Optional[str], window: Optional[str], horizon: str, val_fraction: float, force: bool,
               debug: bool) -> None:
-    """`seqdsl data csv`: both .npz files written whole (each through a temporary file), or neither."""
-    import os
-
+    """`seqdsl data csv`: the two .npz files, each written whole (`seqdsl.files`)."""
     import numpy as np
 
     for option, given in (("FILE", table), ("--columns", columns), ("--target", target), ("--window", window),
@@ -636,18 +683,13 @@ def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns:
 
     names = [c.strip() for c in columns.split(",")]
     found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))
-    temporary = [path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz") for path in (output, val)]
 
     def write() -> None:
-        try:
-            for path, arrays in zip(temporary, (found.train, found.val)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(path, **arrays)
-            for tmp, path in zip(temporary, (output, val)):
-                os.replace(tmp, path)
-        finally:
-            for tmp in temporary:
-                tmp.unlink(missing_ok=True)
+        from seqdsl import files
+
+        for path, arrays in ((val, found.val), (output, found.train)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.write(path, lambda f, arrays=arrays: np.savez(f, **arrays))  # whole, and over a link
 
     _guard(debug, write)
     for path, arrays, rows in ((output, found.train, f"rows 1-{found.split}"),
@@ -673,20 +715,26 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
     limits = _limits(max_nodes, max_depth, max_repeat)
     model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
-    if as_json:
-        print(json.dumps({"sizes": model.sizes, **summary.to_json()}, indent=2))
-        return
     g = model.graph
+    # one source for the table and --json: the inputs, the outputs and each module's parameters
+    signature = {"inputs": {n.name: {"shape": list(n.shape), "dtype": n.dtype} for n in model.input_nodes()},
+                 "outputs": {k: {"shape": list(g[v].shape), "dtype": g[v].dtype} for k, v in g.outputs.items()},
+                 "parameters": [{"module": group.module,
+                                 "params": {n: list(shape) for n, shape in group.params}, "count": group.count}
+                                for group in params_by_module(model)],
+                 "param_count": model.param_count}
+    if as_json:
+        print(json.dumps({"sizes": model.sizes, **signature, **summary.to_json()}, indent=2))
+        return
     out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
-    for n in model.input_nodes():
-        out.print(f"  input  {n.name}: {_shape([*n.shape, n.dtype])}")
-    for name, ref in g.outputs.items():
-        out.print(f"  output {name}: {_shape([*g[ref].shape, g[ref].dtype])}")
+    for role in ("inputs", "outputs"):
+        for name, value in signature[role].items():
+            out.print(f"  {role[:-1]:<6} {name}: {_shape([*value['shape'], value['dtype']])}")
     table = Table("module", "parameters", "count", title_justify="left")
-    for group in params_by_module(model):
-        shapes = ", ".join(f"{n} {list(s)}" for n, s in group.params)
-        table.add_row(group.module or "(top)", shapes, f"{group.count:,}")
-    table.add_row("[bold]total[/bold]", "", f"[bold]{model.param_count:,}[/bold]")
+    for group in signature["parameters"]:
+        shapes = ", ".join(f"{n} {shape}" for n, shape in group["params"].items())
+        table.add_row(group["module"] or "(top)", shapes, f"{group['count']:,}")
+    table.add_row("[bold]total[/bold]", "", f"[bold]{signature['param_count']:,}[/bold]")
     out.print(table)
     cost = Table(title=f"costs at B={batch}, T={seq_len} (every time axis)", title_justify="left")
     cost.add_column("module", no_wrap=True)

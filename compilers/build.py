@@ -5,8 +5,8 @@
     DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker; with
                               ``unroll=True`` the explicit graph for one fixed length per time axis instead
     DIR/model.onnx.data       the weights, only for a model whose ONNX file would pass protobuf's 2 GiB limit
-    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, the ONNX
-                              form of each recurrent block, provenance (versions, opset, spec hashes, seed)
+    DIR/build.json            what was built: sizes, shapes, parameter count, provider, what the check against
+                              PyTorch compared (``check``), the ONNX form of each recurrent block, provenance
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
 failed build (bad spec, failed check, Ctrl-C, SIGKILL) leaves the previous DIR exactly as it was. A build owns only
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 import seqdsl
+from seqdsl import files as seqdsl_files
 from seqdsl.errors import SpecError
 from seqdsl.footprint import MAX_ACTIVATION_BYTES, MAX_STEPS, check_footprint
 from seqdsl.ir import Model
@@ -31,6 +32,7 @@ from seqdsl.text import plain_text
 from seqdsl.version import __version__
 
 from .memory import check_memory, memory_message, out_of_memory
+from .parity import ATOL, RTOL, ParityError, check  # noqa: F401 - ParityError: what a failed check raises
 from .publish import SIGNATURE, discard, make_staging, output_dir, publish
 from .usage import UsageError
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from .normalise import Normalisation
     from .weights import WeightsSource
 
-TOLERANCE = 1e-4  # fp32: onnxruntime vs PyTorch, largest absolute difference allowed
+TOLERANCE = ATOL  # fp32: onnxruntime vs PyTorch, the absolute part of the tolerance (`compilers.parity`)
 MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a size should not fill the memory
 #: A serialized ModelProto at or above this many bytes cannot be written as one protobuf (its limit is 2 GiB - 1):
 #: the weights then go to ``model.onnx.data`` beside ``model.onnx`` (ONNX external data). Tests lower it.
@@ -53,10 +55,6 @@ STAGES = ("loading PyTorch and ONNX", "checking the spec", "writing model.py", "
           "checking model.onnx (onnx.checker)", "running onnxruntime against PyTorch", "publishing")
 
 
-class ParityError(Exception):
-    """onnxruntime and PyTorch disagree beyond the tolerance: a compiler bug, never the user's fault."""
-
-
 @dataclass
 class BuildResult:
     name: str
@@ -67,7 +65,7 @@ class BuildResult:
     inputs: dict[str, list[Any]]
     outputs: dict[str, list[Any]]
     provider: str
-    max_abs_diff: dict[str, float]
+    max_abs_diff: dict[str, float]  # per output, over the values finite in both
     check_shape: dict[str, int] = field(default_factory=dict)
     onnx_nodes: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -83,6 +81,9 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
+    # what the check compared: the rule, atol, rtol, and per output the worst abs and rel difference, how many
+    # values were not finite (alike in both) and how many disagree (0: a build is only written when none do)
+    check: dict[str, Any] = field(default_factory=dict)
     # the statistics the training data was normalised with, and whether model.onnx takes raw values (raw_io)
     normalisation: dict[str, Any] | None = None
 
@@ -211,16 +212,17 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
     limit = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
     if serialized_size(proto) < limit:
         onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(path))
+        seqdsl_files.write(path, proto.SerializeToString())
         return False
-    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=EXTERNAL_DATA_FILE)
-    onnx.checker.check_model(str(path), full_check=True)
+    with seqdsl_files.replacing(path, path.with_name(EXTERNAL_DATA_FILE)) as (model_tmp, _):
+        onnx.save(proto, str(model_tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=EXTERNAL_DATA_FILE)
+        onnx.checker.check_model(str(model_tmp), full_check=True)
     return True
 
 
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
-          steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
+          steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE, rel_tolerance: float = RTOL,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
@@ -280,16 +282,17 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .normalise import fold, from_file, normalised_outputs, raw_inputs
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
-    from .onnx_runtime import max_abs_diff, run
+    from .onnx_runtime import run
     from .torch_module import module_class
-    from .triton import model_dir, write_repository
+    from .triton import check_repository, model_dir
     from .weights import read_weights
 
     if raw_io and normalisation is None:
         raise UsageError("--raw-io: the data carries no normalisation statistics (x_mean, x_std, target_mean, "
                          "target_std: what `seqdsl data csv` writes)")
-    if out_dir is not None:
-        output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
+    early = output_dir(out_dir, spec) if out_dir is not None else None  # a wrong -o: said before the spec is read
+    if triton is not None:
+        check_repository(triton, early)  # and so is a --triton REPO that cannot be written, or inside -o
     stage("checking the spec")
     model = seqdsl.load(spec, sizes, limits)
     check_size(model, max_params)
@@ -301,7 +304,6 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     trained = read_weights(model, weights) if weights is not None else None
     if isinstance(normalisation, (str, Path)):
         normalisation = from_file(normalisation, model)
-    triton_dir = model_dir(Path(triton), model.name) if triton is not None else None
     unrolled_lengths: dict[str, int] | None = None
     exported = model
     if unroll:
@@ -316,6 +318,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             lengths = {**wanted, **lengths}
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
     target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
+    triton_dir = model_dir(Path(triton), model.name, target) if triton is not None else None
     inputs = example_inputs(model, batch, steps, seed, lengths)
     try:  # the probe, where one runs, times the check run's inputs (zero weights: the speed is the same)
         choices = choose(model, onnx_form, optimize=optimize_passes, unroll=unrolled_lengths is not None,
@@ -337,8 +340,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             net.load_state_dict(trained)
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
-        save_file(weights, str(staging / "weights.safetensors"),
-                  metadata={"seqdsl": f"{__version__}; spec {plain_text(Path(spec).name, 255)}"})
+        with seqdsl_files.replacing(staging / "weights.safetensors") as (weights_tmp,):
+            save_file(weights, str(weights_tmp),
+                      metadata={"seqdsl": f"{__version__}; spec {plain_text(Path(spec).name, 255)}"})
         stage("exporting ONNX")
         proto = export(exported, optimize=optimize_passes, native_cells=native if optimize_passes else False)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
@@ -354,13 +358,13 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         forms = onnx_forms(written, model)
         stage("running onnxruntime against PyTorch")
         expected = run_torch(net, inputs)
-        folded = raw_io and normalisation is not None
+        folded = raw_io and normalisation is not None  # the check then runs in the normalised units
         got = run(str(staging / "model.onnx"), raw_inputs(inputs, normalisation) if folded else inputs, provider)
-        diff = max_abs_diff(expected, normalised_outputs(got.outputs, normalisation) if folded else got.outputs)
-        worst = max(diff.values(), default=0.0)
-        if not worst <= tolerance:
-            raise ParityError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance:g}) on "
-                              f"{max(diff, key=diff.get)}: a seqdsl bug; please report it with the spec")
+        outputs = normalised_outputs(got.outputs, normalisation) if folded else got.outputs
+        # ParityError (a seqdsl bug) unless they agree as numbers; inf/NaN alike in both is a warning
+        checked, overflow = check(model, weights, inputs, expected, outputs, tolerance, rel_tolerance)
+        if overflow is not None:
+            warnings.append(overflow)
         g = model.graph
         fixed = unrolled_lengths or {}
         dims = lambda shape: [fixed.get(d, d) if isinstance(d, str) else d for d in shape]  # noqa: E731
@@ -372,19 +376,21 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             sizes=model.sizes, param_count=model.param_count,
             inputs={n.name: [*dims(n.shape), n.dtype] for n in model.input_nodes()},
             outputs={k: [*dims(g[v].shape), g[v].dtype] for k, v in g.outputs.items()},
-            provider=got.provider, max_abs_diff=diff,
+            provider=got.provider, max_abs_diff=checked.max_abs_diff,
             check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
             onnx_nodes=onnx_nodes, warnings=warnings,
             onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
-            triton=str(triton_dir) if triton_dir is not None else None,
+            triton=str(triton_dir) if triton_dir is not None else None, check=checked.record(),
             normalisation=normalisation.record(raw_io) if normalisation is not None else None)
-        (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-        if triton_dir is not None:
-            write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
+        seqdsl_files.write_text(staging / "build.json", json.dumps(asdict(result), indent=2) + "
+")
         stage("publishing")
         result.warnings += publish(staging, target)
+        if triton_dir is not None:  # only once DIR holds this build: the copy is of what was published
+            _copy_to_triton(triton_dir, target, model.name, [f for f in files if f.startswith("model.onnx")],
+                            result.out_dir)
         return result
     except Exception as exc:
         if out_of_memory(exc):  # the model passed every limit but does not fit (another process, ulimit -v)
@@ -392,6 +398,17 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         raise
     finally:
         discard(staging)  # a failed build's files; after publishing, nothing or what `publish` kept on purpose
+
+
+def _copy_to_triton(triton_dir: Path, built: Path, name: str, onnx_files: list[str], shown: str) -> None:
+    """Write the published build's ONNX files into the Triton repository (`compilers.triton`)."""
+    from .triton import write_repository
+
+    try:
+        write_repository(triton_dir, built, name, onnx_files)
+    except OSError as exc:  # checked before the build; what changed since is the machine's, not seqdsl's
+        raise UsageError(f"--triton {triton_dir}: {shown} was built, but the Triton copy failed: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _read_structure(path: Path) -> "onnx.ModelProto":
