@@ -384,8 +384,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_external_data=external, provenance=provenance(model, written, seed),
             triton=str(triton_dir) if triton_dir is not None else None, check=checked.record(),
             normalisation=normalisation.record(raw_io) if normalisation is not None else None)
-        seqdsl_files.write_text(staging / "build.json", json.dumps(asdict(result), indent=2) + "
-")
+        seqdsl_files.write_text(staging / "build.json", json.dumps(asdict(result), indent=2) + "\n")
         stage("publishing")
         result.warnings += publish(staging, target)
         if triton_dir is not None:  # only once DIR holds this build: the copy is of what was published
