@@ -50,8 +50,17 @@ def _limits(nodes: int, depth: int, repeat: int) -> Any:
     return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    print(message, file=sys.stderr)  # plain: error blocks must not be re-wrapped or styled
+def _terminal(message: str) -> str:
+    from seqdsl.text import terminal_text  # here, not at the top: `seqdsl run` loads the language only to fail
+
+    return terminal_text(message)
+
+
+def _fail(message: str | list[str], code: int) -> NoReturn:
+    """Print a message (or several blocks, a blank line apart) and exit. Every control character is escaped
+    (`seqdsl.text.terminal_text`), and a newline only begins one of the message's own indented lines."""
+    blocks = [message] if isinstance(message, str) else message
+    print("\n\n".join(_terminal(b) for b in blocks), file=sys.stderr)  # plain: not re-wrapped or styled
     raise typer.Exit(code)
 
 
@@ -71,15 +80,17 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
-        if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
+            _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
             _fail(str(exc), 2)
         if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
                       + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
-            _fail(f"error: {exc}", 2)
+            _fail(f"error: {_oneline(exc)}", 2)
         if debug:
             raise
         kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
-        _fail(f"error: {kind}: {type(exc).__name__}: {exc}\n"
+        _fail(f"error: {kind}: {type(exc).__name__}: {_oneline(exc)}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
 
@@ -158,9 +169,23 @@ def _progress(what: str, stages: tuple[str, ...]) -> Iterator[Callable[[str], No
         yield update
 
 
+def _oneline(exc: BaseException) -> str:
+    """An exception's message, one line: what it quotes (a path, an ONNX name) cannot start a line of its own."""
+    from seqdsl.text import printable
+
+    return printable(str(exc))
+
+
+def _shown(path: Path) -> str:
+    """A file's name for a rich print: escaped for the terminal, and for rich's markup (`[` is no tag)."""
+    from rich.markup import escape
+
+    return escape(_terminal(str(path)))
+
+
 def _warn(warnings: list[str]) -> None:
     for text in warnings:
-        print(text, file=sys.stderr)
+        print(_terminal(text), file=sys.stderr)
 
 
 def _shape(dims: list[Any]) -> str:
@@ -206,7 +231,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
             failed += 1
             continue
         _warn([w.format() for w in model.warnings])
-        out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
+        out.print(f"{_shown(spec)}: ok — {model.name}, {model.param_count:,} parameters, "
                   f"{model.graph.count()} IR nodes")
     if len(files) > 1:
         out.print(f"{len(files) - failed} of {len(files)} specs ok" + (f", {failed} failed" if failed else ""))
@@ -255,11 +280,18 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="ONNX form of the recurrent blocks: auto (default: the faster in this onnxruntime, from a "
                    "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
                    "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
+          stats: Optional[Path] = typer.Option(
+              None, "--stats", metavar="DATA.npz",
+              help="The training data's normalisation statistics (x_mean, x_std, target_mean, target_std, what "
+                   "`seqdsl data csv` writes), recorded in build.json."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the --stats into model.onnx: it takes and returns raw values."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
+    from compilers.parity import check_line
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
@@ -272,7 +304,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
-                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat), **limits))
+                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 normalisation=stats, raw_io=raw_io, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -300,21 +333,28 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
         version = next(iter(result.onnx_choice.values()))["onnxruntime"]
         rows.append(("onnx form", f"{why} (onnxruntime {version})"))
+    if result.normalisation is not None:
+        stats_of = ", ".join([*result.normalisation["inputs"], *result.normalisation["outputs"]])
+        rows.append(("normalisation", f"{stats_of}: " + ("raw values in and out of model.onnx (the check runs "
+                     "normalised)" if result.normalisation["raw_io"] else "recorded in build.json; model.onnx "
+                     "takes normalised values")))
     rows.append(("onnxruntime", result.provider))
-    worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
-    rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
-    title = f"{result.name} → {result.out_dir}"
+    rows.append(("check", f"vs PyTorch at {shape}: {check_line(result.check)}"))
+    title = _terminal(f"{result.name} → {result.out_dir}")  # the folder's name may come from anywhere
+    rows = [(key, _terminal(value)) for key, value in rows]
     if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
         print(title)
         for key, value in rows:
             print(f"  {key}: {value}")
         return
-    table = Table(title=title, show_header=False, title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     out.print(table)
 
 
@@ -520,6 +560,9 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                                        help="Refuse a data file whose arrays declare more bytes (default 4G)."),
           no_build: bool = typer.Option(False, "--no-build",
                                         help="Skip the final build (the weights stay in the checkpoint)."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the data's normalisation statistics (seqdsl data csv) into "
+                                           "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DEBUG) -> None:
     """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
@@ -532,7 +575,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
-                           provider=provider, max_params=max_params, build=not no_build,
+                           provider=provider, max_params=max_params, build=not no_build, raw_io=raw_io,
                            max_data=_byte_count("--max-data", max_data))
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -560,9 +603,10 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
 #: `seqdsl data TASK`: the generated tasks (seqdsl.tasks) and the readers of a FILE, with the options each takes
 #: beside the shared ones (-o, --force, --max-data). One check of names and values for them all, before any work.
 _DATA_GENERATED = ("adding", "copy", "brackets")
-_DATA_READERS = {"text": "a text file"}
+_DATA_READERS = {"text": "a text file", "csv": "a table (.csv or .parquet)"}
 _DATA_OPTIONS = {"generated": ("--length", "--examples", "--seed", "--min-length"),
-                 "text": ("--level", "--window", "--stride", "--val-fraction", "--max-vocab")}
+                 "text": ("--level", "--window", "--stride", "--val-fraction", "--max-vocab"),
+                 "csv": ("--columns", "--target", "--window", "--horizon", "--val", "--val-fraction")}
 _LOUD_BYTES = 256 * 2**20  # `seqdsl data` says how much it makes from this size on
 _FRACTION = re.compile(r"[0-9]{0,20}(\.[0-9]{0,20})?", re.ASCII)
 
@@ -608,8 +652,10 @@ def _arrays_line(path: Path, arrays: dict[str, Any]) -> str:
 
 
 @app.command()
-def data(task: str = typer.Argument(..., help="adding, copy or brackets (generated), or text (read from FILE)."),
-         source: Optional[Path] = typer.Argument(None, metavar="[FILE]", help="text: the text file to read."),
+def data(task: str = typer.Argument(..., help="adding, copy or brackets (generated); text or csv (read from "
+                                                "FILE)."),
+         source: Optional[Path] = typer.Argument(None, metavar="[FILE]",
+                                                 help="text: the text file; csv: the table, a .csv or .parquet file."),
          output: Path = typer.Option(..., "-o", "--output",
                                      help="The .npz file to write (text: the training windows; the validation "
                                           "windows go to <name>.val.npz and the vocabulary to <name>.vocab.json "
@@ -626,16 +672,22 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets (generat
          level: Optional[str] = typer.Option(None, "--level", help="text: char (UTF-8 characters; default) or "
                                                                    "byte."),
          window: Optional[str] = typer.Option(None, "--window", metavar="W",
-                                              help="text: tokens per example (default 64)."),
+                                              help="text: tokens per example (default 64); csv: input rows per "
+                                                   "example."),
          stride: Optional[str] = typer.Option(None, "--stride", metavar="S",
                                               help="text: tokens from one window's start to the next "
                                                    "(default: --window)."),
          val_fraction: Optional[str] = typer.Option(None, "--val-fraction", metavar="F",
-                                                    help="text: the file's tail kept for validation "
-                                                         "(default 0.1; 0: none)."),
+                                                    help="text: the file's tail kept for validation (default 0.1; "
+                                                         "0: none); csv: the last fraction of the rows (0.2)."),
          max_vocab: Optional[str] = typer.Option(None, "--max-vocab", metavar="V",
                                                  help="text, char level: refuse more distinct characters "
                                                       "(default 1024)."),
+         columns: Optional[str] = typer.Option(None, "--columns", help="csv: the input columns, NAME[,NAME...]."),
+         target_column: Optional[str] = typer.Option(None, "--target", help="csv: the column to forecast."),
+         horizon: Optional[str] = typer.Option(None, "--horizon", metavar="H",
+                                               help="csv: target rows after each window (default 1)."),
+         val_output: Optional[Path] = typer.Option(None, "--val", help="csv: the validation .npz to write."),
          max_data: str = typer.Option("4G", "--max-data", metavar="BYTES",
                                       help="Refuse to make more bytes of arrays (default 4G)."),
          force: bool = typer.Option(False, "--force", help="Replace files an earlier `seqdsl data` wrote."),
@@ -650,7 +702,8 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets (generat
               f"{', '.join(_DATA_GENERATED + tuple(_DATA_READERS))}", 2)
     given = {"--length": length, "--examples": examples, "--seed": seed, "--min-length": min_length,
              "--level": level, "--window": window, "--stride": stride, "--val-fraction": val_fraction,
-             "--max-vocab": max_vocab}
+             "--max-vocab": max_vocab, "--columns": columns, "--target": target_column, "--horizon": horizon,
+             "--val": val_output}
     for option, value in given.items():
         if value is not None and option not in _DATA_OPTIONS[kind]:
             users = " and ".join(k if k != "generated" else "/".join(_DATA_GENERATED)
@@ -664,6 +717,10 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets (generat
     if kind == "text":
         assert source is not None
         _data_text(source, output, force, cap, level, window, stride, val_fraction, max_vocab, debug)
+        return
+    if kind == "csv":
+        _data_csv(source, output, val_output, columns, target_column, window, horizon or "1",
+                  _fraction("--val-fraction", val_fraction) if val_fraction is not None else 0.2, force, debug)
         return
     if length is None:
         _fail(f"error: seqdsl data {task}: --length is required (for example --length 50)", 2)
@@ -743,6 +800,38 @@ def _data_text(source: Path, output: Path, force: bool, cap: int, level: Optiona
                                                   if made.unknown else ""))
     size = made.vocabulary.size
     print(f"wrote {shown(paths[1])}: {size} token ids (0: padding/unknown); train with --set vocab={size}")
+
+
+def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns: Optional[str],
+              target: Optional[str], window: Optional[str], horizon: str, val_fraction: float, force: bool,
+              debug: bool) -> None:
+    """`seqdsl data csv`: the two .npz files, each written whole and marked (`_data_write`)."""
+    from seqdsl import datafiles
+
+    for option, given in (("--columns", columns), ("--target", target), ("--window", window), ("--val", val)):
+        if given is None:
+            _fail(f"error: seqdsl data csv: {option} is required (seqdsl data csv FILE.csv --columns A,B "
+                  "--target A --window W --horizon H -o TRAIN.npz --val VAL.npz)", 2)
+    assert table is not None and val is not None and columns is not None and target is not None
+    assert window is not None
+    lengths = (_integer("--window", window, example="--window 36"),
+               _integer("--horizon", horizon, example="--horizon 12"))
+    if val.suffix != ".npz" or val.resolve() == output.resolve():
+        _fail(f"error: --val {val}: a second file whose name ends in .npz", 2)
+    _data_outputs(output, force)
+    try:
+        datafiles.check_output(val, force, "--val")
+    except datafiles.DataFileError as exc:
+        _fail(f"error: {exc.line()}", 2)
+    from compilers.training.tables import table_windows
+
+    names = [c.strip() for c in columns.split(",")]
+    found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))
+    _data_write({val: found.val, output: found.train})
+    for path, arrays, rows in ((output, found.train, f"rows 1-{found.split}"),
+                               (val, found.val, f"rows {found.split + 1}-{found.rows}")):
+        print(f"wrote {path}: x {tuple(arrays['x'].shape)}, target {tuple(arrays['target'].shape)} ({rows})")
+    print("normalised with the training rows' mean and std (stored as x_mean, x_std, target_mean, target_std)")
 
 
 @app.command()
