@@ -362,13 +362,15 @@ TARGETS = st.sampled_from(["folder", "under-a-file", "unwritable", "users-file",
 
 
 @settings(max_examples=30 if LONG else 12, deadline=None)
-@given(target=TARGETS, task=st.sampled_from(["adding", "text"]))
+@given(target=TARGETS, task=st.sampled_from(["adding", "text", "csv"]))
 def test_each_bad_output_target_is_exit_2_naming_o_and_leaves_every_file_alone(target, task, tmp_path_factory):
     folder = tmp_path_factory.mktemp("out")
     user = folder / "mine.npz"
     np.savez(user, x=np.ones(3))  # the user's own file: never replaced, even with --force
     text = folder / "corpus.txt"
     text.write_text("abcdefghij" * 20)
+    table = folder / "t.csv"
+    table.write_text("v\n" + "".join(f"{i % 7}\n" for i in range(40)))
     extra = ["--force"] if target in ("users-file-force", "users-json") else []
     out = {"folder": folder, "under-a-file": user / "d.npz", "unwritable": Path("/proc/seqdsl-test/d.npz"),
            "users-file": user, "users-file-force": user, "symlink": folder / "link.npz", "suffix": folder / "d.txt",
@@ -384,6 +386,8 @@ def test_each_bad_output_target_is_exit_2_naming_o_and_leaves_every_file_alone(t
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
     args = ["text", str(text), "--window", "4"] if task == "text" or target == "users-json" \
         else ["adding", "--length", "4", "-n", "2"]
+    if task == "csv" and target != "users-json":
+        args = ["csv", str(table), "--columns", "v", "--target", "v", "--window", "4", "--val", str(folder / "v.npz")]
     r = _invoke([*args, "-o", str(out), *extra])
     assert r.exit_code == 2, (target, r.output)
     lines = r.stderr.strip().splitlines()
@@ -411,10 +415,12 @@ def _umask() -> int:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["nope", "-o", "d.npz"], "error: seqdsl data: unknown task 'nope'; one of adding, copy, brackets, text"),
+    (["nope", "-o", "d.npz"], "error: seqdsl data: unknown task 'nope'; one of adding, copy, brackets, text, csv"),
     (["adding", "-o", "d.npz"], "error: seqdsl data adding: --length is required"),
-    (["adding", "--length", "5", "--window", "3", "-o", "d.npz"], "error: --window applies to seqdsl data text, "
-                                                                 "not adding"),
+    (["adding", "--length", "5", "--window", "3", "-o", "d.npz"], "error: --window applies to seqdsl data text "
+                                                                 "and csv, not adding"),
+    (["text", "f.txt", "--horizon", "3", "-o", "d.npz"], "error: --horizon applies to seqdsl data csv, not text"),
+    (["csv", "-o", "d.npz"], "error: seqdsl data csv FILE: give a table (.csv or .parquet) to read"),
     (["text", "--length", "5", "-o", "d.npz"], "error: --length applies to seqdsl data adding/copy/brackets"),
     (["text", "-o", "d.npz"], "error: seqdsl data text FILE: give a text file to read"),
     (["copy", "f.txt", "--length", "5", "-o", "d.npz"], "error: seqdsl data copy makes its data; it reads no FILE"),
