@@ -283,6 +283,12 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="ONNX form of the recurrent blocks: auto (default: the faster in this onnxruntime, from a "
                    "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
                    "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
+          stats: Optional[Path] = typer.Option(
+              None, "--stats", metavar="DATA.npz",
+              help="The training data's normalisation statistics (x_mean, x_std, target_mean, target_std, what "
+                   "`seqdsl data csv` writes), recorded in build.json."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the --stats into model.onnx: it takes and returns raw values."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
@@ -302,7 +308,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
                                                  onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
-                                                 threads=threads, **limits))
+                                                 normalisation=stats, raw_io=raw_io, threads=threads, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -330,6 +336,11 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
         version = next(iter(result.onnx_choice.values()))["onnxruntime"]
         rows.append(("onnx form", f"{why} (onnxruntime {version})"))
+    if result.normalisation is not None:
+        stats_of = ", ".join([*result.normalisation["inputs"], *result.normalisation["outputs"]])
+        rows.append(("normalisation", f"{stats_of}: " + ("raw values in and out of model.onnx (the check runs "
+                     "normalised)" if result.normalisation["raw_io"] else "recorded in build.json; model.onnx "
+                     "takes normalised values")))
     rows.append(("onnxruntime", result.provider))
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
     rows.append(("check", f"vs PyTorch at {shape}: {check_line(result.check)}"))
@@ -352,24 +363,16 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     out.print(table)
 
 
-def _load_npy(name: str, path: Path) -> Any:
-    import numpy as np
+def _load_npy(name: str, path: Path, max_bytes: int) -> Any:
+    from seqdsl import datafiles
 
-    if not path.is_file():
-        _fail(f"error: --input {name}={path}: no such file" if not path.exists() else
-              f"error: --input {name}={path}: not a file", 2)
     try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to read the user's file is the user's to fix
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _fail(f"error: --input {name}={path}: not a readable .npy array ({reason})", 2)
-    if not isinstance(array, np.ndarray):  # an .npz archive
-        array.close()
-        _fail(f"error: --input {name}={path}: an .npz archive holds several arrays; give one .npy file per input", 2)
-    return array
+        return datafiles.read_npy(path, max_bytes)  # the header's size bounded before the array is loaded
+    except datafiles.DataFileError as exc:
+        _fail(f"error: --input {name}={datafiles.shown(path)}: {exc.line()}", 2)
 
 
-def _parse_inputs(items: list[str]) -> dict[str, Any]:
+def _parse_inputs(items: list[str], max_bytes: int) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     for item in items:
         name, sep, file = item.partition("=")
@@ -378,7 +381,7 @@ def _parse_inputs(items: list[str]) -> dict[str, Any]:
             _fail(f"error: --input expects NAME=FILE.npy (for example --input x=x.npy), got {item!r}", 2)
         if name in inputs:
             _fail(f"error: --input {name} given twice", 2)
-        inputs[name] = _load_npy(name, Path(file))
+        inputs[name] = _load_npy(name, Path(file), max_bytes)
     return inputs
 
 
@@ -439,6 +442,8 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
                                   help="Convert an input of another dtype to the model's (float64 to float32, "
                                        "int32 to int64...), with a warning each; values that do not fit are "
                                        "refused."),
+        max_data: str = typer.Option("4G", "--max-data", metavar="BYTES",
+                                     help="Refuse an input file whose array declares more bytes (default 4G)."),
         threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
     """Run an ONNX model in onnxruntime on .npy inputs: prints each output's shape, dtype and range."""
     import numpy as np
@@ -453,7 +458,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         _fail(f"error: {model}: no such file" if not model.exists() else f"error: {model}: not a file", 2)
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         _fail(f"error: --output-dir {output_dir}: exists and is not a directory", 2)
-    arrays = _parse_inputs(inputs)
+    arrays = _parse_inputs(inputs, _byte_count("--max-data", max_data))
     said: list[str] = []  # the threads the rule chose, said after the outputs
 
     def action() -> Any:
@@ -579,8 +584,13 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                                     help="Train on N processes with DDP (runs torchrun on this machine)."),
           provider: str = typer.Option("auto", "--provider", help="onnxruntime provider of the final check."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1, help="Refuse larger models."),
+          max_data: str = typer.Option("4G", "--max-data", metavar="BYTES",
+                                       help="Refuse a data file whose arrays declare more bytes (default 4G)."),
           no_build: bool = typer.Option(False, "--no-build",
                                         help="Skip the final build (the weights stay in the checkpoint)."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the data's normalisation statistics (seqdsl data csv) into "
+                                           "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DEBUG) -> None:
     """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
@@ -593,7 +603,8 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
-                           provider=provider, max_params=max_params, build=not no_build)
+                           provider=provider, max_params=max_params, build=not no_build, raw_io=raw_io,
+                           max_data=_byte_count("--max-data", max_data))
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _fail("error: --nproc under torchrun: give one or the other", 2)
@@ -617,41 +628,238 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
     print("\n".join(summary_lines(result)))
 
 
-@app.command()
-def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
-         length: int = typer.Option(..., "--length", "-T", help="The sequence length (for copy: the delay)."),
-         output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write."),
-         examples: int = typer.Option(10_000, "--examples", "-n", help="How many sequences."),
-         seed: int = typer.Option(0, "--seed", help="The generator's seed (the same seed, the same arrays)."),
-         min_length: Optional[int] = typer.Option(None, "--min-length",
-                                                  help="Vary the lengths from this to --length; writes `lengths`."),
-         force: bool = typer.Option(False, "--force", help="Replace an existing file."),
-         debug: bool = DEBUG) -> None:
-    """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003)."""
-    from seqdsl import tasks
+#: `seqdsl data TASK`: the generated tasks (seqdsl.tasks) and the readers of a FILE, with the options each takes
+#: beside the shared ones (-o, --force, --max-data). One check of names and values for them all, before any work.
+_DATA_GENERATED = ("adding", "copy", "brackets")
+_DATA_READERS = {"text": "a text file", "csv": "a table (.csv or .parquet)"}
+_DATA_OPTIONS = {"generated": ("--length", "--examples", "--seed", "--min-length"),
+                 "text": ("--level", "--window", "--stride", "--val-fraction", "--max-vocab"),
+                 "csv": ("--columns", "--target", "--window", "--horizon", "--val", "--val-fraction")}
+_LOUD_BYTES = 256 * 2**20  # `seqdsl data` says how much it makes from this size on
+_FRACTION = re.compile(r"[0-9]{0,20}(\.[0-9]{0,20})?", re.ASCII)
+
+
+def _fraction(option: str, text: str) -> float:
+    """``text`` as a number in [0, 1), or a one-line error naming ``option``."""
+    if not _FRACTION.fullmatch(text.strip()) or text.strip() in ("", ".") or float(text) >= 1:
+        _fail(f"error: {option} expects a number in [0, 1) such as 0.1, got {text!r}", 2)
+    return float(text)
+
+
+def _data_outputs(output: Path, force: bool, companions: tuple[str, ...] = ()) -> list[Path]:
+    """``-o FILE.npz`` and the files written beside it (``FILE`` + each suffix of ``companions``), each checked
+    (seqdsl.datafiles.check_output): every one is new, or a file seqdsl wrote and --force replaces."""
+    from seqdsl import datafiles
 
     if output.suffix != ".npz":
-        _fail(f"error: -o {output}: the file name ends in .npz", 2)
-    if (output.exists() or output.is_symlink()) and not force:
-        _fail(f"error: -o {output}: exists; pass --force to replace it", 2)
+        _fail(f"error: -o {datafiles.shown(output)}: the file name ends in .npz", 2)
+    paths = [output] + [output.with_name(output.stem + suffix) for suffix in companions]
     try:
-        arrays = tasks.generate(task, examples, length, seed=seed, min_length=min_length)
-    except tasks.TaskError as exc:
-        _fail(f"error: seqdsl data {task}: {exc}", 2)
+        for path in paths:
+            datafiles.check_output(path, force)
+    except datafiles.DataFileError as exc:
+        _fail(f"error: {exc.line()}", 2)
+    return paths
 
-    def write() -> None:
-        from seqdsl import files
 
-        output.parent.mkdir(parents=True, exist_ok=True)
-        files.write(output, lambda f: tasks.save(arrays, f))  # whole, and over a link rather than through it
+def _data_write(files: dict[Path, Any]) -> None:
+    """Write each ``.npz`` (a dict of arrays) or ``.json`` (a dict) of ``files``, each atomically and marked."""
+    from seqdsl import datafiles
 
     try:
-        _guard(debug, write)
-    except typer.Exit:
-        raise
-    shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in arrays.items())
-    print(f"wrote {output}: {shapes}")
+        for path, value in files.items():
+            (datafiles.write_json if path.suffix == ".json" else datafiles.write_npz)(value, path)
+    except datafiles.DataFileError as exc:
+        _fail(f"error: {exc.line()}", 2)
+
+
+def _arrays_line(path: Path, arrays: dict[str, Any]) -> str:
+    from seqdsl.datafiles import shown
+
+    return f"wrote {shown(path)}: " + ", ".join(f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in arrays.items())
+
+
+@app.command()
+def data(task: str = typer.Argument(..., help="adding, copy or brackets (generated); text or csv (read from "
+                                                "FILE)."),
+         source: Optional[Path] = typer.Argument(None, metavar="[FILE]",
+                                                 help="text: the text file; csv: the table, a .csv or .parquet file."),
+         output: Path = typer.Option(..., "-o", "--output",
+                                     help="The .npz file to write (text: the training windows; the validation "
+                                          "windows go to <name>.val.npz and the vocabulary to <name>.vocab.json "
+                                          "beside it)."),
+         length: Optional[str] = typer.Option(None, "--length", "-T", metavar="T",
+                                              help="The sequence length (for copy: the delay)."),
+         examples: Optional[str] = typer.Option(None, "--examples", "-n", metavar="N",
+                                                help="How many sequences (default 10000)."),
+         seed: Optional[str] = typer.Option(None, "--seed", metavar="S",
+                                            help="The generator's seed, 0 to 2**64-1 (the same seed, the same "
+                                                 "arrays; default 0)."),
+         min_length: Optional[str] = typer.Option(None, "--min-length", metavar="M",
+                                                  help="Vary the lengths from this to --length; writes `lengths`."),
+         level: Optional[str] = typer.Option(None, "--level", help="text: char (UTF-8 characters; default) or "
+                                                                   "byte."),
+         window: Optional[str] = typer.Option(None, "--window", metavar="W",
+                                              help="text: tokens per example (default 64); csv: input rows per "
+                                                   "example."),
+         stride: Optional[str] = typer.Option(None, "--stride", metavar="S",
+                                              help="text: tokens from one window's start to the next "
+                                                   "(default: --window)."),
+         val_fraction: Optional[str] = typer.Option(None, "--val-fraction", metavar="F",
+                                                    help="text: the file's tail kept for validation (default 0.1; "
+                                                         "0: none); csv: the last fraction of the rows (0.2)."),
+         max_vocab: Optional[str] = typer.Option(None, "--max-vocab", metavar="V",
+                                                 help="text, char level: refuse more distinct characters "
+                                                      "(default 1024)."),
+         columns: Optional[str] = typer.Option(None, "--columns", help="csv: the input columns, NAME[,NAME...]."),
+         target_column: Optional[str] = typer.Option(None, "--target", help="csv: the column to forecast."),
+         horizon: Optional[str] = typer.Option(None, "--horizon", metavar="H",
+                                               help="csv: target rows after each window (default 1)."),
+         val_output: Optional[Path] = typer.Option(None, "--val", help="csv: the validation .npz to write."),
+         max_data: str = typer.Option("4G", "--max-data", metavar="BYTES",
+                                      help="Refuse to make more bytes of arrays (default 4G)."),
+         force: bool = typer.Option(False, "--force", help="Replace files an earlier `seqdsl data` wrote."),
+         debug: bool = DEBUG) -> None:
+    """Write training data: a long-dependency task (the adding problem, copy memory, counting brackets) or the
+    next-token windows of a text file."""
+    from seqdsl.datafiles import shown
+
+    kind = "generated" if task in _DATA_GENERATED else task
+    if kind not in _DATA_OPTIONS:
+        _fail(f"error: seqdsl data: unknown task {shown(task)!r}; one of "
+              f"{', '.join(_DATA_GENERATED + tuple(_DATA_READERS))}", 2)
+    given = {"--length": length, "--examples": examples, "--seed": seed, "--min-length": min_length,
+             "--level": level, "--window": window, "--stride": stride, "--val-fraction": val_fraction,
+             "--max-vocab": max_vocab, "--columns": columns, "--target": target_column, "--horizon": horizon,
+             "--val": val_output}
+    for option, value in given.items():
+        if value is not None and option not in _DATA_OPTIONS[kind]:
+            users = " and ".join(k if k != "generated" else "/".join(_DATA_GENERATED)
+                                 for k, names in _DATA_OPTIONS.items() if option in names)
+            _fail(f"error: {option} applies to seqdsl data {users}, not {task}", 2)
+    if kind in _DATA_READERS and source is None:
+        _fail(f"error: seqdsl data {task} FILE: give {_DATA_READERS[kind]} to read", 2)
+    if kind == "generated" and source is not None:
+        _fail(f"error: seqdsl data {task} makes its data; it reads no FILE (got {shown(source)!r})", 2)
+    cap = _byte_count("--max-data", max_data)
+    if kind == "text":
+        assert source is not None
+        _data_text(source, output, force, cap, level, window, stride, val_fraction, max_vocab, debug)
+        return
+    if kind == "csv":
+        _data_csv(source, output, val_output, columns, target_column, window, horizon or "1",
+                  _fraction("--val-fraction", val_fraction) if val_fraction is not None else 0.2, force, debug)
+        return
+    if length is None:
+        _fail(f"error: seqdsl data {task}: --length is required (for example --length 50)", 2)
+    _data_generated(task, output, force, cap, _integer("--length", length, example="--length 50"),
+                    _integer("--examples", "10000" if examples is None else examples, example="-n 10000"),
+                    _integer("--seed", "0" if seed is None else seed, minimum=0, example="--seed 1"),
+                    None if min_length is None else _integer("--min-length", min_length, example="--min-length 10"),
+                    debug)
+
+
+def _data_generated(task: str, output: Path, force: bool, cap: int, length: int, n: int, seed: int,
+                    min_length: Optional[int], debug: bool) -> None:
+    from seqdsl import tasks
+    from seqdsl.datafiles import size_text
+
+    if seed > tasks.MAX_SEED:
+        _fail(f"error: --seed expects an integer from 0 to 2**64 - 1, got {seed}", 2)
+    paths = _data_outputs(output, force)
+    size = tasks.output_bytes(task, n, length, min_length)
+    if size > cap:
+        _fail(f"error: seqdsl data {task}: -n {n} sequences of --length {length} make {size_text(size)} of "
+              f"arrays, above --max-data {size_text(cap)} (fewer or shorter sequences, or raise --max-data)", 2)
+    if size >= _LOUD_BYTES:  # not quietly: a person sees what is being allocated before it is
+        print(f"making {size_text(size)} of arrays", file=sys.stderr)
+
+    def make() -> Any:
+        try:
+            return tasks.generate(task, n, length, seed=seed, min_length=min_length)
+        except tasks.TaskError as exc:
+            _fail(f"error: seqdsl data {task}: {exc}", 2)
+        except MemoryError:
+            _fail(f"error: seqdsl data {task}: not enough memory for {size_text(size)} of arrays (lower -n, "
+                  "--length or --max-data)", 2)
+
+    arrays = _guard(debug, make)
+    _data_write({paths[0]: arrays})
+    print(_arrays_line(paths[0], arrays))
     print(f"trivial baseline: {tasks.TASKS[task].baseline}")
+
+
+def _data_text(source: Path, output: Path, force: bool, cap: int, level: Optional[str], window: Optional[str],
+               stride: Optional[str], val_fraction: Optional[str], max_vocab: Optional[str], debug: bool) -> None:
+    from seqdsl import text_data
+    from seqdsl.datafiles import shown
+
+    level = "char" if level is None else level
+    if level not in text_data.LEVELS:
+        _fail(f"error: --level expects char or byte, got {level!r}", 2)
+    width = _integer("--window", "64" if window is None else window, example="--window 64")
+    step = _integer("--stride", stride, example="--stride 32") if stride is not None else width
+    fraction = _fraction("--val-fraction", val_fraction) if val_fraction is not None else 0.1
+    vocab_cap = (text_data.MAX_VOCAB if max_vocab is None
+                 else _integer("--max-vocab", max_vocab, example="--max-vocab 4096"))
+    if max_vocab is not None and level == "byte":
+        _fail("error: --max-vocab applies to --level char (bytes always have 257 ids)", 2)
+    paths = _data_outputs(output, force, (".vocab.json",) + ((".val.npz",) if fraction else ()))
+
+    def make() -> Any:
+        try:
+            return text_data.make(source, level, width, step, fraction, vocab_cap, cap)
+        except text_data.TextDataError as exc:
+            _fail(f"error: seqdsl data text: {exc}", 2)
+        except MemoryError:
+            _fail("error: seqdsl data text: not enough memory for these windows (a larger --stride, a smaller "
+                  "--window, or a lower --max-data)", 2)
+
+    made = _guard(debug, make)
+    vocabulary = {**made.vocabulary.to_json(), "source": source.name, "tokens_in_file": made.tokens,
+                  "validation_fraction": fraction, "window": width, "stride": step}
+    files: dict[Path, Any] = {paths[0]: made.train, paths[1]: vocabulary}
+    if made.val is not None:
+        files[paths[2]] = made.val
+    _data_write(files)
+    print(_arrays_line(paths[0], made.train))
+    if made.val is not None:
+        print(_arrays_line(paths[2], made.val) + (f" ({made.unknown:,} tokens unseen in training: id 0)"
+                                                  if made.unknown else ""))
+    size = made.vocabulary.size
+    print(f"wrote {shown(paths[1])}: {size} token ids (0: padding/unknown); train with --set vocab={size}")
+
+
+def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns: Optional[str],
+              target: Optional[str], window: Optional[str], horizon: str, val_fraction: float, force: bool,
+              debug: bool) -> None:
+    """`seqdsl data csv`: the two .npz files, each written whole and marked (`_data_write`)."""
+    from seqdsl import datafiles
+
+    for option, given in (("--columns", columns), ("--target", target), ("--window", window), ("--val", val)):
+        if given is None:
+            _fail(f"error: seqdsl data csv: {option} is required (seqdsl data csv FILE.csv --columns A,B "
+                  "--target A --window W --horizon H -o TRAIN.npz --val VAL.npz)", 2)
+    assert table is not None and val is not None and columns is not None and target is not None
+    assert window is not None
+    lengths = (_integer("--window", window, example="--window 36"),
+               _integer("--horizon", horizon, example="--horizon 12"))
+    if val.suffix != ".npz" or val.resolve() == output.resolve():
+        _fail(f"error: --val {val}: a second file whose name ends in .npz", 2)
+    _data_outputs(output, force)
+    try:
+        datafiles.check_output(val, force, "--val")
+    except datafiles.DataFileError as exc:
+        _fail(f"error: {exc.line()}", 2)
+    from compilers.training.tables import table_windows
+
+    names = [c.strip() for c in columns.split(",")]
+    found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))
+    _data_write({val: found.val, output: found.train})
+    for path, arrays, rows in ((output, found.train, f"rows 1-{found.split}"),
+                               (val, found.val, f"rows {found.split + 1}-{found.rows}")):
+        print(f"wrote {path}: x {tuple(arrays['x'].shape)}, target {tuple(arrays['target'].shape)} ({rows})")
+    print("normalised with the training rows' mean and std (stored as x_mean, x_std, target_mean, target_std)")
 
 
 @app.command()

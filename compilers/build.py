@@ -39,6 +39,7 @@ from .usage import UsageError
 if TYPE_CHECKING:
     import onnx
 
+    from .normalise import Normalisation
     from .weights import WeightsSource
 
 TOLERANCE = ATOL  # fp32: onnxruntime vs PyTorch, the absolute part of the tolerance (`compilers.parity`)
@@ -83,6 +84,8 @@ class BuildResult:
     # what the check compared: the rule, atol, rtol, and per output the worst abs and rel difference, how many
     # values were not finite (alike in both) and how many disagree (0: a build is only written when none do)
     check: dict[str, Any] = field(default_factory=dict)
+    # the statistics the training data was normalised with, and whether model.onnx takes raw values (raw_io)
+    normalisation: dict[str, Any] | None = None
     threads: str = ""  # the check run's threads as the rule (threads.py) chose them, and why; not in build.json
 
 
@@ -226,7 +229,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
-          onnx_form: list[str] | None = None, threads: int | None = None) -> BuildResult:
+          onnx_form: list[str] | None = None, normalisation: "Normalisation | str | Path | None" = None,
+          raw_io: bool = False, threads: int | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -249,6 +253,11 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     ``onnx_form`` forces the ONNX form of recurrent blocks (``["scan"]``, ``["enc=native"]``); by default each
     standard cell gets the form that is fastest in the installed onnxruntime (`compilers.onnx_form`), and
     build.json's ``onnx_choice`` says which and why.
+
+    ``normalisation`` (`compilers.normalise`: the statistics the training data was normalised with, or a data
+    file that carries them, read with `compilers.normalise.from_file`) is recorded
+    in build.json; with ``raw_io`` it is also folded into model.onnx, which then takes and returns raw values
+    (the check against PyTorch runs in the normalised units). ``raw_io`` without statistics is a UsageError.
 
     ``triton`` (a folder) also writes the checked model.onnx into a Triton Inference Server model repository:
     ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `compilers.triton`).
@@ -276,6 +285,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from seqdsl.passes.unroll import UnrollError
 
     from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
+    from .normalise import fold, from_file, normalised_outputs, raw_inputs
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
     from .onnx_runtime import run
@@ -284,6 +294,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .threads import choose_threads, describe, step_work
     from .weights import read_weights
 
+    if raw_io and normalisation is None:
+        raise UsageError("--raw-io: the data carries no normalisation statistics (x_mean, x_std, target_mean, "
+                         "target_std: what `seqdsl data csv` writes)")
     early = output_dir(out_dir, spec) if out_dir is not None else None  # a wrong -o: said before the spec is read
     if triton is not None:
         check_repository(triton, early)  # and so is a --triton REPO that cannot be written, or inside -o
@@ -296,6 +309,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     fp = check_footprint(model, _axis_lengths(model, batch, steps, {**wanted, **lengths}), max_memory, max_steps)
     check_memory(model, fp)
     trained = read_weights(model, weights) if weights is not None else None
+    if isinstance(normalisation, (str, Path)):
+        normalisation = from_file(normalisation, model)
     unrolled_lengths: dict[str, int] | None = None
     exported = model
     if unroll:
@@ -338,6 +353,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         stage("exporting ONNX")
         proto = export(exported, optimize=optimize_passes, native_cells=native if optimize_passes else False)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
+        if raw_io and normalisation is not None:
+            fold(proto, normalisation)
         if unrolled_lengths is not None:
             _fix_dims(proto, unrolled_lengths)
         onnx_nodes = len(proto.graph.node)
@@ -352,11 +369,14 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         torch.set_num_threads(chosen)
         try:
             expected = run_torch(net, inputs)
-            got = run(str(staging / "model.onnx"), inputs, provider, threads=chosen)
+            folded = raw_io and normalisation is not None  # the check then runs in the normalised units
+            got = run(str(staging / "model.onnx"), raw_inputs(inputs, normalisation) if folded else inputs, provider,
+                      threads=chosen)
         finally:
             torch.set_num_threads(before)
+        outputs = normalised_outputs(got.outputs, normalisation) if folded else got.outputs
         # ParityError (a seqdsl bug) unless they agree as numbers; inf/NaN alike in both is a warning
-        checked, overflow = check(model, weights, inputs, expected, got.outputs, tolerance, rel_tolerance)
+        checked, overflow = check(model, weights, inputs, expected, outputs, tolerance, rel_tolerance)
         if overflow is not None:
             warnings.append(overflow)
         g = model.graph
@@ -377,6 +397,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
             triton=str(triton_dir) if triton_dir is not None else None, check=checked.record(),
+            normalisation=normalisation.record(raw_io) if normalisation is not None else None,
             threads=describe(chosen, why) if threads is None else "")
         record = asdict(result)
         del record["threads"]  # how this machine ran the check, not what was built

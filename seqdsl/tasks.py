@@ -23,9 +23,12 @@ arrays on every machine (numpy's PCG64).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .datafiles import write_npz
 
 Arrays = dict[str, np.ndarray]
 
@@ -45,6 +48,7 @@ class Task:
     make: Callable[..., Arrays]
     baseline: str  # what the trivial (memoryless) model scores, for people and plots
     variable_length: bool  # whether ``min_length`` may be below ``length``
+    nbytes: Callable[[int, int, bool], int]  # (n, length, lengths written) -> the bytes of the arrays it returns
 
 
 def adding(n: int, length: int, seed: int = 0, min_length: int | None = None) -> Arrays:
@@ -158,23 +162,38 @@ def _with_lengths(arrays: Arrays, lengths: np.ndarray, length: int, min_length: 
 
 
 TASKS: dict[str, Task] = {
-    "adding": Task(adding, "MSE 1/6 ≈ 0.167 (always predict 1)", variable_length=True),
+    "adding": Task(adding, "MSE 1/6 ≈ 0.167 (always predict 1)", variable_length=True,
+                   nbytes=lambda n, t, vary: n * t * 2 * 4 + n * 4 + (n * 8 if vary else 0)),
     "copy": Task(copy_memory, "on the recalled symbols (target_mask): cross entropy ln 8 ≈ 2.079, accuracy 1/8",
-                 variable_length=False),
-    "brackets": Task(brackets, "accuracy 1/2 (balanced classes)", variable_length=True),
+                 variable_length=False, nbytes=lambda n, t, vary: n * (t + 2 * 10) * (8 + 8 + 1)),
+    "brackets": Task(brackets, "accuracy 1/2 (balanced classes)", variable_length=True,
+                     nbytes=lambda n, t, vary: n * t * 8 + n * 8 + (n * 8 if vary else 0)),
 }
+
+#: ``--seed``: what numpy's generator takes, bounded to 64 bits so that a seed is a plain number everywhere.
+MAX_SEED = 2**64 - 1
+
+
+def output_bytes(task: str, n: int, length: int, min_length: int | None = None) -> int:
+    """The bytes of the arrays ``generate`` would return, computed without allocating anything."""
+    if task not in TASKS:
+        raise TaskError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    return TASKS[task].nbytes(n, length, min_length is not None and min_length != length)
 
 
 def generate(task: str, n: int, length: int, seed: int = 0, min_length: int | None = None) -> Arrays:
     """The arrays of ``task`` (one of `TASKS`)."""
     if task not in TASKS:
         raise TaskError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    if not 0 <= seed <= MAX_SEED:
+        raise TaskError(f"--seed must lie in [0, 2**64 - 1], got {seed}")
     return TASKS[task].make(n, length, seed=seed, min_length=min_length)
 
 
 def save(arrays: Arrays, path: str) -> None:
-    """Write ``arrays`` to an ``.npz`` file (no pickled objects: every array is numeric)."""
-    np.savez(path, **arrays)
+    """Write ``arrays`` to an ``.npz`` file, atomically and marked as seqdsl's (`seqdsl.datafiles.write_npz`)."""
+    write_npz(arrays, Path(path))
 
 
-__all__ = ["TASKS", "Task", "TaskError", "adding", "copy_memory", "brackets", "generate", "save", "is_balanced"]
+__all__ = ["TASKS", "Task", "TaskError", "MAX_SEED", "adding", "copy_memory", "brackets", "generate", "output_bytes",
+           "save", "is_balanced"]

@@ -138,7 +138,7 @@ CASES = {  # id: (arguments after `run`, with {key} for the paths of `models`; t
     "bad-input-option": (["{rnn}", "--input", "{x}"], "error: --input expects NAME=FILE.npy"),
     "twice": (["{rnn}", "--input", "x={x}", "--input", "x={x}"], "error: --input x given twice"),
     "pickled-npy": (["{rnn}", "--input", "x={objects}"],
-                    "error: --input x={objects}: not a readable .npy array (Object arrays cannot be loaded"),
+                    "error: --input x={objects}: not a readable .npy array (the array is of dtype object"),
     "empty-npy": (["{rnn}", "--input", "x={empty}"], "error: --input x={empty}: not a readable .npy array"),
     "npz": (["{rnn}", "--input", "x={npz}"], "error: --input x={npz}: an .npz archive holds several arrays"),
     "unknown-provider": (["{rnn}", "--input", "x={x}", "--provider", "tpu"],

@@ -293,7 +293,7 @@ def test_unreadable_files_and_pickled_objects_are_refused(tmp_path: Path):
     objects = tmp_path / "objects.npz"
     np.savez(objects, x=np.array([{"a": 1}], dtype=object), target=np.zeros(1))
     (tmp_path / "text.npz").write_text("not a zip")
-    for path, words in [(objects, "not a readable .npz"), (tmp_path / "text.npz", "not an .npz archive"),
+    for path, words in [(objects, "is of dtype object"), (tmp_path / "text.npz", "not an .npz archive"),
                         (tmp_path / "missing.npz", "no such file")]:
         with pytest.raises(SpecError) as info:
             prepare(SPECS / "adding_lstm.yaml", path)

@@ -1,32 +1,33 @@
 """Training data: the arrays of an ``.npz`` file, checked against the model before any step runs.
 
 An ``.npz`` holds one array per model input, keyed by the input's name, and the targets (``target`` unless told
-otherwise). Data files are untrusted: they are read with pickling off, their unpacked size is bounded before
-anything is read, and every array is checked (presence, dtype, rank, fixed sizes, one B and one length per time
-axis across arrays, ids inside their tables, lengths inside [1, T], finite floats). Each mistake is one
-`SpecError` naming the file and the array (E07xx).
+otherwise). Data files are untrusted: they are read by `seqdsl.datafiles` (pickling off, the sizes the arrays
+declare bounded by ``--max-data`` before anything is loaded), and every array is checked (presence, dtype, rank,
+fixed sizes, one B and one length per time axis across arrays, ids inside their tables, lengths inside [1, T],
+finite floats). Each mistake is one `SpecError` naming the file and the array (E07xx).
 
 An optional ``<target>_mask`` array (bool, or 0/1 integers, of the targets' shape) says which target elements the
 loss and the accuracy count: e.g. only the recall phase of the copy task. Where a block has ``lengths:``, an
 element counts when it is both a real step and in the mask.
+
+Optional ``<array>_mean`` and ``<array>_std`` arrays (``x_mean``, ``x_std``, ``target_mean``, ``target_std``, what
+``seqdsl data csv`` writes) are the statistics the array was normalised with: `compilers.normalise` reads and
+checks them; `check` leaves them (and any other array it does not need) out of the dataset.
 """
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from seqdsl import datafiles
+from seqdsl.datafiles import MAX_DATA_BYTES
 from seqdsl.errors import Location, SpecError, did_you_mean
 from seqdsl.ir import Dim, Model, all_nodes
 
 from ..sequence_lengths import out_of_range  # the lengths rule, shared with `seqdsl run`
-
-#: A data file that would unpack to more than this many bytes is refused before it is read (a zip bomb, or data
-#: that cannot fit in memory anyway).
-MAX_DATA_BYTES = 16 * 2**30
 
 
 @dataclass(frozen=True)
@@ -76,37 +77,16 @@ def lengths_inputs(model: Model) -> dict[str, str]:
     return found
 
 
-def read_npz(path: str | Path, what: str = "--data") -> dict[str, np.ndarray]:
-    """The arrays of the ``.npz`` file at ``path`` (no pickle; size-bounded). Raises SpecError E0701."""
-    file = str(path)
-    where = Location(file, path=what)
-
-    def fail(message: str, hint: str | None = None) -> SpecError:
-        return SpecError("E0701", message, where, hint=hint or "write it with numpy.savez(path, x=..., target=...)")
-
-    p = Path(path)
-    if not p.is_file():
-        hint = "check the path" if not p.exists() else "give the .npz file, not a folder"
-        raise fail(f"{what} {file}: no such file" if not p.exists() else f"{what} {file}: not a file", hint)
-    if not zipfile.is_zipfile(p):
-        raise fail(f"{what} {file}: not an .npz archive (a .npy file holds one array; training needs several)")
+def read_npz(path: str | Path, what: str = "--data",
+             max_bytes: int = MAX_DATA_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file at ``path``: no pickle, and the sizes their headers declare summed and
+    bounded by ``max_bytes`` (``--max-data``) before any is loaded. Raises SpecError E0701."""
     try:
-        with zipfile.ZipFile(p) as archive:
-            total = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise fail(f"{what} {file}: cannot read the archive ({exc})") from None
-    if total > MAX_DATA_BYTES:
-        raise fail(f"{what} {file}: unpacks to {total / 2**30:.1f} GiB, above the limit of "
-                   f"{MAX_DATA_BYTES / 2**30:.0f} GiB", "split the data into smaller files")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            for key in npz.files:
-                arrays[key] = np.asarray(npz[key])
-    except Exception as exc:  # noqa: BLE001 - whatever numpy or zipfile says about a broken file is the user's
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise fail(f"{what} {file}: not a readable .npz of numeric arrays ({reason})") from None
-    return arrays
+        return datafiles.read_npz(path, max_bytes)
+    except datafiles.DataFileError as exc:
+        file = datafiles.shown(path)
+        raise SpecError("E0701", f"{what} {file}: {exc.message}", Location(file, path=what),
+                        hint=exc.hint or "write it with numpy.savez(path, x=..., target=...)") from None
 
 
 def check(model: Model, arrays: dict[str, np.ndarray], file: str, target: Target) -> Dataset:

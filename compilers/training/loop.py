@@ -91,6 +91,7 @@ class _Run:
         self.spec, self.sizes, self.options, self.world = spec, sizes, options, world
         self.model, self.settings = prepared.model, prepared.settings
         self.train_set, self.val_set = prepared.train, prepared.val
+        self.normalisation = prepared.normalisation
         self.out = Path(out_dir) if out_dir is not None else Path("build") / self.model.name
         self.work = Path(options.work_dir) if options.work_dir is not None else \
             self.out.with_name(self.out.name + ".train")
@@ -277,7 +278,8 @@ class _Run:
 
         weights = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         return build(self.spec, self.out, self.sizes, provider=self.options.provider,
-                     max_params=self.options.max_params, weights=weights)
+                     max_params=self.options.max_params, weights=weights, normalisation=self.normalisation,
+                     raw_io=self.options.raw_io)
 
 
 def summary_lines(result: TrainResult) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from seqdsl.datafiles import MAX_DATA_BYTES
 from seqdsl.errors import Location, SpecError, did_you_mean
 from seqdsl.ir import Model
 
@@ -50,7 +51,9 @@ class TrainOptions:
     threads: int | None = None
     provider: str | None = None  # onnxruntime provider of the final build's check
     max_params: int = 100_000_000
+    max_data: int = MAX_DATA_BYTES  # the bytes the arrays of each data file may declare (seqdsl.datafiles)
     build: bool = True  # build DIR with the trained weights at the end (off: the weights stay in the checkpoint)
+    raw_io: bool = False  # fold the data's normalisation statistics into model.onnx (compilers.normalise)
 
 
 @dataclass(frozen=True)
