@@ -85,6 +85,8 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
+    # `seqdsl train`'s build: which checkpoint gave the weights (best or last), its step, the monitored value
+    training: dict[str, Any] | None = None
 
 
 def time_axes(model: Model) -> list[str]:
@@ -226,7 +228,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
-          onnx_form: list[str] | None = None) -> BuildResult:
+          onnx_form: list[str] | None = None, training: dict[str, Any] | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -270,7 +272,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from seqdsl.passes import unroll as unroll_pass
     from seqdsl.passes.unroll import UnrollError
 
-    from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
+    from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance, training_record
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
     from .onnx_runtime import max_abs_diff, run
@@ -363,7 +365,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
-            triton=str(triton_dir) if triton_dir is not None else None)
+            triton=str(triton_dir) if triton_dir is not None else None,
+            training=training_record(training) if training is not None else None)
         (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         if triton_dir is not None:
             write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
