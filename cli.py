@@ -266,6 +266,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
+    _check_provider(provider)
     limits = {"steps": _integer("--seq-len", seq_len, example="--seq-len 16"),
               "batch": _integer("--batch", batch, example="--batch 4"),
               "max_params": _integer("--max-params", max_params, example="--max-params 500000000"),
@@ -555,6 +556,16 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
         print(json.dumps(asdict(result), indent=2))
         return
     print("\n".join(summary_lines(result)))
+
+
+def _check_provider(provider: str) -> None:
+    """An unknown ``--provider`` is the user's mistake, said before any work (exit 2)."""
+    from compilers.onnx_runtime import _normalize
+
+    try:
+        _normalize(provider)
+    except ValueError as exc:
+        _fail(f"error: --provider: {exc}", 2)
 
 
 def _number(option: str, text: str) -> float:

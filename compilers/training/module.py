@@ -75,6 +75,7 @@ class SpecModule(L.LightningModule):
         self.last_grad_norm = math.nan
         self._val = torch.zeros(3, dtype=torch.float64)
         self.validated = False  # set by each validation, read (and reset) by the plateau scheduler's step
+        self.log_to_logger = True  # val_loss/val_accuracy to the Trainer's loggers (seqdsl train logs rows itself)
 
     @classmethod
     def for_spec(cls, spec: str | Path, sizes: dict[str, int] | None = None, *, loss: str = "mse",
@@ -140,9 +141,9 @@ class SpecModule(L.LightningModule):
         self.val_metrics = {"loss": loss / count if count else math.nan}
         if self.objective.has_accuracy:
             self.val_metrics["accuracy"] = correct / count if count else math.nan
-        self.log("val_loss", self.val_metrics["loss"], prog_bar=True)
+        self.log("val_loss", self.val_metrics["loss"], prog_bar=True, logger=self.log_to_logger)
         if "accuracy" in self.val_metrics:
-            self.log("val_accuracy", self.val_metrics["accuracy"], prog_bar=True)
+            self.log("val_accuracy", self.val_metrics["accuracy"], prog_bar=True, logger=self.log_to_logger)
         self.validated = True
 
     # -- optimiser and schedule

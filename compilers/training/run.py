@@ -150,6 +150,7 @@ class _Run:
         self.log_every = options.log_every or max(1, self.total // 100)
         self.eval_every = options.eval_every or max(1, self.total // 10)
         self.module = SpecModule(self.model, s, self.total, self.train_set.file)
+        self.module.log_to_logger = False  # the metrics rows (`_Rows`) go to the loggers instead
 
     # -- the run
 
@@ -205,7 +206,7 @@ class _Run:
             callbacks.append(self.early)
         bar = progress_mode(options.progress) == "bar" and self.main
         if bar:
-            callbacks.append(RichProgressBar())
+            callbacks.append(_Bar(self.model.name))
         loggers: list[Any] = []
         if options.logger == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -439,6 +440,17 @@ class _Rows(Callback):
                     parts.append(f"{key} {row[key]:.4g}")
             parts.append(f"{row['examples_per_s']:,.0f} ex/s")
             print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+class _Bar(RichProgressBar):
+    """Lightning's rich bar, titled by the model: a run here is one long epoch of steps (its count is the bar's)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.title = f"train {name}"
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return self.title
 
 
 class _Stop(Exception):
