@@ -338,3 +338,37 @@ def test_benchmark_specs_load(spec: Path):
     model = seqdsl.load(spec)
     if spec.stem.startswith("adding_"):
         assert model.graph[model.graph.outputs["y"]].shape == ("B", 1)
+
+
+def test_ctrl_c_saves_the_step_and_resume_ends_where_an_uninterrupted_run_ends(adding, tmp_path: Path):
+    import signal
+    import time
+
+    data, val = adding
+    steps = "800"
+    args = [sys.executable, str(ROOT / "cli.py"), "train", str(SPECS / "adding_lstm.yaml"), "--data", str(data),
+            "--val", str(val), "--set", "h=4", "--steps", steps, "--batch-size", "16", "--lr", "0.01",
+            "--eval-every", "50", "--log-every", "1", "--threads", "1", "--progress", "quiet", "--no-build",
+            "--work-dir", str(tmp_path / "w"), "-o", str(tmp_path / "out")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    metrics = tmp_path / "w" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    stopped = int(err.split("interrupted at step ")[1].split()[0])
+    assert 0 < stopped < int(steps)
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train(SPECS / "adding_lstm.yaml", data, tmp_path / "out", {"h": 4}, val=val, options=TrainOptions(
+        steps=int(steps), batch_size=16, lr=0.01, eval_every=50, log_every=1, work_dir=tmp_path / "straight",
+        **QUIET))
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "w")
+    assert all(np.array_equal(straight[k], v) for k, v in resumed.items())
+    best = weights(tmp_path / "straight", "best")  # the best's tracking resumed too
+    assert all(np.array_equal(best[k], v) for k, v in weights(tmp_path / "w", "best").items())
+    with metrics.open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, int(steps) + 1))

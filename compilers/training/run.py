@@ -162,7 +162,9 @@ class _Run:
         if self.main:
             if options.fresh:
                 workdir.clear(self.work)
-            workdir.claim(self.work, [])
+            # what the run will write, claimed before it writes (a run killed at any point leaves a folder it owns)
+            workdir.claim(self.work, [f"metrics.{options.metrics_format}", "metrics.png", workdir.LAST,
+                                      *([workdir.BEST] if self.val_set is not None else [])])
         trainer = self._trainer()
         place = lambda: (trainer.global_step * s.accumulate, trainer.global_rank, trainer.world_size)  # noqa: E731
         train_loader = Loader(Rows(self.train_set, self.crop), batch_size=None,
