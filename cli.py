@@ -247,8 +247,9 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                    "with --unroll. Also the length used for the check against PyTorch."),
           weights: Optional[Path] = typer.Option(
               None, "--weights",
-              help="Trained weights (a .safetensors file keyed by the spec's parameter names, what "
-                   "state_dict() gives): model.py's weights, model.onnx and the check use them."),
+              help="Trained weights: a .safetensors file keyed by the spec's parameter names (what "
+                   "state_dict() gives), or a Lightning .ckpt such as seqdsl train's best.ckpt (read without "
+                   "unpickling objects): model.py's weights, model.onnx and the check use them."),
           triton: Optional[Path] = typer.Option(
               None, "--triton",
               help="Also write a Triton Inference Server model repository: REPO/<name>/1/model.onnx and "

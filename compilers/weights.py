@@ -1,4 +1,5 @@
-"""Trained weights into a build: read a safetensors file (or take a state_dict) and check it against the spec.
+"""Trained weights into a build: read a safetensors file, a Lightning checkpoint's tensors (`checkpoint_weights`), or
+take a state_dict, and check them against the spec.
 
     weights = read_weights(model, "trained.safetensors")   # {spec parameter name: float32 tensor}
     net.load_state_dict(weights)
@@ -125,7 +126,8 @@ def _open(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - any failure to parse the user's file is the user's to fix
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError("E0604", "not a readable safetensors file", Location(str(path)), found=reason[:200],
-                        hint="weights are read from safetensors only (never pickle): save them with "
+                        hint="weights are read from safetensors (or a .ckpt of plain tensors, such as seqdsl "
+                             "train's best.ckpt; never pickled objects): save them with "
                              "safetensors.torch.save_file(net.state_dict(), PATH)") from None
 
 

@@ -345,7 +345,7 @@ def test_ctrl_c_saves_the_step_and_resume_ends_where_an_uninterrupted_run_ends(a
     import time
 
     data, val = adding
-    steps = "800"
+    steps = "300"
     args = [sys.executable, str(ROOT / "cli.py"), "train", str(SPECS / "adding_lstm.yaml"), "--data", str(data),
             "--val", str(val), "--set", "h=4", "--steps", steps, "--batch-size", "16", "--lr", "0.01",
             "--eval-every", "50", "--log-every", "1", "--threads", "1", "--progress", "quiet", "--no-build",
