@@ -543,10 +543,11 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            use=use or "best", use_given=use is not None, logger=logger, fresh=fresh, nproc=nproc)
     if nproc > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         _fail("error: --nproc under torchrun: give one or the other", 2)
-    from compilers.training import summary_lines
     from compilers.training import train as run_train
 
     result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
+    from compilers.training import summary_lines
+
     if result.rank != 0:  # rank 0 alone reports
         return
     if result.build is not None:

@@ -15,6 +15,7 @@ masks, the trivial baseline), `options` (command line, spec and defaults), `modu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .options import TrainOptions
@@ -24,8 +25,19 @@ __all__ = ["train", "prepare", "Prepared", "TrainOptions", "TrainResult", "Inter
            "summary_lines"]
 
 
+def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
+          val: str | Path | None = None, options: TrainOptions | None = None) -> Any:
+    """Train ``spec`` on ``data`` and build ``out_dir`` (default ``build/<name>``) with the trained weights: every
+    check first (`prepare`), then Lightning (imported only once there is something to train)."""
+    options = options or TrainOptions()
+    prepared = prepare(spec, data, sizes, val, options, out_dir)
+    from .run import train as run
+
+    return run(spec, data, out_dir, sizes, val, options, prepared=prepared)
+
+
 def __getattr__(name: str) -> Any:  # torch and Lightning: only when they are used
-    if name in ("train", "TrainResult", "summary_lines", "Interrupted"):
+    if name in ("TrainResult", "summary_lines", "Interrupted"):
         from . import run
 
         return getattr(run, name)

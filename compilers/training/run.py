@@ -73,10 +73,12 @@ class TrainResult:
 
 
 def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
-          val: str | Path | None = None, options: TrainOptions | None = None) -> TrainResult:
-    """Train ``spec`` on ``data`` and build ``out_dir`` (default ``build/<name>``) with the trained weights."""
+          val: str | Path | None = None, options: TrainOptions | None = None,
+          prepared: Prepared | None = None) -> TrainResult:
+    """Train ``spec`` on ``data`` and build ``out_dir`` (default ``build/<name>``) with the trained weights
+    (``prepared``: what `prepare` gave for these arguments, if it ran already)."""
     options = options or TrainOptions()
-    prepared = prepare(spec, data, sizes, val, options, out_dir)
+    prepared = prepared or prepare(spec, data, sizes, val, options, out_dir)
     threads = torch.get_num_threads()
     try:
         if options.threads:
