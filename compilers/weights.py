@@ -79,7 +79,9 @@ def read_weights(model: Model, source: WeightsSource) -> dict[str, torch.Tensor]
         return _checked(model, where, entries, load)
     path = Path(source)
     if path.suffix == CHECKPOINT_SUFFIX:
-        return read_weights(model, checkpoint_weights(path))
+        state = checkpoint_weights(path)
+        return _checked(model, Location(str(path)), {k: _Entry.of_value(v) for k, v in state.items()},
+                        lambda name: state[name])
     where = Location(str(path))
     handle = _open(path)
     entries = {k: _Entry(tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype(),
