@@ -7,7 +7,6 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,6 @@ from torch.utils.data import DataLoader
 from conftest import SPECS
 
 from compilers.build import build
-from compilers.training import SpecModule
 from compilers.weights import checkpoint_weights, read_weights
 from seqdsl import tasks
 from seqdsl.errors import SpecError
@@ -30,6 +28,10 @@ def _batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
 
 
 def test_a_user_trainer_fits_the_module_and_its_weights_build(tmp_path: Path):
+    import lightning as L  # here, not at collection: the suite's process stays small for tests that measure it
+
+    from compilers.training import SpecModule
+
     module = SpecModule.for_spec(SPECS / "adding_lstm.yaml", {"h": 4}, loss="mse", lr=0.02, seed=1)
     batch = _batches(16, 0)[0]
     with torch.no_grad():  # the loss is torch.nn's MSE of the output `y` against the targets
