@@ -228,3 +228,25 @@ def test_tensorboard_event_files_hold_the_metrics_rows(adding, tmp_path: Path):
     assert [e.step for e in acc.Scalars("loss")] == [int(r["step"]) for r in table]
     assert [e.value for e in acc.Scalars("loss")] == pytest.approx([float(r["loss"]) for r in table], rel=1e-6)
     assert [e.step for e in acc.Scalars("val_loss")] == [3, 6]
+
+
+def test_one_decayed_step_is_torch_adamw_step(adding, tmp_path: Path):
+    import seqdsl
+    from compilers.torch_module import module_class
+    from compilers.training.batches import epoch_plan
+
+    data = adding[0]
+    train(SPEC, data, tmp_path / "out", {"h": 4}, options=TrainOptions(
+        steps=1, lr=0.01, batch_size=16, seed=2, clip=0, weight_decay=0.1, work_dir=tmp_path / "w", **QUIET))
+    torch.manual_seed(2)  # the same start: the seed's initial weights, the seed's first batch
+    net = module_class(seqdsl.load(SPEC, {"h": 4}))()
+    index = epoch_plan(64, 16, seed=2, epoch=0)[0]
+    with np.load(data) as f:
+        x, y = torch.from_numpy(f["x"][index]), torch.from_numpy(f["target"][index])
+    opt = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1)
+    out = net(x)
+    torch.nn.functional.mse_loss(out[0] if isinstance(out, tuple) else out, y).backward()
+    opt.step()
+    got = checkpoint_weights(tmp_path / "w" / "last.ckpt")
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-7)
