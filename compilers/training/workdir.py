@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from seqdsl import files
+
 from ..publish import SIGNATURE, Owner, OutputError, output_dir
 
 MARKER = "train.json"
@@ -52,12 +54,12 @@ def checked(work: Path, spec: str | os.PathLike[str], out: Path | None, resume: 
 
 
 def claim(real: Path, files: list[str]) -> None:
-    """Make (or update) the marker that lists what the run wrote, written beside and renamed into place."""
+    """Make (or update) the marker that lists what the run writes (seqdsl's one atomic writer: never through a
+    link)."""
     real.mkdir(parents=True, exist_ok=True)
     listed = sorted({MARKER, *files} | _listed(real))
-    tmp = real / f".{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"built_by": SIGNATURE, "made_by": "seqdsl train", "files": listed}, indent=2) + "\n")
-    os.replace(tmp, real / MARKER)
+    files.write_text(real / MARKER, json.dumps({"built_by": SIGNATURE, "made_by": "seqdsl train", "files": listed},
+                                               indent=2) + "\n")
 
 
 def clear(real: Path) -> None:
