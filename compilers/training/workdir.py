@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from seqdsl import files
+from seqdsl import files as seqdsl_files
 
 from ..publish import SIGNATURE, Owner, OutputError, output_dir
 
@@ -58,8 +58,8 @@ def claim(real: Path, files: list[str]) -> None:
     link)."""
     real.mkdir(parents=True, exist_ok=True)
     listed = sorted({MARKER, *files} | _listed(real))
-    files.write_text(real / MARKER, json.dumps({"built_by": SIGNATURE, "made_by": "seqdsl train", "files": listed},
-                                               indent=2) + "\n")
+    marker = {"built_by": SIGNATURE, "made_by": "seqdsl train", "files": listed}
+    seqdsl_files.write_text(real / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 def clear(real: Path) -> None:
