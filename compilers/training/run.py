@@ -382,13 +382,16 @@ class _Rows(Callback):
         evaluates = run.val_set is not None and (step % run.eval_every == 0 or step == run.total)
         if step == run.total and run.val_set is not None and step % run.eval_every:
             trainer.should_stop = True  # Lightning validates once more before it stops: the last step's figures
-        if step % run.log_every == 0 or evaluates or step == run.total or self.asked[0]:
+        # Ctrl-C on a step that validates waits for the next step: the saved state then holds that validation (the
+        # best checkpoint, plateau, early stopping), as the uninterrupted run's does; with --eval-every 1 it skips it
+        stop = self.asked[0] and (not evaluates or run.eval_every == 1)
+        if step % run.log_every == 0 or evaluates or step == run.total or stop:
             row = self._row(trainer, module, step)
-            if evaluates and not self.asked[0]:
+            if evaluates and not stop:
                 self.pending = row  # completed by this step's validation
             else:
                 self._write(trainer, row)
-        if self.asked[0]:
+        if stop:
             self.interrupted = step
             trainer.save_checkpoint(str(run.work / "last.ckpt"))
             trainer.should_stop = True
