@@ -51,8 +51,17 @@ def _limits(nodes: int, depth: int, repeat: int) -> Any:
     return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    print(message, file=sys.stderr)  # plain: error blocks must not be re-wrapped or styled
+def _terminal(message: str) -> str:
+    from seqdsl.text import terminal_text  # here, not at the top: `seqdsl run` loads the language only to fail
+
+    return terminal_text(message)
+
+
+def _fail(message: str | list[str], code: int) -> NoReturn:
+    """Print a message (or several blocks, a blank line apart) and exit. Every control character is escaped
+    (`seqdsl.text.terminal_text`), and a newline only begins one of the message's own indented lines."""
+    blocks = [message] if isinstance(message, str) else message
+    print("\n\n".join(_terminal(b) for b in blocks), file=sys.stderr)  # plain: not re-wrapped or styled
     raise typer.Exit(code)
 
 
@@ -74,15 +83,17 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
         if isinstance(exc, _loaded("compilers.training.run", "Interrupted")):
             _fail(f"{exc}", 130)
-        if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
+            _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
             _fail(str(exc), 2)
         if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
                       + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
-            _fail(f"error: {exc}", 2)
+            _fail(f"error: {_oneline(exc)}", 2)
         if debug:
             raise
         kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
-        _fail(f"error: {kind}: {type(exc).__name__}: {exc}\n"
+        _fail(f"error: {kind}: {type(exc).__name__}: {_oneline(exc)}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
 
@@ -161,9 +172,23 @@ def _progress(what: str, stages: tuple[str, ...]) -> Iterator[Callable[[str], No
         yield update
 
 
+def _oneline(exc: BaseException) -> str:
+    """An exception's message, one line: what it quotes (a path, an ONNX name) cannot start a line of its own."""
+    from seqdsl.text import printable
+
+    return printable(str(exc))
+
+
+def _shown(path: Path) -> str:
+    """A file's name for a rich print: escaped for the terminal, and for rich's markup (`[` is no tag)."""
+    from rich.markup import escape
+
+    return escape(_terminal(str(path)))
+
+
 def _warn(warnings: list[str]) -> None:
     for text in warnings:
-        print(text, file=sys.stderr)
+        print(_terminal(text), file=sys.stderr)
 
 
 def _shape(dims: list[Any]) -> str:
@@ -209,7 +234,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
             failed += 1
             continue
         _warn([w.format() for w in model.warnings])
-        out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
+        out.print(f"{_shown(spec)}: ok — {model.name}, {model.param_count:,} parameters, "
                   f"{model.graph.count()} IR nodes")
     if len(files) > 1:
         out.print(f"{len(files) - failed} of {len(files)} specs ok" + (f", {failed} failed" if failed else ""))
@@ -259,11 +284,18 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
               help="ONNX form of the recurrent blocks: auto (default: the faster in this onnxruntime, from a "
                    "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
                    "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
+          stats: Optional[Path] = typer.Option(
+              None, "--stats", metavar="DATA.npz",
+              help="The training data's normalisation statistics (x_mean, x_std, target_mean, target_std, what "
+                   "`seqdsl data csv` writes), recorded in build.json."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the --stats into model.onnx: it takes and returns raw values."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
+    from compilers.parity import check_line
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
@@ -277,7 +309,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
-                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat), **limits))
+                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 normalisation=stats, raw_io=raw_io, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -305,21 +338,28 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         why = "; ".join(f"{block} {c['form']}: {c['reason']}" for block, c in result.onnx_choice.items())
         version = next(iter(result.onnx_choice.values()))["onnxruntime"]
         rows.append(("onnx form", f"{why} (onnxruntime {version})"))
+    if result.normalisation is not None:
+        stats_of = ", ".join([*result.normalisation["inputs"], *result.normalisation["outputs"]])
+        rows.append(("normalisation", f"{stats_of}: " + ("raw values in and out of model.onnx (the check runs "
+                     "normalised)" if result.normalisation["raw_io"] else "recorded in build.json; model.onnx "
+                     "takes normalised values")))
     rows.append(("onnxruntime", result.provider))
-    worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
-    rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
-    title = f"{result.name} → {result.out_dir}"
+    rows.append(("check", f"vs PyTorch at {shape}: {check_line(result.check)}"))
+    title = _terminal(f"{result.name} → {result.out_dir}")  # the folder's name may come from anywhere
+    rows = [(key, _terminal(value)) for key, value in rows]
     if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
         print(title)
         for key, value in rows:
             print(f"  {key}: {value}")
         return
-    table = Table(title=title, show_header=False, title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     out.print(table)
 
 
@@ -547,6 +587,9 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1, help="Refuse larger models."),
           no_build: bool = typer.Option(False, "--no-build",
                                         help="Skip the final build (the weights stay in the checkpoints)."),
+          raw_io: bool = typer.Option(False, "--raw-io",
+                                      help="Fold the data's normalisation statistics (seqdsl data csv) into "
+                                           "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DEBUG) -> None:
     """Train a spec on .npz data with Lightning (DDP with --nproc or torchrun), then build DIR with the best weights."""
@@ -560,7 +603,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            seed=_integer("--seed", seed, minimum=0, example="--seed 1"),
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
-                           provider=provider, max_params=max_params, build=not no_build,
+                           provider=provider, max_params=max_params, build=not no_build, raw_io=raw_io,
                            weight_decay=_number("--weight-decay", weight_decay), schedule=schedule,
                            warmup=_integer("--warmup", warmup, minimum=0, example="--warmup 100"),
                            accumulate=_integer("--accumulate", accumulate, example="--accumulate 4"),
@@ -608,22 +651,42 @@ def _number(option: str, text: str) -> float:
 
 
 @app.command()
-def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
-         length: int = typer.Option(..., "--length", "-T", help="The sequence length (for copy: the delay)."),
-         output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write."),
+def data(task: str = typer.Argument(..., help="adding, copy or brackets; csv: windows of a table."),
+         table: Optional[Path] = typer.Argument(None, help="csv: the table, a .csv or .parquet file."),
+         length: Optional[int] = typer.Option(None, "--length", "-T",
+                                              help="The sequence length (for copy: the delay)."),
+         output: Path = typer.Option(..., "-o", "--output", help="The .npz file to write (csv: the training one)."),
+         columns: Optional[str] = typer.Option(None, "--columns", help="csv: the input columns, NAME[,NAME...]."),
+         target_column: Optional[str] = typer.Option(None, "--target", help="csv: the column to forecast."),
+         window: Optional[str] = typer.Option(None, "--window", metavar="W",
+                                              help="csv: input rows per example (W)."),
+         horizon: str = typer.Option("1", "--horizon", metavar="H", help="csv: target rows after each window (H)."),
+         val_output: Optional[Path] = typer.Option(None, "--val", help="csv: the validation .npz to write."),
+         val_fraction: float = typer.Option(0.2, "--val-fraction", help="csv: the last fraction of the rows, "
+                                                                        "for validation."),
          examples: int = typer.Option(10_000, "--examples", "-n", help="How many sequences."),
          seed: int = typer.Option(0, "--seed", help="The generator's seed (the same seed, the same arrays)."),
          min_length: Optional[int] = typer.Option(None, "--min-length",
                                                   help="Vary the lengths from this to --length; writes `lengths`."),
          force: bool = typer.Option(False, "--force", help="Replace an existing file."),
          debug: bool = DEBUG) -> None:
-    """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003)."""
+    """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003); or
+    (csv) training and validation windows of a real table, normalised with the training part's statistics."""
     from seqdsl import tasks
 
     if output.suffix != ".npz":
         _fail(f"error: -o {output}: the file name ends in .npz", 2)
     if (output.exists() or output.is_symlink()) and not force:
         _fail(f"error: -o {output}: exists; pass --force to replace it", 2)
+    if task == "csv":
+        _data_csv(table, output, val_output, columns, target_column, window, horizon, val_fraction, force, debug)
+        return
+    if task not in tasks.TASKS:
+        _fail(f"error: seqdsl data {task!r}: no such task; " + ", ".join(tasks.TASKS) + " or csv", 2)
+    if table is not None:
+        _fail(f"error: seqdsl data {task}: takes no file (only csv reads a table)", 2)
+    if length is None:
+        _fail(f"error: seqdsl data {task}: --length is required", 2)
     try:
         arrays = tasks.generate(task, examples, length, seed=seed, min_length=min_length)
     except tasks.TaskError as exc:
@@ -642,6 +705,44 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
     shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype.name}" for k, v in arrays.items())
     print(f"wrote {output}: {shapes}")
     print(f"trivial baseline: {tasks.TASKS[task].baseline}")
+
+
+def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns: Optional[str],
+              target: Optional[str], window: Optional[str], horizon: str, val_fraction: float, force: bool,
+              debug: bool) -> None:
+    """`seqdsl data csv`: the two .npz files, each written whole (`seqdsl.files`)."""
+    import numpy as np
+
+    for option, given in (("FILE", table), ("--columns", columns), ("--target", target), ("--window", window),
+                          ("--val", val)):
+        if given is None:
+            _fail(f"error: seqdsl data csv: {option} is required (seqdsl data csv FILE.csv --columns A,B "
+                  "--target A --window W --horizon H -o TRAIN.npz --val VAL.npz)", 2)
+    assert table is not None and val is not None and columns is not None and target is not None
+    assert window is not None
+    lengths = (_integer("--window", window, example="--window 36"),
+               _integer("--horizon", horizon, example="--horizon 12"))
+    if val.suffix != ".npz" or val.resolve() == output.resolve():
+        _fail(f"error: --val {val}: a second file whose name ends in .npz", 2)
+    if (val.exists() or val.is_symlink()) and not force:
+        _fail(f"error: --val {val}: exists; pass --force to replace it", 2)
+    from compilers.training.tables import table_windows
+
+    names = [c.strip() for c in columns.split(",")]
+    found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))
+
+    def write() -> None:
+        from seqdsl import files
+
+        for path, arrays in ((val, found.val), (output, found.train)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.write(path, lambda f, arrays=arrays: np.savez(f, **arrays))  # whole, and over a link
+
+    _guard(debug, write)
+    for path, arrays, rows in ((output, found.train, f"rows 1-{found.split}"),
+                               (val, found.val, f"rows {found.split + 1}-{found.rows}")):
+        print(f"wrote {path}: x {tuple(arrays['x'].shape)}, target {tuple(arrays['target'].shape)} ({rows})")
+    print("normalised with the training rows' mean and std (stored as x_mean, x_std, target_mean, target_std)")
 
 
 @app.command()

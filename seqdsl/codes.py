@@ -173,6 +173,19 @@ CODES: dict[str, tuple[str, str]] = {
     "E0708": ("checkpoint does not fit",
               "`--resume` reads the checkpoint of the same spec, sizes and optimiser; this one was written for "
               "another model (other parameter names or shapes) or another optimiser."),
+    "E0709": ("table does not fit",
+              "`seqdsl data csv` reads a .csv (UTF-8, a header line) or .parquet table whose rows are in time "
+              "order. The columns named by --columns and --target exist and hold finite numbers in every row; the "
+              "training part (before the last --val-fraction of the rows) and the validation part each hold at "
+              "least one window of --window + --horizon rows; no column is constant over the training part; the "
+              "file, its rows and the windows written stay within the size limits. The error names the row and "
+              "the column (for a CSV its line and character column)."),
+    "E0710": ("normalisation statistics do not fit",
+              "A data file may carry the statistics its arrays were normalised with, `<array>_mean` and "
+              "`<array>_std` (what `seqdsl data csv` writes: x_mean, x_std, target_mean, target_std): both or "
+              "neither, float, finite, std above 0, of shape () or the array's last axis, for a float input or the "
+              "targets of an MSE loss; the validation file's equal to the training file's. `seqdsl train` records "
+              "them in build.json, and with --raw-io folds them into model.onnx."),
     # -- warnings
     "W0401": ("unused value", "An equation or input is never used by any output. Remove it, or output it."),
     "W0402": ("unused parameter", "A declared parameter that no output depends on gets no gradient, so nothing "

@@ -9,6 +9,10 @@ axis across arrays, ids inside their tables, lengths inside [1, T], finite float
 An optional ``<target>_mask`` array (bool, or 0/1 integers, of the targets' shape) says which target elements the
 loss and the accuracy count: e.g. only the recall phase of the copy task. Where a block has ``lengths:``, an
 element counts when it is both a real step and in the mask.
+
+Optional ``<array>_mean`` and ``<array>_std`` arrays (``x_mean``, ``x_std``, ``target_mean``, ``target_std``, what
+``seqdsl data csv`` writes) are the statistics the array was normalised with: `compilers.normalise` reads and
+checks them; `check` leaves them (and any other array it does not need) out of the dataset.
 """
 
 from __future__ import annotations

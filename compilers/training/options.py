@@ -65,6 +65,7 @@ class TrainOptions:
     provider: str | None = None  # onnxruntime provider of the final build's check
     max_params: int = 100_000_000
     build: bool = True  # build DIR with the trained weights at the end (off: the weights stay in the checkpoint)
+    raw_io: bool = False  # fold the data's normalisation statistics into model.onnx (compilers.normalise)
 
 
 @dataclass(frozen=True)

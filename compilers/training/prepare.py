@@ -11,6 +11,7 @@ import seqdsl
 from seqdsl.errors import Location, SpecError
 from seqdsl.ir import Model
 
+from .. import normalise
 from ..build import check_size
 from .data import Dataset, check, read_npz
 from .options import Settings, TrainOptions, check_run_options, resolve
@@ -24,6 +25,7 @@ class Prepared:
     val: Dataset | None
     out: Path  # the build's directory (as given, or build/<name>)
     work: Path  # the work folder, checked (symlinks followed)
+    normalisation: normalise.Normalisation | None = None  # the statistics the data files carry
 
 
 def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = None, val: str | Path | None = None,
@@ -48,12 +50,22 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     arrays = read_npz(data, "--data")
     settings = resolve(model, options, arrays)
     train_set = check(model, arrays, str(data), settings.target)
-    val_set = check(model, read_npz(val, "--val"), str(val), settings.target) if val is not None else None
+    val_arrays = read_npz(val, "--val") if val is not None else None
+    val_set = check(model, val_arrays, str(val), settings.target) if val_arrays is not None else None
     if val_set is not None and (train_set.mask is None) != (val_set.mask is None):
         has, lacks = (train_set, val_set) if val_set.mask is None else (val_set, train_set)
         raise SpecError("E0702", f"{has.file} holds `{has.mask}` and {lacks.file} does not: training and validation "
                         "would count different target elements", Location(lacks.file, path=has.mask),
                         hint="give both files the mask, or neither")
+    target = settings.target
+    stats = normalise.read(arrays, model, target.name, target.output, target.loss, str(data))
+    if val_arrays is not None:
+        normalise.check_same(stats, normalise.read(val_arrays, model, target.name, target.output, target.loss,
+                                                   str(val)), str(val))
+    if options.raw_io and stats is None:
+        raise SpecError("E0710", f"--raw-io: {data} carries no normalisation statistics", Location(str(data),
+                        path="--raw-io"), hint="write the data with `seqdsl data csv` (it stores x_mean, x_std, "
+                                               "target_mean, target_std), or drop --raw-io")
     if options.metrics_format not in ("csv", "jsonl"):
         raise SpecError("E0707", f"--metrics-format {options.metrics_format!r}: csv or jsonl",
                         Location("--metrics-format", path="metrics_format"))
@@ -68,7 +80,7 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
                 raise SpecError("E0707", f"{shown} watches the validation loss, and there is no validation data",
                                 Location(f"--{name.replace('_', '-')}", path=name),
                                 hint="give --val FILE.npz")
-    return Prepared(model, settings, train_set, val_set, out, work)
+    return Prepared(model, settings, train_set, val_set, out, work, stats)
 
 
 def check_provider(provider: str | None, usable: bool = True) -> None:
