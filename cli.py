@@ -7,6 +7,7 @@ Exit status: 0 success, 2 a mistake in the spec or the command line (printed as 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -83,6 +84,8 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
+        if isinstance(exc, _loaded("compilers.training.run", "Interrupted")):
+            _fail(f"{exc}", 130)
         if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
             _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
         if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
@@ -272,8 +275,9 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                    "with --unroll. Also the length used for the check against PyTorch."),
           weights: Optional[Path] = typer.Option(
               None, "--weights",
-              help="Trained weights (a .safetensors file keyed by the spec's parameter names, what "
-                   "state_dict() gives): model.py's weights, model.onnx and the check use them."),
+              help="Trained weights: a .safetensors file keyed by the spec's parameter names (what "
+                   "state_dict() gives), or a Lightning .ckpt such as seqdsl train's best.ckpt (read without "
+                   "unpickling objects): model.py's weights, model.onnx and the check use them."),
           triton: Optional[Path] = typer.Option(
               None, "--triton",
               help="Also write a Triton Inference Server model repository: REPO/<name>/1/model.onnx and "
@@ -298,6 +302,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
+    _check_provider(provider)
     limits = {"steps": _integer("--seq-len", seq_len, example="--seq-len 16"),
               "batch": _integer("--batch", batch, example="--batch 4"),
               "max_params": _integer("--max-params", max_params, example="--max-params 500000000"),
@@ -565,57 +570,78 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
           epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the data (default: 10)."),
           clip: Optional[float] = typer.Option(None, "--clip",
                                                help="Largest global gradient norm; 0: off (default: 1.0)."),
-          seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the batch order."),
+          seed: str = typer.Option("0", "--seed", help="Seed of the initial weights and the batch order "
+                                                       "(0 to 4294967295)."),
           bucket: Optional[bool] = typer.Option(None, "--bucket/--no-bucket",
                                                 help="Batch sequences of similar length together and cut each batch "
                                                      "to its longest (default: on when the model has `lengths:`)."),
+          weight_decay: str = typer.Option("0", "--weight-decay", help="Weight decay: AdamW's decoupled one with "
+                                                                      "adam, SGD's own with sgd (default: 0)."),
+          schedule: str = typer.Option("none", "--schedule", help="Learning rate over the run: none, cosine, step "
+                                                                  "(x0.1 at 1/2 and 3/4), plateau (x0.5 after 2 "
+                                                                  "validations without a better loss)."),
+          warmup: str = typer.Option("0", "--warmup", metavar="N", help="Steps of linear warm-up first."),
+          accumulate: str = typer.Option("1", "--accumulate", metavar="N",
+                                         help="Batches whose gradients make one optimiser step."),
+          early_stop: Optional[str] = typer.Option(None, "--early-stop", metavar="PATIENCE",
+                                                   help="Stop after PATIENCE validations without a better "
+                                                        "validation loss (needs --val)."),
+          use: Optional[str] = typer.Option(None, "--use", help="The weights the build takes: best (on the "
+                                                                "validation loss; default with --val) or last."),
+          logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv alone) or tensorboard (also "
+                                                             "TensorBoard event files in the work folder)."),
           metrics_format: str = typer.Option("csv", "--metrics-format", help="csv or jsonl."),
           log_every: Optional[int] = typer.Option(None, "--log-every", min=1, help="Steps per metrics row."),
           eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1,
                                                    help="Steps between validations and checkpoints "
                                                         "(default: a tenth of the run)."),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the work directory's checkpoint."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the work folder's run from last.ckpt."),
+          fresh: bool = typer.Option(False, "--fresh", help="Replace the earlier run in the work folder (its "
+                                                            "checkpoints and metrics)."),
           work_dir: Optional[Path] = typer.Option(None, "--work-dir",
-                                                  help="Metrics, plot and checkpoint (default: <DIR>.train)."),
+                                                  help="Metrics, plot and checkpoints (default: <DIR>.train)."),
           device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
           progress: str = typer.Option("auto", "--progress", help="auto (a bar on a terminal), bar, lines, quiet."),
           threads: Optional[int] = THREADS,
           nproc: int = typer.Option(1, "--nproc", min=1,
-                                    help="Train on N processes with DDP (runs torchrun on this machine)."),
+                                    help="Train on N processes of this machine with DDP (Lightning starts them)."),
           provider: str = typer.Option("auto", "--provider", help="onnxruntime provider of the final check."),
           max_params: int = typer.Option(100_000_000, "--max-params", min=1, help="Refuse larger models."),
           max_data: str = typer.Option("4G", "--max-data", metavar="BYTES",
                                        help="Refuse a data file whose arrays declare more bytes (default 4G)."),
           no_build: bool = typer.Option(False, "--no-build",
-                                        help="Skip the final build (the weights stay in the checkpoint)."),
+                                        help="Skip the final build (the weights stay in the checkpoints)."),
           raw_io: bool = typer.Option(False, "--raw-io",
                                       help="Fold the data's normalisation statistics (seqdsl data csv) into "
                                            "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DEBUG) -> None:
-    """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
+    """Train a spec on .npz data with Lightning (DDP with --nproc or torchrun), then build DIR with the best weights."""
     import os
 
-    from compilers.training import TrainOptions, prepare
+    from compilers.training import TrainOptions
 
     sizes = _parse_sets(sets)
     options = TrainOptions(loss=loss, target=target, output=output_name, optimizer=optimizer, lr=lr,
-                           batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
+                           batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum,
+                           seed=_integer("--seed", seed, minimum=0, example="--seed 1"),
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
                            provider=provider, max_params=max_params, build=not no_build, raw_io=raw_io,
+                           weight_decay=_number("--weight-decay", weight_decay), schedule=schedule,
+                           warmup=_integer("--warmup", warmup, minimum=0, example="--warmup 100"),
+                           accumulate=_integer("--accumulate", accumulate, example="--accumulate 4"),
+                           early_stop=_integer("--early-stop", early_stop, example="--early-stop 5")
+                           if early_stop is not None else None,
+                           use=use or "best", use_given=use is not None, logger=logger, fresh=fresh, nproc=nproc,
                            max_data=_byte_count("--max-data", max_data))
-    if nproc > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _fail("error: --nproc under torchrun: give one or the other", 2)
-        from compilers.training.launch import launch, without_nproc
-
-        _guard(debug, lambda: prepare(spec, data, sizes, val, options, output))  # mistakes: once, exit 2
-        raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
-    from compilers.training import summary_lines
+    if nproc > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        _fail("error: --nproc under torchrun: give one or the other", 2)
     from compilers.training import train as run_train
 
     result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
+    from compilers.training import summary_lines
+
     if result.rank != 0:  # rank 0 alone reports
         return
     if result.build is not None:
@@ -626,6 +652,27 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
         print(json.dumps(asdict(result), indent=2))
         return
     print("\n".join(summary_lines(result)))
+
+
+def _check_provider(provider: str) -> None:
+    """An unknown ``--provider`` is the user's mistake, said before any work (exit 2)."""
+    from compilers.onnx_runtime import _normalize
+
+    try:
+        _normalize(provider)
+    except ValueError as exc:
+        _fail(f"error: --provider: {exc}", 2)
+
+
+def _number(option: str, text: str) -> float:
+    """``text`` as a finite number, zero or positive, or a one-line error (exit 2) naming ``option``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 <= value < math.inf):
+        _fail(f"error: {option} expects a finite number, zero or positive, got {text!r}", 2)
+    return value
 
 
 #: `seqdsl data TASK`: the generated tasks (seqdsl.tasks) and the readers of a FILE, with the options each takes

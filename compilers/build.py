@@ -86,6 +86,8 @@ class BuildResult:
     check: dict[str, Any] = field(default_factory=dict)
     # the statistics the training data was normalised with, and whether model.onnx takes raw values (raw_io)
     normalisation: dict[str, Any] | None = None
+    # `seqdsl train`'s build: which checkpoint gave the weights (best or last), its step, the monitored value
+    training: dict[str, Any] | None = None
     threads: str = ""  # the check run's threads as the rule (threads.py) chose them, and why; not in build.json
 
 
@@ -230,7 +232,8 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
           onnx_form: list[str] | None = None, normalisation: "Normalisation | str | Path | None" = None,
-          raw_io: bool = False, threads: int | None = None) -> BuildResult:
+          raw_io: bool = False, threads: int | None = None,
+          training: dict[str, Any] | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -284,7 +287,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from seqdsl.passes import unroll as unroll_pass
     from seqdsl.passes.unroll import UnrollError
 
-    from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
+    from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance, training_record
     from .normalise import fold, from_file, normalised_outputs, raw_inputs
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
@@ -398,6 +401,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             onnx_external_data=external, provenance=provenance(model, written, seed),
             triton=str(triton_dir) if triton_dir is not None else None, check=checked.record(),
             normalisation=normalisation.record(raw_io) if normalisation is not None else None,
+            training=training_record(training) if training is not None else None,
             threads=describe(chosen, why) if threads is None else "")
         record = asdict(result)
         del record["threads"]  # how this machine ran the check, not what was built

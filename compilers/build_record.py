@@ -106,3 +106,11 @@ def provenance(model: Model, proto: "onnx.ModelProto", seed: int) -> dict[str, A
         "sizes": dict(model.sizes),
         "seed": seed,
     }
+
+
+def training_record(chosen: dict[str, Any]) -> dict[str, Any]:
+    """build.json's ``training``, for a build made by `seqdsl train`: which checkpoint the weights come from
+    (``best`` on the monitored validation metric, or ``last``), the optimiser step it was saved at, and for the
+    best the metric and its value; for the last, why it was taken."""
+    keys = ("use", "checkpoint", "step", "monitor", "value", "last_step", "reason")
+    return {k: chosen[k] for k in keys if k in chosen}

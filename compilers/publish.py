@@ -30,8 +30,9 @@ import re
 import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from seqdsl import files
 
@@ -52,76 +53,96 @@ class OutputError(ValueError):
     """The output directory is not one a build may publish into (exit 2): one line, saying why and what to do."""
 
 
-def output_dir(out: str | os.PathLike[str], spec: str | os.PathLike[str] | None = None) -> Path:
+@dataclass(frozen=True)
+class Owner:
+    """Who writes a directory under the rule above: the option that names it, the marker file that claims its
+    entries, the names it may claim, and what to call one in messages (a build; `seqdsl train`'s work folder)."""
+
+    option: str
+    marker: str
+    writes: Callable[[str], bool]
+    what: str
+    example: str
+
+
+BUILD = Owner("-o", MARKER, BUILD_FILES.__contains__, "build", "-o build/NAME")
+
+
+def output_dir(out: str | os.PathLike[str], spec: str | os.PathLike[str] | None = None,
+               owner: Owner = BUILD) -> Path:
     """The real directory that a build asked for ``-o out`` publishes into (symlinks followed), after checking
-    that the rule above lets it (raises `OutputError`). Writes nothing."""
+    that the rule above lets it (raises `OutputError`). Writes nothing. With another ``owner`` (the training work
+    folder), the same rule with its marker and its file names."""
     try:
-        return _checked(out, spec)
+        return _checked(out, spec, owner)
     except OSError as exc:  # a name too long, a path through a file, a folder we may not read
-        raise OutputError(f"-o {_show(os.fspath(out))}: {exc.strerror or exc}") from None
+        raise OutputError(f"{owner.option} {_show(os.fspath(out))}: {exc.strerror or exc}") from None
 
 
-def _checked(out: str | os.PathLike[str], spec: str | os.PathLike[str] | None) -> Path:
+def _checked(out: str | os.PathLike[str], spec: str | os.PathLike[str] | None, owner: Owner = BUILD) -> Path:
     given = _show(os.fspath(out))
+    opt, example = owner.option, owner.example
     if given in ("''", "") or "\0" in os.fspath(out):
-        raise OutputError(f"-o {given}: not a directory name")
+        raise OutputError(f"{opt} {given}: not a directory name")
     path = Path(os.fspath(out))
     try:
         real = path.resolve()
     except (OSError, RuntimeError):  # a symlink loop
-        raise OutputError(f"-o {given}: a symbolic link loop") from None
+        raise OutputError(f"{opt} {given}: a symbolic link loop") from None
     if path.is_symlink() and not real.exists():
-        raise OutputError(f"-o {given}: a symbolic link to {_show(os.readlink(path))}, which does not exist; "
-                          "make the directory first, or give another -o")
+        raise OutputError(f"{opt} {given}: a symbolic link to {_show(os.readlink(path))}, which does not exist; "
+                          f"make the directory first, or give another {opt}")
     if real.parent == real:
-        raise OutputError(f"-o {given}: is the filesystem root; give a directory of its own, e.g. -o build/NAME")
+        raise OutputError(f"{opt} {given}: is the filesystem root; give a directory of its own, e.g. {example}")
     here = Path.cwd().resolve()
     if real == here or real in here.parents:
         where = "is the current directory" if real == here else "holds the current directory"
-        raise OutputError(f"-o {given}: {where}; give a directory of its own, e.g. -o build/NAME")
+        raise OutputError(f"{opt} {given}: {where}; give a directory of its own, e.g. {example}")
     if spec is not None:
         source = Path(spec).resolve()
         if real == source:
-            raise OutputError(f"-o {given}: is the spec file itself; give a directory, e.g. -o build/NAME")
+            raise OutputError(f"{opt} {given}: is the spec file itself; give a directory, e.g. {example}")
         if real == source.parent or real in source.parents:
             what = "is the spec's own folder" if real == source.parent else "holds the spec"
-            raise OutputError(f"-o {given}: {what}; a build replaces its whole directory, so give a directory of "
-                              "its own, e.g. -o build/NAME")
-    state(real, given)
+            raise OutputError(f"{opt} {given}: {what}; a {owner.what} owns its whole directory, so give a "
+                              f"directory of its own, e.g. {example}")
+    state(real, given, owner)
     return real
 
 
-def state(real: Path, given: str | None = None) -> State:
-    """Whether ``real`` is new, empty or an earlier build; `OutputError` for anything else."""
+def state(real: Path, given: str | None = None, owner: Owner = BUILD) -> State:
+    """Whether ``real`` is new, empty or an earlier build (of ``owner``); `OutputError` for anything else."""
     shown = given if given is not None else _show(str(real))
+    opt, what = owner.option, owner.what
     try:
         info = real.lstat()
     except FileNotFoundError:
         return "new"
     except OSError as exc:
-        raise OutputError(f"-o {shown}: {exc.strerror or exc}") from None
+        raise OutputError(f"{opt} {shown}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise OutputError(f"-o {shown}: exists and is not a directory; give a directory, e.g. -o build/NAME")
+        raise OutputError(f"{opt} {shown}: exists and is not a directory; give a directory, e.g. {owner.example}")
     try:
         entries = sorted(os.listdir(real))
     except OSError as exc:
-        raise OutputError(f"-o {shown}: {exc.strerror or exc}") from None
+        raise OutputError(f"{opt} {shown}: {exc.strerror or exc}") from None
     if not entries:
         return "empty"
-    owned = built_files(real)
+    owned = built_files(real, owner)
     if owned is None:
-        raise OutputError(f"-o {shown}: holds files no seqdsl build wrote ({_few(entries)}); a build publishes only "
-                          "into a new or empty directory or one an earlier build made: give another -o")
+        raise OutputError(f"{opt} {shown}: holds files no seqdsl {what} wrote ({_few(entries)}); a {what} writes "
+                          f"only into a new or empty directory or one an earlier {what} made: give another {opt}")
     foreign = [e for e in entries if e not in owned or not _plain_file(real / e)]
     if foreign:
-        raise OutputError(f"-o {shown}: holds files its build did not write ({_few(foreign)}); move them out, or "
-                          "give another -o")
+        raise OutputError(f"{opt} {shown}: holds files its {what} did not write ({_few(foreign)}); move them out, "
+                          f"or give another {opt}")
     return "build"
 
 
-def built_files(directory: Path) -> frozenset[str] | None:
-    """The files ``directory``'s build.json says a build wrote there, or None if it is not a build's marker."""
-    marker = directory / MARKER
+def built_files(directory: Path, owner: Owner = BUILD) -> frozenset[str] | None:
+    """The files ``directory``'s marker (build.json) says a build (``owner``) wrote there, or None if it is not
+    such a marker."""
+    marker = directory / owner.marker
     if not _plain_file(marker):
         return None
     try:
@@ -132,9 +153,9 @@ def built_files(directory: Path) -> frozenset[str] | None:
     if not isinstance(data, dict) or data.get("built_by") != SIGNATURE:
         return None
     files = data.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or MARKER not in files:
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or owner.marker not in files:
         return None
-    return frozenset(files) & BUILD_FILES
+    return frozenset(f for f in files if owner.writes(f))
 
 
 def make_staging(real: Path) -> Path:

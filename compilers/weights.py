@@ -1,4 +1,5 @@
-"""Trained weights into a build: read a safetensors file (or take a state_dict) and check it against the spec.
+"""Trained weights into a build: read a safetensors file, a Lightning checkpoint's tensors (`checkpoint_weights`), or
+take a state_dict, and check them against the spec.
 
     weights = read_weights(model, "trained.safetensors")   # {spec parameter name: float32 tensor}
     net.load_state_dict(weights)
@@ -32,6 +33,39 @@ _TORCH_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 _WRAPPER_PREFIXES = {"module.": "DistributedDataParallel / DataParallel", "_orig_mod.": "torch.compile"}
 
 
+#: Lightning checkpoints (what `seqdsl train` writes: best.ckpt, last.ckpt) are read for their weights.
+CHECKPOINT_SUFFIX = ".ckpt"
+#: The attribute under which `compilers.training.SpecModule` holds the spec's module: its keys' prefix.
+_MODULE_PREFIX = "net."
+
+
+def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Lightning checkpoint (``best.ckpt``/``last.ckpt`` of `seqdsl train`, or any whose
+    ``state_dict`` holds the spec's parameters, with a common ``net.`` prefix stripped), keyed as in the spec.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain containers only, never an arbitrary
+    object. Anything else (another format, a pickled object, a damaged file) is one `SpecError` E0604."""
+    where = Location(str(path))
+    hint = ("give seqdsl train's best.ckpt or last.ckpt, or a .safetensors file of the spec's parameters "
+            "(safetensors.torch.save_file(net.state_dict(), PATH))")
+    if not Path(path).is_file():
+        raise SpecError("E0604", "no such checkpoint file" if not Path(path).exists() else
+                        "the checkpoint path is not a file", where, hint=hint)
+    try:
+        stored = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the unpickler refuses is the file's fault
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SpecError("E0604", "not a readable checkpoint of plain tensors", where, found=_printable(reason),
+                        hint=hint) from None
+    state = stored.get("state_dict") if isinstance(stored, dict) else None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise SpecError("E0604", "the checkpoint holds no state_dict of tensors", where, hint=hint)
+    if state and all(k.startswith(_MODULE_PREFIX) for k in state):
+        state = {k.removeprefix(_MODULE_PREFIX): v for k, v in state.items()}
+    return dict(state)
+
+
 def read_weights(model: Model, source: WeightsSource) -> dict[str, torch.Tensor]:
     """The parameters of ``model`` from ``source`` (a ``.safetensors`` path or a state_dict-like mapping of
     tensors or arrays), as contiguous float32 tensors keyed by the spec's parameter names.
@@ -45,6 +79,10 @@ def read_weights(model: Model, source: WeightsSource) -> dict[str, torch.Tensor]
         load = lambda name: _as_tensor(source[name])  # noqa: E731
         return _checked(model, where, entries, load)
     path = Path(source)
+    if path.suffix == CHECKPOINT_SUFFIX:
+        state = checkpoint_weights(path)
+        return _checked(model, Location(str(path)), {k: _Entry.of_value(v) for k, v in state.items()},
+                        lambda name: state[name])
     where = Location(str(path))
     handle = _open(path)
     entries = {k: _Entry(tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype(),
@@ -91,7 +129,8 @@ def _open(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - any failure to parse the user's file is the user's to fix
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError("E0604", "not a readable safetensors file", Location(str(path)), found=reason[:200],
-                        hint="weights are read from safetensors only (never pickle): save them with "
+                        hint="weights are read from safetensors (or a .ckpt of plain tensors, such as seqdsl "
+                             "train's best.ckpt; never pickled objects): save them with "
                              "safetensors.torch.save_file(net.state_dict(), PATH)") from None
 
 

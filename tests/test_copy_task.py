@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
-from safetensors.numpy import load_file
 
 from conftest import ROOT
 
@@ -23,6 +22,7 @@ import seqdsl
 from compilers.torch_module import to_module
 from compilers.training import TrainOptions, prepare
 from compilers.training.objective import Objective, real_values
+from compilers.weights import checkpoint_weights
 from seqdsl import tasks
 from seqdsl.errors import SpecError
 
@@ -62,9 +62,7 @@ def test_cli_trains_copy_and_scores_the_recall_phase_only(tmp_path: Path):
     # the reported figures, recomputed from the trained weights with torch.nn.functional on the last K steps
     model = seqdsl.load(ROOT / "benchmarks" / "specs" / "copy_lstm.yaml", {"h": 16})
     net = to_module(model)
-    net.load_state_dict({k.removeprefix("model/"): torch.from_numpy(v)
-                         for k, v in load_file(str(work / "checkpoint.safetensors")).items()
-                         if k.startswith("model/")})
+    net.load_state_dict(checkpoint_weights(work / "last.ckpt"))
     with np.load(tmp_path / "val.npz") as f:
         x, y = torch.from_numpy(f["x"]), torch.from_numpy(f["target"])
     with torch.no_grad():
@@ -121,7 +119,7 @@ def test_the_loss_counts_the_masked_real_elements_as_torch_ignore_index_does(tmp
     prepared = prepare(_masked_spec(tmp_path), data, options=TrainOptions(loss=loss, build=False))
     dataset = prepared.train
     assert dataset.mask == "target_mask"
-    objective = Objective(prepared.settings.target, dataset, 0)
+    objective = Objective.for_dataset(prepared.settings.target, dataset, 0)
     batch = {k: torch.from_numpy(v) for k, v in dataset.arrays.items()}
     pred = torch.from_numpy(rng.standard_normal((n, steps, 4)).astype(np.float32))
     sums = objective.sums((pred,), batch)

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
 
 from conftest import ROOT, SPECS
 
 import seqdsl
 from compilers.torch_module import to_module
 from compilers.training import TrainOptions, train
+from compilers.weights import checkpoint_weights
 from seqdsl import tasks
 
 
 def _weights(work: Path) -> dict[str, np.ndarray]:
-    return {k: v for k, v in load_file(str(work / "checkpoint.safetensors")).items() if k.startswith("model/")}
+    return {k: v.numpy() for k, v in checkpoint_weights(work / "last.ckpt").items()}
 
 
 def _losses(work: Path) -> list[float]:
@@ -45,8 +45,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path):
     result = json.loads(r.stdout)  # rank 0's report, alone
     assert result["world_size"] == 2 and result["steps"] == 9
     assert result["replica_max_diff"] == 0.0  # every weight of rank 1 equals rank 0's, bit for bit
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint.safetensors", "metrics.csv",
-                                                                  "metrics.png"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["last.ckpt", "metrics.csv", "metrics.png",
+                                                                  "train.json"]
     assert not (tmp_path / "out").exists()  # --no-build
 
     train(SPECS / "adding_lstm.yaml", data, tmp_path / "out", {"h": 4}, options=TrainOptions(
@@ -57,6 +57,6 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path):
     assert worst < 1e-6, worst
     torch.manual_seed(3)  # the initial weights of that seed: training moved every run away from them
     initial = to_module(seqdsl.load(SPECS / "adding_lstm.yaml", {"h": 4})).state_dict()
-    assert all(not np.allclose(one[k], initial[k.removeprefix("model/")].numpy()) for k in one if "W_" in k)
+    assert all(not np.allclose(one[k], initial[k].numpy()) for k in one if "W_" in k)
     assert np.allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=1e-6, atol=0)
 

@@ -21,6 +21,7 @@ from conftest import ROOT, SPECS
 import seqdsl
 from compilers.training import TrainOptions, prepare, train
 from compilers.training.batches import epoch_plan, shard, take
+from compilers.weights import checkpoint_weights
 from seqdsl import tasks
 from seqdsl.errors import SpecError
 
@@ -37,9 +38,8 @@ def save(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-def weights(work: Path) -> dict[str, np.ndarray]:
-    return {k.removeprefix("model/"): v for k, v in load_file(str(work / "checkpoint.safetensors")).items()
-            if k.startswith("model/")}
+def weights(work: Path, which: str = "last") -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in checkpoint_weights(work / f"{which}.ckpt").items()}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,11 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
     assert {p.name for p in out.iterdir()} == {"model.py", "weights.safetensors", "model.onnx", "build.json"}
     assert json.loads((out / "build.json").read_text())["max_abs_diff"]["y"] < 1e-4
     trained = load_file(str(out / "weights.safetensors"))
-    assert all(np.array_equal(trained[k], v) for k, v in weights(Path(str(out) + ".train")).items())
+    record = json.loads((out / "build.json").read_text())["training"]  # the best checkpoint's weights, by default
+    assert record["use"] == "best" and record["step"] == result["weights"]["step"]
+    assert record["value"] == pytest.approx(min(float(r["val_loss"]) for r in csv.DictReader(
+        (Path(str(out) + ".train") / "metrics.csv").open()) if r["val_loss"]))
+    assert all(np.array_equal(trained[k], v) for k, v in weights(Path(str(out) + ".train"), "best").items())
     assert "step" in (Path(str(out) + ".train") / "metrics.csv").read_text().splitlines()[0]
     # the same predictions from onnxruntime (seqdsl run) as from torch.nn.LSTM + a linear map with those weights
     with np.load(val, allow_pickle=False) as f:
@@ -235,7 +239,7 @@ def test_cross_entropy_the_spec_train_section_jsonl_metrics_plot_and_lines(tmp_p
     assert (tmp_path / "out.train" / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "train brackets_rnn: steps 1-4" and lines[-1].startswith("step 4/4  epoch 1  loss")
-    train(spec, data, tmp_path / "out", options=TrainOptions(lr=0.5, steps=1, **QUIET))  # the command line wins
+    train(spec, data, tmp_path / "out", options=TrainOptions(lr=0.5, steps=1, fresh=True, **QUIET))  # the CLI wins
     assert "0.5" in (tmp_path / "out.train" / "metrics.csv").read_text().splitlines()[1]
     bad = save(tmp_path / "bad.npz", x=np.zeros((8, 12), np.int64), target=np.full(8, 2))
     with pytest.raises(SpecError) as info:
@@ -334,3 +338,37 @@ def test_benchmark_specs_load(spec: Path):
     model = seqdsl.load(spec)
     if spec.stem.startswith("adding_"):
         assert model.graph[model.graph.outputs["y"]].shape == ("B", 1)
+
+
+def test_ctrl_c_saves_the_step_and_resume_ends_where_an_uninterrupted_run_ends(adding, tmp_path: Path):
+    import signal
+    import time
+
+    data, val = adding
+    steps = "300"
+    args = [sys.executable, str(ROOT / "cli.py"), "train", str(SPECS / "adding_lstm.yaml"), "--data", str(data),
+            "--val", str(val), "--set", "h=4", "--steps", steps, "--batch-size", "16", "--lr", "0.01",
+            "--eval-every", "50", "--log-every", "1", "--threads", "1", "--progress", "quiet", "--no-build",
+            "--work-dir", str(tmp_path / "w"), "-o", str(tmp_path / "out")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    metrics = tmp_path / "w" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    stopped = int(err.split("interrupted at step ")[1].split()[0])
+    assert 0 < stopped < int(steps)
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train(SPECS / "adding_lstm.yaml", data, tmp_path / "out", {"h": 4}, val=val, options=TrainOptions(
+        steps=int(steps), batch_size=16, lr=0.01, eval_every=50, log_every=1, work_dir=tmp_path / "straight",
+        **QUIET))
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "w")
+    assert all(np.array_equal(straight[k], v) for k, v in resumed.items())
+    best = weights(tmp_path / "straight", "best")  # the best's tracking resumed too
+    assert all(np.array_equal(best[k], v) for k, v in weights(tmp_path / "w", "best").items())
+    with metrics.open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, int(steps) + 1))

@@ -11,6 +11,8 @@ batches, and the batches are shuffled; each batch is then cut to its own longest
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 import numpy as np
 import torch
 
@@ -58,3 +60,70 @@ def take(data: dict[str, torch.Tensor], dataset: Dataset, index: np.ndarray, cro
             if symbol in longest and rows[name].shape[axis] > longest[symbol]:
                 rows[name] = rows[name].narrow(axis, 0, longest[symbol])
     return rows
+
+
+class RunBatches(torch.utils.data.Sampler):
+    """The batches of a whole run, the epochs' plans one after another: ``total`` batches in all, of which this
+    process takes its share. ``place()`` says, when iteration starts, how many batches are done already (a resumed
+    run starts there) and this process's rank and the number of processes."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: np.ndarray | None, total: int,
+                 place: Callable[[], tuple[int, int, int]]) -> None:
+        self.n, self.batch_size, self.seed, self.lengths, self.total, self.place = \
+            n, batch_size, seed, lengths, total, place
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        start, rank, world = self.place()
+        per_epoch = len(epoch_plan(self.n, self.batch_size, self.seed, 0, self.lengths, world))
+        epoch, plan = -1, []
+        for index in range(start, self.total):
+            if index // per_epoch != epoch:
+                epoch = index // per_epoch
+                plan = epoch_plan(self.n, self.batch_size, self.seed, epoch, self.lengths, world)
+            yield shard(plan[index % per_epoch], rank, world)
+
+
+class EvalBatches(torch.utils.data.Sampler):
+    """The validation set in batches (sorted by length when cropping), each process its share of each."""
+
+    def __init__(self, n: int, batch_size: int, lengths: np.ndarray | None, place: Callable[[], tuple[int, int, int]]):
+        self.order = np.argsort(lengths, kind="stable") if lengths is not None else np.arange(n)
+        self.batch_size, self.place = batch_size, place
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        _, rank, world = self.place()
+        for start in range(0, len(self.order), self.batch_size):
+            index = shard(self.order[start:start + self.batch_size], rank, world)
+            if len(index):
+                yield index
+
+
+class Rows(torch.utils.data.Dataset):
+    """``rows[index]``: the batch of those examples (see `take`), tensors keyed as in the data."""
+
+    def __init__(self, dataset: Dataset, crop: bool) -> None:
+        self.dataset, self.crop = dataset, crop
+        self.tensors = {k: torch.from_numpy(v) for k, v in dataset.arrays.items()}
+
+    def __len__(self) -> int:
+        return self.dataset.n
+
+    def __getitem__(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        return take(self.tensors, self.dataset, index, self.crop)
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader that Lightning counts as resumable: where it starts is a function of the restored step
+    (`RunBatches.place`), so there is no state of its own to save."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        pass

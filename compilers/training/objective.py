@@ -31,12 +31,21 @@ class Sums:
 
 
 class Objective:
-    def __init__(self, target: Target, dataset: Dataset, output_index: int) -> None:
+    """The loss of ``target`` against output number ``output_index``; ``length_input`` names the lengths of the
+    targets' time axis (padded steps do not count), ``mask_input`` the array of a batch, where present, of the
+    target elements that count."""
+
+    def __init__(self, target: Target, length_input: str | None, mask_input: str | None, output_index: int) -> None:
         self.target = target
         self.output_index = output_index
+        self.length_input = length_input
+        self.mask_input = mask_input
+
+    @classmethod
+    def for_dataset(cls, target: Target, dataset: Dataset, output_index: int) -> "Objective":
         symbols = dataset.axes[target.name]
-        self.length_input = dataset.lengths.get(symbols[0]) if symbols and symbols[0] else None
-        self.mask_input = dataset.mask
+        return cls(target, dataset.lengths.get(symbols[0]) if symbols and symbols[0] else None, dataset.mask,
+                   output_index)
 
     @property
     def has_accuracy(self) -> bool:
@@ -45,7 +54,7 @@ class Objective:
     def mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """True at the target elements that count (the targets' shape), or None when every element counts."""
         y = batch[self.target.name]
-        keep = batch[self.mask_input] if self.mask_input is not None else None
+        keep = batch.get(self.mask_input) if self.mask_input is not None else None
         if self.length_input is None or y.ndim < 2:
             return keep
         lengths = batch[self.length_input]
@@ -96,8 +105,8 @@ def real_values(values: np.ndarray, lengths: np.ndarray | None, mask: np.ndarray
 
 def baseline(target: Target, train: np.ndarray, evaluated: np.ndarray) -> float:
     """What the trivial model scores on the counted elements ``evaluated``: for MSE, always predicting the mean of
-    the counted training targets ``train`` (its MSE); for cross entropy, always the most frequent class (its
-    accuracy)."""
+    the counted training targets ``train`` (its MSE); for cross entropy, always the training targets' most frequent
+    class (its accuracy on ``evaluated``, which may be below 1/classes' share where the two sets differ)."""
     if target.loss == "mse":
         return float(((evaluated.astype(np.float64) - train.astype(np.float64).mean()) ** 2).mean())
     majority = np.bincount(train).argmax()

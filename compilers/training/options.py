@@ -22,6 +22,10 @@ DEFAULTS: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "
                             "epochs": 10}
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine", "step", "plateau")
+USES = ("best", "last")
+LOGGERS = ("csv", "tensorboard")
+SEED_RANGE = (0, 2**32 - 1)  # numpy's and torch's seeds alike
 
 
 @dataclass
@@ -40,6 +44,16 @@ class TrainOptions:
     clip: float | None = None  # largest global gradient norm; 0 turns clipping off
     momentum: float = 0.0  # SGD's
     seed: int = 0
+    weight_decay: float = 0.0  # decoupled (AdamW) for adam; SGD's own for sgd
+    schedule: str = "none"  # none | cosine | step | plateau (the learning rate over the run)
+    warmup: int = 0  # optimiser steps of linear warm-up before the schedule
+    accumulate: int = 1  # batches whose gradients make one optimiser step
+    early_stop: int | None = None  # validations without a better validation loss before the run stops
+    use_given: bool = False  # whether `use` was asked for (best is then an error without validation data)
+    nproc: int = 1  # processes on this machine (Lightning's DDP strategy starts them)
+    use: str = "best"  # the checkpoint the build takes: best (on the validation loss) | last
+    logger: str = "csv"  # csv (metrics.csv/jsonl alone) | tensorboard (also TensorBoard event files)
+    fresh: bool = False  # replace an earlier run's checkpoints and metrics in the work directory
     bucket: bool | None = None  # length bucketing; by default on when the model has `lengths:`
     metrics_format: str = "csv"  # csv | jsonl
     log_every: int | None = None  # steps between metrics rows (default: about 100 rows per run)
@@ -69,11 +83,15 @@ class Settings:
     clip: float
     momentum: float
     seed: int
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    warmup: int = 0
+    accumulate: int = 1
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be resumed."""
         return {"optimizer": self.optimizer, "target": self.target.name, "output": self.target.output,
-                "loss": self.target.loss}
+                "loss": self.target.loss, "accumulate": self.accumulate}
 
 
 def _option_loc(name: str) -> Location:
@@ -150,5 +168,38 @@ def resolve(model: Model, options: TrainOptions, arrays: dict[str, np.ndarray]) 
             raise fail(f"{what} must be {'positive' if positive else 'zero or positive'}, got {value}", loc)
     if options.momentum < 0 or (options.momentum and optimizer != "sgd"):
         raise fail("--momentum is SGD's, zero or positive", _option_loc("momentum"))
+    check_run_options(options)
     return Settings(target, optimizer, float(lr), int(batch_size), steps, epochs, float(clip),
-                    float(options.momentum), int(options.seed))
+                    float(options.momentum), int(options.seed), float(options.weight_decay), options.schedule,
+                    int(options.warmup), int(options.accumulate))
+
+
+def check_run_options(options: TrainOptions) -> None:
+    """The options that need neither the model nor the data: each bad value is one E0707 naming the option."""
+    def fail(name: str, message: str, hint: str | None = None) -> SpecError:
+        return SpecError("E0707", f"--{name.replace('_', '-')} {message}", _option_loc(name), hint=hint)
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    low, high = SEED_RANGE
+    if not whole(options.seed) or not low <= options.seed <= high:
+        raise fail("seed", f"expects an integer in [{low}, {high}], got {options.seed!r}")
+    decay = options.weight_decay
+    if not isinstance(decay, (int, float)) or not 0 <= decay < float("inf"):  # also refuses NaN
+        raise fail("weight_decay", f"expects a finite number, zero or positive, got {decay!r}",
+                   hint="AdamW's decoupled weight decay, e.g. --weight-decay 0.01")
+    for name, choices in (("schedule", SCHEDULES), ("use", USES), ("logger", LOGGERS)):
+        value = getattr(options, name)
+        if value not in choices:
+            raise fail(name, f"expects one of {', '.join(choices)}, got {value!r}",
+                       hint=did_you_mean(str(value), choices))
+    if not whole(options.warmup) or options.warmup < 0:
+        raise fail("warmup", f"expects a number of steps, zero or positive, got {options.warmup!r}")
+    if not whole(options.accumulate) or options.accumulate < 1:
+        raise fail("accumulate", f"expects a positive number of batches, got {options.accumulate!r}")
+    if options.early_stop is not None and (not whole(options.early_stop) or options.early_stop < 1):
+        raise fail("early_stop", f"expects a positive number of validations (the patience), got "
+                                 f"{options.early_stop!r}")
+    if options.resume and options.fresh:
+        raise fail("fresh", "replaces the run that --resume continues: give one or the other")

@@ -3,6 +3,7 @@ that ``--nproc`` reports a mistake once, quickly, before it starts any process).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from seqdsl.ir import Model
 from .. import normalise
 from ..build import check_size
 from .data import Dataset, check, read_npz
-from .options import Settings, TrainOptions, resolve
+from .options import Settings, TrainOptions, check_run_options, resolve
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Prepared:
     settings: Settings
     train: Dataset
     val: Dataset | None
+    out: Path  # the build's directory (as given, or build/<name>)
+    work: Path  # the work folder, checked (symlinks followed)
     normalisation: normalise.Normalisation | None = None  # the statistics the data files carry
 
 
@@ -31,11 +34,18 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     (default ``build/<name>``): every user mistake surfaces here (SpecError, OutputError), before any process
     starts or any step runs."""
     from ..publish import output_dir
+    from . import workdir
 
     options = options or TrainOptions()
+    check_run_options(options)
+    check_provider(options.provider, usable=options.build)
     model = seqdsl.load(spec, sizes)
+    out = Path(out_dir) if out_dir is not None else Path("build") / model.name
     if options.build:
-        output_dir(out_dir if out_dir is not None else Path("build") / model.name, spec)
+        output_dir(out, spec)
+    work = Path(options.work_dir) if options.work_dir is not None else out.with_name(out.name + ".train")
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:  # the other ranks write nothing
+        work = workdir.checked(work, spec, out if options.build else None, options.resume, options.fresh)
     check_size(model, options.max_params)
     arrays = read_npz(data, "--data", options.max_data)
     settings = resolve(model, options, arrays)
@@ -62,6 +72,25 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     if options.progress not in ("auto", "bar", "lines", "quiet"):
         raise SpecError("E0707", f"--progress {options.progress!r}: auto, bar, lines or quiet",
                         Location("--progress", path="progress"))
-    return Prepared(model, settings, train_set, val_set, stats)
+    if val_set is None:
+        for needs, name in ((options.early_stop is not None, "early_stop"), (settings.schedule == "plateau",
+                            "schedule"), (options.use == "best" and options.use_given, "use")):
+            if needs:
+                shown = {"early_stop": "--early-stop", "schedule": "--schedule plateau", "use": "--use best"}[name]
+                raise SpecError("E0707", f"{shown} watches the validation loss, and there is no validation data",
+                                Location(f"--{name.replace('_', '-')}", path=name),
+                                hint="give --val FILE.npz")
+    return Prepared(model, settings, train_set, val_set, out, work, stats)
+
+
+def check_provider(provider: str | None, usable: bool = True) -> None:
+    """The onnxruntime provider of the final build's check: a known name and (``usable``) one that works here,
+    before any training (E0707)."""
+    from ..onnx_runtime import RuntimeUnavailable, _normalize, available_providers
+
+    try:
+        available_providers(provider) if usable else _normalize(provider)
+    except (ValueError, RuntimeUnavailable) as exc:
+        raise SpecError("E0707", f"--provider: {exc}", Location("--provider", path="provider")) from None
 
 

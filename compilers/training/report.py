@@ -1,7 +1,7 @@
-"""What a run shows and keeps: a progress bar (or plain lines), the metrics file, and the loss/accuracy plot.
+"""What a run keeps: the metrics file and the loss/accuracy plot; and which progress view a run shows.
 
-On a terminal the progress is a rich bar with the loss and the throughput; when stderr is not a terminal, or
-under CI (``CI`` set), it is one plain line per metrics row, which logs and CI keep readably. Metrics go to
+On a terminal the progress is Lightning's rich bar; when stderr is not a terminal, or under CI (``CI`` set), it is
+one plain line per validation (`run`), which logs and CI keep readably. Metrics go to
 ``metrics.csv`` or ``metrics.jsonl`` (one row per logged step; validation columns empty between validations) and
 the plot to ``metrics.png`` (matplotlib, Agg: no display needed).
 """
@@ -27,45 +27,6 @@ def progress_mode(asked: str) -> str:
         return asked
     interactive = sys.stderr.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
     return "bar" if interactive else "lines"
-
-
-class Progress:
-    """The live view of a run: ``bar``, ``lines`` or ``quiet``."""
-
-    def __init__(self, mode: str, total: int, start: int, title: str) -> None:
-        self.mode = progress_mode(mode)
-        self._bar: Any = None
-        if self.mode == "bar":
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._bar = RichProgress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} ex/s"),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                                     transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task("train", total=total, completed=start, loss="-", rate="-")
-        elif self.mode == "lines":
-            print(f"{title}: steps {start + 1}-{total}", file=sys.stderr, flush=True)
-
-    def step(self, step: int, loss: float, rate: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=f"{loss:.4g}", rate=f"{rate:,.0f}")
-
-    def row(self, row: Row, total: int) -> None:
-        if self.mode != "lines":
-            return
-        parts = [f"step {row['step']}/{total}", f"epoch {row['epoch']}", f"loss {row['loss']:.4g}"]
-        for key in ("accuracy", "val_loss", "val_accuracy"):
-            if row.get(key) is not None:
-                parts.append(f"{key} {row[key]:.4g}")
-        parts.append(f"{row['examples_per_s']:,.0f} ex/s")
-        print("  ".join(parts), file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 class MetricsLog:
@@ -109,7 +70,8 @@ class MetricsLog:
 
 def plot(rows: list[Row], path: Path, title: str, loss_name: str, accuracy: bool, baseline: float | None) -> None:
     """Loss (and accuracy, for classification) against the step, training and validation; the trivial model's
-    score as a dashed line (MSE of predicting the mean, or the majority class's accuracy)."""
+    score as a dashed line (MSE of predicting the training mean, or the accuracy of the training data's most
+    frequent class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +100,7 @@ def plot(rows: list[Row], path: Path, title: str, loss_name: str, accuracy: bool
         series(ax2, "accuracy", "train")
         series(ax2, "val_accuracy", "validation")
         if baseline is not None:
-            ax2.axhline(baseline, linestyle="--", color="gray", label="majority class")
+            ax2.axhline(baseline, linestyle="--", color="gray", label="most frequent training class")
         ax2.set_xlabel("step")
         ax2.set_ylabel("accuracy")
         ax2.set_ylim(0, 1)
