@@ -5,10 +5,10 @@ parameter that nothing uses."""
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +167,8 @@ def test_unused_parameter_is_a_located_warning_and_a_buffer(tmp_path: Path):
 
 
 def _ddp_worker(rank: int, spec: str, init_file: str, out: str) -> None:
+    import gc
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -182,18 +184,27 @@ def _ddp_worker(rank: int, spec: str, init_file: str, out: str) -> None:
                 net(torch.randn(4, 5, 4, generator=gen))[0].square().mean().backward()
                 opt.step()
             torch.save({k: v.detach().clone() for k, v in net.module.state_dict().items()}, f"{out}.{optimize}.{rank}")
+            del net, opt  # DDP's reducer holds the process group: freed here, not during the interpreter's exit
+        gc.collect()
+        dist.barrier()  # no rank closes its connections while the other still uses them
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_with_an_unused_parameter(tmp_path: Path):
+def test_ddp_with_an_unused_parameter(tmp_path: Path, monkeypatch):
     import torch.multiprocessing as mp
 
     spec = tmp_path / "unused.yaml"
     spec.write_text(UNUSED)
     out = str(tmp_path / "state")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_worker, args=(str(spec), str(tmp_path / "init"), out), nprocs=2, join=True)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers inherit it; the suite's process keeps its own
+    workers = mp.spawn(_ddp_worker, args=(str(spec), str(tmp_path / "init"), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not workers.join(timeout=5):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for p in workers.processes:
+                p.kill()
+            raise AssertionError("the DDP workers did not finish in 240 s")
     torch.manual_seed(0)
     start = to_module(seqdsl.load(spec)).state_dict()
     for optimize in (True, False):
