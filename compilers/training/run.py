@@ -80,12 +80,29 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
     options = options or TrainOptions()
     prepared = prepared or prepare(spec, data, sizes, val, options, out_dir)
     threads = torch.get_num_threads()
+    joined = _distributed()  # a process group the caller made is the caller's
     try:
         torch.set_num_threads(_threads(prepared, options))
         with _quiet_lightning():
             return _Run(spec, sizes, prepared, options).run()
     finally:
         torch.set_num_threads(threads)  # a library call leaves the process as it found it
+        if not joined and _distributed():
+            _end_process_group()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _end_process_group() -> None:
+    """Close the process group Lightning opened for this run, now rather than at the interpreter's exit: DDP's
+    reducer holds the gloo group, and a group whose threads still run while Python shuts down aborts the process
+    ("terminate called without an active exception", SIGABRT) at random under load."""
+    import gc
+
+    gc.collect()  # the run's DistributedDataParallel wrapper, in reference cycles, goes first
+    torch.distributed.destroy_process_group()
 
 
 def _threads(prepared: Prepared, options: TrainOptions) -> int:
