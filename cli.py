@@ -495,9 +495,12 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
 
     result = _guard(debug, action)
     _warn([f"warning: --cast: {line}" for line in result.casts])
-    width = max((len(n) for n in result.outputs), default=0)
+    from seqdsl.text import printable
+
+    shown = {name: printable(name) for name in result.outputs}  # names from an arbitrary .onnx: shown escaped
+    width = max((len(n) for n in shown.values()), default=0)
     for name, value in result.outputs.items():
-        print(f"{name:<{width}}  {_summary(value)}")
+        print(f"{shown[name]:<{width}}  {_summary(value)}")
     print(*said, sep="\n")
     print(f"provider: {result.provider}")
     if output_dir is not None:
@@ -512,7 +515,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
                                                lambda f, v=value: np.save(f, v, allow_pickle=False))))
         except OSError as exc:
             _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
-        print(f"wrote {', '.join(written)}")
+        print(f"wrote {', '.join(map(printable, written))}")
 
 
 def _onnx_step_work(model: Path, arrays: dict[str, Any]) -> float:

@@ -508,9 +508,10 @@ def summary_lines(result: TrainResult) -> list[str]:
         lines.append(f"  no build (--no-build): build it with seqdsl build SPEC --weights "
                      f"{result.work_dir}/{chosen.get('checkpoint', workdir.BEST)}")
     else:
-        worst = max(result.build.max_abs_diff.values(), default=0.0)
+        from ..parity import check_line
+
         lines.append(f"  build: {result.build.out_dir}/ ({', '.join(result.build.files)}); onnxruntime vs PyTorch "
-                     f"max abs diff {worst:.2e} with the trained weights")
+                     f"with the trained weights: {check_line(result.build.check)}")
     return lines
 
 
