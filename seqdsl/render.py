@@ -3,15 +3,18 @@
 The program is graphviz-pure's (a dependency of seqdsl, installed from pip: the same bytes on every platform),
 else a system Graphviz ``dot``. graphviz-pure installs no ``dot`` so as never to shadow a system Graphviz, which is
 why this module finds the program itself rather than through the `graphviz` package (that one runs ``dot`` by
-name). The DOT goes in on standard input of an argument list: no shell, no file named by the spec.
+name), and finds it from the installed package rather than from PATH alone. The DOT goes in on standard input of an argument list: no shell, no file named by the spec.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import struct
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import zlib
 from pathlib import Path
@@ -26,12 +29,34 @@ class RenderError(Exception):
 
 
 def program() -> str:
-    for name in PROGRAMS:
-        found = shutil.which(name)
+    """graphviz-pure's program where it is installed, else the first of `PROGRAMS` on PATH.
+
+    graphviz-pure's own files are asked first, then the scripts folder of this interpreter, so that
+    ``venv/bin/seqdsl`` run without the venv on PATH (pipx, an IDE, cron) still finds the program it installed."""
+    for found in (_installed(), *(shutil.which(name) for name in PROGRAMS)):
         if found:
             return found
     raise RenderError("no Graphviz program found: `pip install graphviz-pure` (a dependency of seqdsl), "
                       "or install Graphviz so that `dot` is on PATH; or write the DOT text with -o FILE.dot")
+
+
+def _installed() -> str | None:
+    """The graphviz-pure program that belongs to this Python: from the package's file list (RECORD), else in
+    the interpreter's scripts folder or beside the interpreter itself."""
+    names = {PROGRAMS[0], PROGRAMS[0] + ".exe"}
+    candidates: list[Path] = []
+    try:
+        dist = importlib.metadata.distribution(PROGRAMS[0])
+        candidates += [Path(dist.locate_file(f)) for f in dist.files or () if Path(str(f)).name in names]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        if folder:
+            candidates += [Path(folder) / name for name in sorted(names)]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path.resolve())
+    return None
 
 
 def render(source: str, fmt: str, timeout: float = 300.0) -> bytes:
