@@ -120,14 +120,18 @@ CODES: dict[str, tuple[str, str]] = {
               "`--max-repeat N` (`seqdsl.Limits(repeat=N)`)."),
     # -- E05xx: imports
     "E0501": ("module imported and defined", "A module name is both under `imports:` and `modules:`."),
-    "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder (no "
-                                         "absolute paths, no `..` past it, no symlinks out), or `std:` paths, "
+    "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder, or the "
+                                         "folder named by `--root DIR` (no absolute paths, no `..` past it, no "
+                                         "symlinks out), or `std:` paths, "
                                          "that the file system can follow (no name above 255 bytes, no symlink "
                                          "loop)."),
     "E0503": ("import cycle", "Files import each other in a loop; the message shows the chain."),
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    "E0507": ("import root not usable", "`--root DIR` (`root=` in Python) names the folder imports may read from: "
+                                        "it must be a folder that holds the spec. By default it is the spec's own "
+                                        "folder."),
     # -- E06xx: building
     "E0601": ("check run too large", "Before anything runs, the build computes from the IR the memory its check run "
                                      "needs for values (inputs, activations, outputs, at --batch and --seq-len): "
