@@ -37,6 +37,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Describe sequence networks as YAML equations; compile them to PyTorch and ONNX."""
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
+ROOT = typer.Option(None, "--root", metavar="DIR",
+                    help="The folder imports may read from; it must hold the spec [the spec's folder].")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
 # how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
 MAX_NODES = typer.Option(30_000, "--max-nodes", min=1, help="Refuse a spec that lowers to more IR nodes.")
@@ -188,7 +190,7 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
              sets: Optional[list[str]] = SETS, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
-             max_repeat: int = MAX_REPEAT, debug: bool = DEBUG) -> None:
+             max_repeat: int = MAX_REPEAT, root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
     spec that is not; exit 2 if any failed."""
     import seqdsl
@@ -199,7 +201,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
     failed = 0
     for spec in files:
         try:
-            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
         except typer.Exit as stop:
             if stop.exit_code != 2 or len(files) == 1:
                 raise
@@ -256,7 +258,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                    "shipped table or a short probe), native (ONNX's LSTM/GRU/RNN op) or scan; BLOCK=FORM for "
                    "one block (--onnx-form enc=scan). build.json's onnx_choice says what was chosen and why."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
@@ -272,7 +274,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         result = _guard(debug, lambda: run_build(spec, output, sizes, provider=provider, unroll=unroll,
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
-                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat), **limits))
+                                                 onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
+                                                 root=root, **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -499,7 +502,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
           no_build: bool = typer.Option(False, "--no-build",
                                         help="Skip the final build (the weights stay in the checkpoint)."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Train a spec on .npz data (DDP with --nproc or torchrun), then build DIR with the trained weights."""
     import os
 
@@ -510,7 +513,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            batch_size=batch_size, steps=steps, epochs=epochs, clip=clip, momentum=momentum, seed=seed,
                            bucket=bucket, metrics_format=metrics_format, log_every=log_every, eval_every=eval_every,
                            resume=resume, work_dir=work_dir, device=device, progress=progress, threads=threads,
-                           provider=provider, max_params=max_params, build=not no_build)
+                           provider=provider, max_params=max_params, build=not no_build, root=root)
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _fail("error: --nproc under torchrun: give one or the other", 2)
@@ -583,7 +586,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
                                         help="T (every time axis) for the costs and the activation memory."),
             as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
             max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-            debug: bool = DEBUG) -> None:
+            root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Summarise a spec without building it: inputs, outputs, parameters per module, and per module (nested as the
     calls nest) output shapes, parameters, FLOPs per step and per sequence, and training activation memory."""
     import seqdsl
@@ -591,7 +594,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
 
     sizes = _parse_sets(sets)
     limits = _limits(max_nodes, max_depth, max_repeat)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
     if as_json:
         print(json.dumps({"sizes": model.sizes, **summary.to_json()}, indent=2))
@@ -635,7 +638,7 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
           depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                               help="Draw module calls nested deeper than K as one box each."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
     import seqdsl
     from seqdsl import render
@@ -648,7 +651,7 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
     limits = _limits(max_nodes, max_depth, max_repeat)
 
     def action() -> bytes:
-        model = seqdsl.load(spec, sizes, limits, module=module)
+        model = seqdsl.load(spec, sizes, limits, module=module, root=root)
         try:
             return render.render(figure(model, unroll=unroll, depth=depth), fmt)
         except render.RenderError as exc:

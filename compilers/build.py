@@ -226,7 +226,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
           progress: Callable[[str], None] | None = None, limits: seqdsl.Limits | None = None,
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
-          onnx_form: list[str] | None = None) -> BuildResult:
+          onnx_form: list[str] | None = None, root: str | Path | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -281,7 +281,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     if out_dir is not None:
         output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
     stage("checking the spec")
-    model = seqdsl.load(spec, sizes, limits)
+    model = seqdsl.load(spec, sizes, limits, root=root)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})

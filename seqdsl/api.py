@@ -48,7 +48,7 @@ def loads(text: str, sizes: Mapping[str, int] | None = None, file: str = "<spec>
 
 def import_root(spec: str | Path, root: str | Path, text_only: bool = False) -> Path:
     """``root`` resolved (symlinks followed), checked to be a folder that holds ``spec``; E0507 if not."""
-    where = Location(str(spec), 1, 1)
+    where = Location(str(spec))  # the option is the mistake, not a line of the spec (which is not read)
     hint = "name a folder that holds the spec and every file it imports (--root DIR; in Python root=DIR)"
     try:
         folder = Path(root).resolve()

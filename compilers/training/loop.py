@@ -265,7 +265,7 @@ class _Run:
 
         weights = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         return build(self.spec, self.out, self.sizes, provider=self.options.provider,
-                     max_params=self.options.max_params, weights=weights)
+                     max_params=self.options.max_params, weights=weights, root=self.options.root)
 
 
 def summary_lines(result: TrainResult) -> list[str]:

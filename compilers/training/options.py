@@ -51,6 +51,7 @@ class TrainOptions:
     provider: str | None = None  # onnxruntime provider of the final build's check
     max_params: int = 100_000_000
     build: bool = True  # build DIR with the trained weights at the end (off: the weights stay in the checkpoint)
+    root: Path | None = None  # the folder imports may read from (default: the spec's folder; --root)
 
 
 @dataclass(frozen=True)

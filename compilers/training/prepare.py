@@ -31,7 +31,7 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     from ..publish import output_dir
 
     options = options or TrainOptions()
-    model = seqdsl.load(spec, sizes)
+    model = seqdsl.load(spec, sizes, root=options.root)
     if options.build:
         output_dir(out_dir if out_dir is not None else Path("build") / model.name, spec)
     check_size(model, options.max_params)
