@@ -637,12 +637,16 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
           module: Optional[str] = typer.Option(None, "--module", help="Draw one module of the spec on its own."),
           depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                               help="Draw module calls nested deeper than K as one box each."),
+          max_figure: Optional[int] = typer.Option(
+              None, "--max-figure", min=1, metavar="N",
+              help="Refuse a figure larger than N nodes, edges and rank crossings in all before Graphviz lays it "
+                   "out [2000: within 2 s of CPU]; raising it also lifts the 2 s CPU limit on Graphviz."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
     import seqdsl
     from seqdsl import render
-    from seqdsl.figure import figure
+    from seqdsl.figure import MAX_FIGURE, figure
 
     fmt = output.suffix.lower().lstrip(".") if output is not None else "dot"
     if fmt not in render.FORMATS:
@@ -653,7 +657,9 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
     def action() -> bytes:
         model = seqdsl.load(spec, sizes, limits, module=module, root=root)
         try:
-            return render.render(figure(model, unroll=unroll, depth=depth), fmt)
+            cap = None if fmt == "dot" else max_figure or MAX_FIGURE  # DOT text is not laid out here
+            cpu = render.CPU_SECONDS if max_figure is None or max_figure <= MAX_FIGURE else None
+            return render.render(figure(model, unroll=unroll, depth=depth, max_size=cap), fmt, cpu_seconds=cpu)
         except render.RenderError as exc:
             _fail(f"error: {exc}", 2)
 

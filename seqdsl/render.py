@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +19,12 @@ import sysconfig
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Callable
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 FORMATS = ("svg", "png", "dot")
 PROGRAMS = ("graphviz-pure", "dot")
@@ -59,22 +66,44 @@ def _installed() -> str | None:
     return None
 
 
-def render(source: str, fmt: str, timeout: float = 300.0) -> bytes:
-    """``source`` (DOT) drawn as ``fmt`` ("svg" or "png"; "dot" gives the source back), marked as ours."""
+CPU_SECONDS = 2  # the most CPU Graphviz may spend on one figure under the default cap (seqdsl.figure.MAX_FIGURE)
+
+
+def render(source: str, fmt: str, timeout: float = 300.0, cpu_seconds: int | None = CPU_SECONDS) -> bytes:
+    """``source`` (DOT) drawn as ``fmt`` ("svg" or "png"; "dot" gives the source back), marked as ours. Graphviz is
+    stopped after ``cpu_seconds`` of CPU (where the system can limit it; None: no limit) or ``timeout`` seconds."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}")
     if fmt == "dot":
         return f"// {MARK}\n{source}".encode("utf-8")
+    way_out = "draw less with --depth K or --module NAME, or raise the cap with --max-figure N"
     try:
         done = subprocess.run([program(), f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True,
-                              timeout=timeout, check=False)
+                              timeout=timeout, check=False, preexec_fn=_cpu_limit(cpu_seconds))
     except subprocess.TimeoutExpired:
-        raise RenderError(f"Graphviz took more than {timeout:.0f} s; draw fewer nodes with --depth") from None
+        raise RenderError(f"Graphviz took more than {timeout:.0f} s; {way_out}") from None
+    if cpu_seconds is not None and done.returncode in (-signal_number("SIGXCPU"), -signal_number("SIGKILL")):
+        raise RenderError(f"Graphviz ran past {cpu_seconds} s of CPU laying out this figure; {way_out}")
     if done.returncode != 0 or not done.stdout:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise RuntimeError("Graphviz failed on seqdsl's DOT: " + (reason[-1] if reason else f"exit {done.returncode}"))
     data = done.stdout
     return _mark_png(data) if fmt == "png" else data.replace(b"<svg ", f"<!-- {MARK} -->\n<svg ".encode(), 1)
+
+
+def signal_number(name: str) -> int:
+    return int(getattr(signal, name, 0)) or -1000  # -1000: never a return code
+
+
+def _cpu_limit(seconds: int | None) -> Callable[[], None] | None:
+    """What the Graphviz child runs before it starts: a CPU-time limit (SIGXCPU at ``seconds``, SIGKILL a second
+    later); none where `resource` is missing (Windows), where the wall-clock timeout alone bounds it."""
+    if seconds is None or resource is None:
+        return None
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    return limit
 
 
 def _mark_png(data: bytes) -> bytes:
