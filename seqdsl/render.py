@@ -80,6 +80,12 @@ def render(source: str, fmt: str, timeout: float = 300.0, cpu_seconds: int | Non
     try:
         done = subprocess.run([program(), f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True,
                               timeout=timeout, check=False, preexec_fn=_cpu_limit(cpu_seconds))
+        if done.returncode != 0 and b"trouble in init_rank" in done.stderr:
+            # Graphviz's ranking inside clusters fails on some figures (a long-known bug, seen here with about 30
+            # module calls in a row; it fails at once); its global ranking, newrank, lays them out
+            source = source.replace("{\n", "{\n\tnewrank=true\n", 1)
+            done = subprocess.run([program(), f"-T{fmt}"], input=source.encode("utf-8"), capture_output=True,
+                                  timeout=timeout, check=False, preexec_fn=_cpu_limit(cpu_seconds))
     except subprocess.TimeoutExpired:
         raise RenderError(f"Graphviz took more than {timeout:.0f} s; {way_out}") from None
     if cpu_seconds is not None and done.returncode in (-signal_number("SIGXCPU"), -signal_number("SIGKILL")):
