@@ -118,6 +118,12 @@ CODES: dict[str, tuple[str, str]] = {
               "`repeat=N` stacks N copies of a module; seqdsl refuses N above 1,000 before making any (a size set "
               "by mistake, `--set depth=1000000000`, would otherwise never finish). Raise the limit with "
               "`--max-repeat N` (`seqdsl.Limits(repeat=N)`)."),
+    "E0423": ("figure too large to lay out",
+              "`seqdsl graph` counts what Graphviz would lay out (nodes, edges, and the ranks long edges pass "
+              "through) and refuses a figure above 2,000 before Graphviz starts, since its time grows faster than "
+              "the figure; under the cap a figure takes at most 2 s of CPU. Draw less with `--depth K` (module "
+              "calls below K levels as one box), `--module NAME` or a smaller `--unroll`, or raise the cap with "
+              "`--max-figure N`."),
     # -- E05xx: imports
     "E0501": ("module imported and defined", "A module name is both under `imports:` and `modules:`."),
     "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder, or the "

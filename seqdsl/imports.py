@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Location, SpecError, did_you_mean
-from .loader import Document, load_file
+from .loader import MAX_NODES, MAX_SPEC_BYTES, Document, load_file
 from .lower import Unit
 from .naming import normalize
 from .schema import GraphModule, RecurrentModule, parse_module
@@ -36,13 +36,16 @@ class _Session:
     explicit: bool = False  # the root was named (--root, root=), not the spec's folder
     units: dict[Path, Unit] = field(default_factory=dict)  # each file's root module, loaded and resolved once
     chain: list[Path] = field(default_factory=list)
+    bytes_left: int = MAX_SPEC_BYTES  # what the files still to be read may take, all together
+    nodes_left: int = MAX_NODES
 
 
 def unit_for(doc: Document, module: RecurrentModule | GraphModule, root: Path | None, explicit: bool = False
              ) -> Unit:
     """The top-level module of ``doc``, with every module it may call resolved (files under ``root``, which is
     the spec's folder unless ``explicit``: named by the user, ``--root``)."""
-    session = _Session(root.resolve() if root else Path.cwd().resolve(), explicit=explicit)
+    session = _Session(root.resolve() if root else Path.cwd().resolve(), explicit=explicit,
+                       bytes_left=MAX_SPEC_BYTES - doc.size, nodes_left=MAX_NODES - doc.nodes)
     if root is not None:
         session.chain.append(Path(doc.file).resolve())
     return _unit(session, module, doc, (), {})
@@ -85,7 +88,9 @@ def _import(session: _Session, target: str, doc: Document, key: tuple[str | int,
     if unit is None:  # a file imported twice (a diamond) is read and resolved once, not once per path to it
         session.chain.append(path)
         try:
-            sub_doc = load_file(path)
+            sub_doc = load_file(path, session.bytes_left, session.nodes_left)  # bounded before it is read
+            session.bytes_left -= sub_doc.size
+            session.nodes_left -= sub_doc.nodes
             unit = _unit(session, parse_module(sub_doc), sub_doc, (), {})
         finally:
             session.chain.pop()
