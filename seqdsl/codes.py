@@ -14,7 +14,7 @@ CODES: dict[str, tuple[str, str]] = {
               "The file holds a NUL byte or another control character, which YAML does not allow. It is often a "
               "binary file given by mistake, or a copy-paste from a terminal. Inside strings, after YAML's "
               "escapes, `\"\\0\"` (NUL) is refused too, in names, equations and import paths."),
-    "E0103": ("spec file too large", "Spec files are capped at 1 MB; a spec describes a network, not its data."),
+    "E0103": ("spec file too large", "A spec file, and the files it imports together, are capped at 500,000 bytes and 15,000 YAML nodes; a spec describes a network, not its data."),
     "E0104": ("tab character in indentation",
               "YAML indents with spaces only. Configure your editor to insert spaces in .yaml files."),
     "E0105": ("YAML syntax error",

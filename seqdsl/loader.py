@@ -32,7 +32,7 @@ from .naming import normalize
 
 # A spec and the files it imports, together: bytes and YAML nodes (each file's own aliases expanded: MAX_NODES
 # again). With seqdsl.budget's limits they keep any spec decided within 2 s of CPU (tests/test_budgets.py).
-MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_BYTES = 500_000
 MAX_NODES = 15_000
 MAX_DEPTH = 64
 MAX_INT = 10**18
