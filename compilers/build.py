@@ -32,6 +32,7 @@ from seqdsl.version import __version__
 
 from .memory import check_memory, memory_message, out_of_memory
 from .publish import SIGNATURE, discard, make_staging, output_dir, publish
+from .usage import UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -53,10 +54,6 @@ STAGES = ("loading PyTorch and ONNX", "checking the spec", "writing model.py", "
 
 class ParityError(Exception):
     """onnxruntime and PyTorch disagree beyond the tolerance: a compiler bug, never the user's fault."""
-
-
-class UsageError(ValueError):
-    """A build option that does not fit the spec (e.g. a length for a time axis it does not have): exit 2."""
 
 
 @dataclass

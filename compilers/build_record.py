@@ -16,20 +16,13 @@ from typing import TYPE_CHECKING, Any
 from seqdsl.ir import Model, all_nodes
 from seqdsl.version import __version__
 
+from .onnx_form import BlockForm, block_label
+
 if TYPE_CHECKING:
     import onnx
 
-    from .onnx_form import BlockForm
-
 #: ONNX ops that run a whole recurrence; the first three are ONNX's own cells.
 RECURRENT_OPS = ("LSTM", "GRU", "RNN", "Scan", "Loop")
-TOP_BLOCK = "recurrent"  # the label of the spec's own `recurrent:` block; called ones are named by their call
-
-
-def block_label(loop_name: str) -> str:
-    """``enc.loop`` -> ``enc`` (the call that owns the block), ``loop`` -> `TOP_BLOCK`."""
-    owner = loop_name.rsplit(".", 1)[0] if "." in loop_name else ""
-    return owner or TOP_BLOCK
 
 
 def _owner_of(node: "onnx.NodeProto") -> str:

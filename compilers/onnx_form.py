@@ -46,6 +46,16 @@ TABLE: dict[str, dict[str, dict[str, float]]] = {
 TABLE_UNIT = "time relative to torch.nn (shipped table: B=32 T=128 d=h=256, CPU, 1 thread)"
 
 
+TOP_BLOCK = "recurrent"  # the label of the spec's own `recurrent:` block; called ones are named by their call
+
+
+def block_label(loop_name: str) -> str:
+    """``enc.loop`` -> ``enc`` (the call that owns the block), ``loop`` -> `TOP_BLOCK`: the name ``--onnx-form
+    BLOCK=FORM`` and build.json use for a recurrent block."""
+    owner = loop_name.rsplit(".", 1)[0] if "." in loop_name else ""
+    return owner or TOP_BLOCK
+
+
 @dataclass
 class BlockForm:
     """What one recurrent block became and why, as build.json records it (``onnx_choice``)."""
@@ -117,7 +127,6 @@ def choose(model: Model, forced: list[str] | None = None, optimize: bool = True,
 
     ``forced`` are the ``--onnx-form`` values; ``probe_inputs`` the check run's inputs (the probe times these);
     ``allow_probe`` None means: unless the ``CI`` environment variable is set."""
-    from .build_record import block_label
 
     table = TABLE if table is None else table
     version = runtime_version()

@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .build import UsageError
+from .usage import UsageError
 
 HEADER = "# written by seqdsl build --triton; a rebuild replaces it (and 1/model.onnx)"
 VERSION = "1"

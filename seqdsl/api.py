@@ -15,17 +15,21 @@ E0507.
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .budget import Limits
+from .budget import Budget, Limits
 from .errors import Location, SpecError, did_you_mean
 from .imports import unit_for
-from .ir import Model
+from .ir import Graph, Model, Param, Scope, TrainDefaults
 from .loader import Document, load_file, load_text
-from .lower import build_model
+from .lower import ModuleLowering, Unit, check_overrides, spec_sources
+from .naming import normalize
+from .recurrence import RecurrentLowering
 from .schema import parse_module
+from .unused import unused_params, unused_values
 
 
 def load(spec: str | Path, sizes: Mapping[str, int] | None = None, limits: Limits | None = None,
@@ -109,3 +113,48 @@ def _lower(doc: Document, sizes: Mapping[str, int] | None, limits: Limits | None
     except RecursionError:  # only with a raised Limits.depth: Python's own stack ran out first
         raise SpecError("E0421", "module calls nested deeper than Python's stack allows", Location(doc.file, 1, 1),
                         hint="lower --max-depth (Limits.depth) back towards its default of 32") from None
+
+
+def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str | None = None,
+                limits: Limits | None = None) -> Model:
+    """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs; ``limits``
+    bounds how far it may expand (`seqdsl.budget`)."""
+    graph = Graph()
+    params: dict[str, Param] = {}
+    scopes: dict[str, Scope] = {}
+    if isinstance(overrides, Mapping):  # names are NFKC-normalised when loaded: the overrides' too
+        overrides = {normalize(k) if isinstance(k, str) else k: v for k, v in overrides.items()}
+    lowering = ModuleLowering(unit, graph, params, prefix="", sizes_in=check_overrides(unit, overrides), bound={},
+                              budget=Budget(limits), scopes=scopes, recurrent=RecurrentLowering)
+    lowering.run()
+    _check_onnx_names(lowering, params)
+    name = name or unit.module.name or "model"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", name):
+        raise SpecError("E0310", f"`{name}` cannot name a model", unit.doc.loc(unit.path + ("name",)),
+                        expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
+                        hint="for example `name: my_lstm`")
+    model = Model(name=name, graph=graph, params=params,
+                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
+                  doc=unit.module.doc, train=_train_defaults(unit), scopes=scopes)
+    model.verify()
+    model.warnings = unused_values(graph) + unused_params(model)
+    model.sources = spec_sources(unit)
+    return model
+
+
+def _train_defaults(unit: Unit) -> TrainDefaults:
+    section = unit.module.train
+    values = section.model_dump(exclude_none=True) if section is not None else {}
+    return TrainDefaults(values, {k: unit.doc.loc(unit.path + ("train", k)) for k in values})
+
+
+def _check_onnx_names(lowering: "ModuleLowering", params: dict[str, Param]) -> None:
+    """The model's inputs, outputs and parameters are ONNX value names as the spec writes them, and ONNX wants
+    every value name once: an output may not be named like an input or a parameter."""
+    for name in lowering.mod.outputs:
+        clash = "an input" if name in lowering.mod.inputs else "a parameter" if name in params else None
+        if clash:
+            raise SpecError("E0308", f"output `{name}` has the name of {clash}", lowering.key_loc("outputs", name),
+                            expected="a name of its own: the model's inputs, outputs and parameters are the ONNX "
+                                     "file's value names, each used once",
+                            hint=f"rename the output, e.g. `{name}_out`")

@@ -15,20 +15,18 @@ from __future__ import annotations
 import heapq
 import keyword
 import math
-import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
 from . import expr as E
-from .budget import Budget, Limits
+from .budget import Budget
 from .errors import Location, SpecError, did_you_mean
 from .init import resolve as resolve_init
-from .ir import Graph, Model, Node, Param, Scope, Shape, TrainDefaults
-from .unused import unused_params, unused_values
+from .ir import Graph, Node, Param, Scope, Shape
 from .loader import Document
 from .naming import MODULE_ATTRIBUTES, normalize
 from .ops import OPS, REQUIRED, USER_FUNCTIONS, ShapeError, fmt, infer
@@ -51,51 +49,6 @@ class Unit:
     modules: dict[str, "Unit"] = field(default_factory=dict)  # modules this one may call
     # equations parsed (and ordered) once per module, not once per inlined copy: {section or output: ...}
     parsed: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str | None = None,
-                limits: Limits | None = None) -> Model:
-    """Lower the top-level module ``unit`` into a `Model` whose graph inputs are the module's inputs; ``limits``
-    bounds how far it may expand (`seqdsl.budget`)."""
-    graph = Graph()
-    params: dict[str, Param] = {}
-    scopes: dict[str, Scope] = {}
-    if isinstance(overrides, Mapping):  # names are NFKC-normalised when loaded: the overrides' too
-        overrides = {normalize(k) if isinstance(k, str) else k: v for k, v in overrides.items()}
-    lowering = _ModuleLowering(unit, graph, params, prefix="", sizes_in=check_overrides(unit, overrides), bound={},
-                               budget=Budget(limits), scopes=scopes)
-    lowering.run()
-    _check_onnx_names(lowering, params)
-    name = name or unit.module.name or "model"
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", name):
-        raise SpecError("E0310", f"`{name}` cannot name a model", unit.doc.loc(unit.path + ("name",)),
-                        expected="letters, digits, `_` and `-` (it names the output folder and the ONNX graph)",
-                        hint="for example `name: my_lstm`")
-    model = Model(name=name, graph=graph, params=params,
-                  inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
-                  doc=unit.module.doc, train=_train_defaults(unit), scopes=scopes)
-    model.verify()
-    model.warnings = unused_values(graph) + unused_params(model)
-    model.sources = spec_sources(unit)
-    return model
-
-
-def _train_defaults(unit: Unit) -> TrainDefaults:
-    section = unit.module.train
-    values = section.model_dump(exclude_none=True) if section is not None else {}
-    return TrainDefaults(values, {k: unit.doc.loc(unit.path + ("train", k)) for k in values})
-
-
-def _check_onnx_names(lowering: "_ModuleLowering", params: dict[str, Param]) -> None:
-    """The model's inputs, outputs and parameters are ONNX value names as the spec writes them, and ONNX wants
-    every value name once: an output may not be named like an input or a parameter."""
-    for name in lowering.mod.outputs:
-        clash = "an input" if name in lowering.mod.inputs else "a parameter" if name in params else None
-        if clash:
-            raise SpecError("E0308", f"output `{name}` has the name of {clash}", lowering.key_loc("outputs", name),
-                            expected="a name of its own: the model's inputs, outputs and parameters are the ONNX "
-                                     "file's value names, each used once",
-                            hint=f"rename the output, e.g. `{name}_out`")
 
 
 def spec_sources(unit: Unit) -> dict[str, str]:
@@ -147,13 +100,16 @@ def check_output(node: Node, name: str, loc: Location) -> None:
                         hint="a constant needs no output: whoever reads the model knows it")
 
 
-class _ModuleLowering:
+class ModuleLowering:
     """Lowers one module instance into ``graph`` (the model's graph, or a loop body for calls inside a step)."""
 
     def __init__(self, unit: Unit, graph: Graph, params: dict[str, Param], prefix: str,
                  sizes_in: dict[str, int], bound: dict[str, str], budget: Budget, call_loc: Location | None = None,
-                 direction: str | None = None, scopes: dict[str, Scope] | None = None):
+                 direction: str | None = None, scopes: dict[str, Scope] | None = None, *,
+                 recurrent: Callable[[ModuleLowering, dict[str, str]], Any]):
         self.unit, self.mod, self.doc = unit, unit.module, unit.doc
+        # what lowers a recurrent module (`seqdsl.recurrence.RecurrentLowering`, which builds on this module)
+        self.recurrent = recurrent
         self.budget = budget
         self.scopes = scopes if scopes is not None else {}  # the model's call scopes, shared by every instance
         self.direction = direction  # a caller's override of a recurrent block's direction
@@ -182,12 +138,10 @@ class _ModuleLowering:
         for key in self.mod.outputs:
             self.check_name(key, self.key_loc("outputs", key), "output")
         if isinstance(self.mod, RecurrentModule):
-            from .recurrence import RecurrentLowering  # a module of its own; it builds on this one
-
-            self.outputs = RecurrentLowering(self, inputs).run()
+            self.outputs = self.recurrent(self, inputs).run()
         else:
-            env = _Env(self, self.graph)
-            env.values.update({k: _Value(v) for k, v in inputs.items()})
+            env = Env(self, self.graph)
+            env.values.update({k: Value(v) for k, v in inputs.items()})
             equations = {k: (v, ("graph", k)) for k, v in self.mod.graph.items()}
             env.lower_equations(equations)
             self.outputs = {name: env.output(name, text) for name, text in self.mod.outputs.items()}
@@ -309,19 +263,19 @@ def _clamped(value: float, low: float | None, high: float | None) -> float:
 
 
 @dataclass
-class _Value:
+class Value:
     """What a name in an equation stands for: a node, or a called module's several outputs."""
 
     node: str | None = None
     members: dict[str, str] | None = None
 
 
-class _Env:
+class Env:
     """Name resolution and expression lowering for one graph (a module's graph or a loop body)."""
 
-    def __init__(self, owner: _ModuleLowering, graph: Graph, delays: dict[str, str] | None = None):
+    def __init__(self, owner: ModuleLowering, graph: Graph, delays: dict[str, str] | None = None):
         self.owner, self.graph = owner, graph
-        self.values: dict[str, _Value] = {}
+        self.values: dict[str, Value] = {}
         self.param_nodes: dict[str, str] = {}
         self.delays = delays  # state name -> `state` node, inside a recurrent step
         self.locs: dict[str, Location] = {}
@@ -422,7 +376,7 @@ class _Env:
                 if name == "_":
                     del self.graph.nodes[node]  # nothing reads a discarded piece
                     continue
-                self.values[name] = _Value(self.rename(node, name))
+                self.values[name] = Value(self.rename(node, name))
                 self.locs[name] = base
             return
         name = names[0]
@@ -430,7 +384,7 @@ class _Env:
             self.values[name] = self.call_module(name, expr, base)
             return
         node = self.lower_named(expr, base, name)
-        self.values[name] = _Value(node)
+        self.values[name] = Value(node)
         self.locs[name] = base
 
     def lower_named(self, e: E.Expr, base: Location, name: str) -> str:
@@ -670,7 +624,7 @@ class _Env:
 
     # ----------------------------------------------------------------------------------------- module calls
 
-    def call_module(self, name: str, e: E.Call, base: Location) -> _Value:
+    def call_module(self, name: str, e: E.Call, base: Location) -> Value:
         """``name: Callee(args, size=..., repeat=N, direction=both)``: the callee inlined under ``name.``.
 
         ``repeat=N`` stacks N copies (parameters under ``name.0.``, ``name.1.``, ...), each reading the previous
@@ -724,8 +678,8 @@ class _Env:
             else:
                 outputs = self.instance(callee, prefix, bound, sizes, loc, direction, e.func)
         if len(outputs) == 1:
-            return _Value(node=next(iter(outputs.values())), members=outputs)
-        return _Value(members=outputs)
+            return Value(node=next(iter(outputs.values())), members=outputs)
+        return Value(members=outputs)
 
     def instance(self, callee: Unit, prefix: str, bound: dict[str, str], explicit: dict[str, int], loc: Location,
                  direction: str | None, func: str) -> dict[str, str]:
@@ -736,8 +690,9 @@ class _Env:
             for dim, got in zip(decl.shape, self.graph[bound[key]].shape):
                 if isinstance(dim, str) and dim in callee.module.sizes and dim not in sizes and isinstance(got, int):
                     sizes[dim] = got
-        lowering = _ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, self.owner.budget,
-                                   call_loc=loc, direction=direction, scopes=self.owner.scopes)
+        lowering = ModuleLowering(callee, self.graph, self.owner.params, prefix, sizes, bound, self.owner.budget,
+                                  call_loc=loc, direction=direction, scopes=self.owner.scopes,
+                                  recurrent=self.owner.recurrent)
         self.owner.budget.enter(loc, func)
         try:
             return lowering.run()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import expr as E
 from .errors import SpecError, did_you_mean
 from .ir import Graph, Loop, LoopOutput, Node, Param, Shape
-from .lower import OUTPUT_SELECTORS, Path, _Env, _ModuleLowering, _Value, check_output
+from .lower import OUTPUT_SELECTORS, Env, ModuleLowering, Path, Value, check_output
 from .naming import learned_state, normalize
 from .ops import ShapeError, fmt, infer
 
@@ -22,7 +22,7 @@ STATE_DTYPE = "float32"  # a state has no dtype of its own: its initial value an
 class RecurrentLowering:
     """A recurrent module: the loop node in the parent graph, and its step graph as the loop's body."""
 
-    def __init__(self, owner: _ModuleLowering, inputs: dict[str, str]):
+    def __init__(self, owner: ModuleLowering, inputs: dict[str, str]):
         self.owner, self.inputs = owner, inputs
         self.rec = owner.mod.recurrent  # type: ignore[union-attr]
         self.graph = owner.graph
@@ -75,18 +75,18 @@ class RecurrentLowering:
             node = Node(body.fresh(owner.prefix + key + "_prev"), "state", attrs={"index": i, "shape": shape},
                         shape=shape, loc=owner.key_loc("recurrent", "state", key))
             delays[key] = body.add(node).name
-        env = _Env(owner, body, delays)
+        env = Env(owner, body, delays)
         for i, key in enumerate(over):
             shape = (self.graph[self.inputs[key]].shape[0], *self.graph[self.inputs[key]].shape[2:])
             node = body.add(Node(body.fresh(owner.prefix + key), "step_input", attrs={"index": i, "shape": shape},
                                  shape=shape, dtype=self.graph[self.inputs[key]].dtype, loc=owner.key_loc("inputs", key)))
-            env.values[key] = _Value(node.name)
+            env.values[key] = Value(node.name)
         for i, key in enumerate(captures):
             outer = self.graph[self.inputs[key]]
             node = body.add(Node(body.fresh(owner.prefix + key), "capture",
                                  attrs={"index": i, "shape": outer.shape, "dtype": outer.dtype},
                                  shape=outer.shape, dtype=outer.dtype, loc=owner.key_loc("inputs", key)))
-            env.values[key] = _Value(node.name)
+            env.values[key] = Value(node.name)
         equations: dict[str, tuple[str, Path]] = {}
         for section in ("encoder", "step", "decoder"):
             for key, text in getattr(rec, section).items():
@@ -149,7 +149,7 @@ class RecurrentLowering:
             outputs[name] = items[i]
         return outputs
 
-    def stop_condition(self, env: _Env) -> tuple[str, int] | None:
+    def stop_condition(self, env: Env) -> tuple[str, int] | None:
         stop = self.rec.stop
         if stop is None:
             return None
@@ -171,7 +171,7 @@ class RecurrentLowering:
                                 what="`stop.equals` (a token id)")
         return node.name, token
 
-    def mask_padding(self, env: _Env, sequences: list[str], states: list[str], updates: list[str], inits: list[str],
+    def mask_padding(self, env: Env, sequences: list[str], states: list[str], updates: list[str], inits: list[str],
                      returns: list[tuple[LoopOutput, Shape]], previous: list[str], reverse: bool) -> list[str]:
         """``lengths: n``: each row gives what it alone, unpadded, would give, as PyTorch's packed sequences:
 
@@ -274,7 +274,7 @@ class RecurrentLowering:
                 del body.nodes[node.name]
         return kept
 
-    def check_sections(self, env: _Env, equations: dict[str, tuple[str, Path]], delays: dict[str, str]) -> None:
+    def check_sections(self, env: Env, equations: dict[str, tuple[str, Path]], delays: dict[str, str]) -> None:
         """The encoder reads only the input at step t: it may not use a state (that is G's job)."""
         state_nodes = set(delays.values())
         for key, (_, path) in equations.items():
@@ -339,7 +339,7 @@ class RecurrentLowering:
                             if node.dtype != STATE_DTYPE else None)
         return node.name
 
-    def returns(self, env: _Env) -> tuple[list[tuple[LoopOutput, Shape]], list[str]]:
+    def returns(self, env: Env) -> tuple[list[tuple[LoopOutput, Shape]], list[str]]:
         out: list[tuple[LoopOutput, Shape]] = []
         names = []
         for name, text in self.owner.mod.outputs.items():
