@@ -88,7 +88,7 @@ def render(source: str, fmt: str, timeout: float = 300.0, cpu_seconds: int | Non
                                   timeout=timeout, check=False, preexec_fn=_cpu_limit(cpu_seconds))
     except subprocess.TimeoutExpired:
         raise RenderError(f"Graphviz took more than {timeout:.0f} s; {way_out}") from None
-    if cpu_seconds is not None and done.returncode in (-signal_number("SIGXCPU"), -signal_number("SIGKILL")):
+    if cpu_seconds is not None and done.returncode in (-_signal_number("SIGXCPU"), -_signal_number("SIGKILL")):
         raise RenderError(f"Graphviz ran past {cpu_seconds} s of CPU laying out this figure; {way_out}")
     if done.returncode != 0 or not done.stdout:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -97,7 +97,7 @@ def render(source: str, fmt: str, timeout: float = 300.0, cpu_seconds: int | Non
     return _mark_png(data) if fmt == "png" else data.replace(b"<svg ", f"<!-- {MARK} -->\n<svg ".encode(), 1)
 
 
-def signal_number(name: str) -> int:
+def _signal_number(name: str) -> int:
     return int(getattr(signal, name, 0)) or -1000  # -1000: never a return code
 
 
