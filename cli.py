@@ -370,12 +370,31 @@ def _summary(value: Any) -> str:
     return f"{head}  {stats}" + (f"  non-finite {nonfinite:,}" if nonfinite else "")
 
 
-def _output_file(directory: Path, name: str) -> Path:
-    """``DIR/<name>.npy``, with any character that cannot be in a plain file name replaced by `_`."""
-    import re
+#: What an output's file name keeps as it is; any other character, a leading dot, or a name above 100 characters
+#: makes the file name the kept characters plus `~` and a digest of the whole name.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", re.ASCII)
 
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
-    return directory / f"{safe}.npy"
+
+def _output_files(names: list[str]) -> dict[str, str]:
+    """Output name -> its file name in --output-dir, one file per output (an injective mapping): a plain name as it
+    is (``y`` -> ``y.npy``); any other as its plain characters, ``~`` and 16 hex digits of its SHA-256 (``yé`` ->
+    ``y_~<digest>.npy``). No plain name holds ``~``, so the two kinds never meet, and two names that differ only in
+    case (one file on macOS and Windows) both get the digest."""
+    import hashlib
+
+    def digested(name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100]
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return f"{safe}~{digest}.npy"
+
+    files = {n: f"{n}.npy" if _PLAIN_NAME.fullmatch(n) else digested(n) for n in names}
+    folded: dict[str, list[str]] = {}
+    for name, file in files.items():
+        folded.setdefault(file.casefold(), []).append(name)
+    for group in folded.values():
+        if len(group) > 1:
+            files.update({n: digested(n) for n in group})
+    return files
 
 
 @app.command()
@@ -385,6 +404,10 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         provider: str = typer.Option("auto", "--provider", help="onnxruntime provider: auto, cpu, cuda, tensorrt."),
         output_dir: Optional[Path] = typer.Option(None, "--output-dir",
                                                   help="Also write each output to DIR/<output>.npy."),
+        cast: bool = typer.Option(False, "--cast",
+                                  help="Convert an input of another dtype to the model's (float64 to float32, "
+                                       "int32 to int64...), with a warning each; values that do not fit are "
+                                       "refused."),
         debug: bool = DEBUG) -> None:
     """Run an ONNX model in onnxruntime on .npy inputs: prints each output's shape, dtype and range."""
     import numpy as np
@@ -407,7 +430,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
             _fail(f"error: --provider: {exc}", 2)
         try:
             session, used = rt.make_session(model, provider)
-            rt.check_inputs(session, arrays)
+            feed, casts = rt.prepare_inputs(session, arrays, cast=cast)
         except rt.ModelLoadError as exc:
             _fail(f"error: {exc}", 2)
         except rt.InputMismatch as exc:
@@ -416,27 +439,30 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         try:
             quiet = ort.RunOptions()
             quiet.log_severity_level = 4  # the error is reported once, below, not also in onnxruntime's log
-            values = session.run(names, arrays, quiet)
+            values = session.run(names, feed, quiet)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes; e.g. a token id beyond the vocabulary
             if type(exc).__module__.split(".")[0] != "onnxruntime":
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _fail(f"error: {model}: onnxruntime failed on these inputs: {reason}", 2)
-        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used)
+        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used, casts)
 
     result = _guard(debug, action)
+    _warn([f"warning: --cast: {line}" for line in result.casts])
     width = max((len(n) for n in result.outputs), default=0)
     for name, value in result.outputs.items():
         print(f"{name:<{width}}  {_summary(value)}")
     print(f"provider: {result.provider}")
     if output_dir is not None:
+        from seqdsl import files
+
         written = []
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
-            for name, value in result.outputs.items():
-                path = _output_file(output_dir, name)
-                np.save(path, value, allow_pickle=False)
-                written.append(str(path))
+            for name, file in _output_files(list(result.outputs)).items():
+                value = result.outputs[name]
+                written.append(str(files.write(output_dir / file,
+                                               lambda f, v=value: np.save(f, v, allow_pickle=False))))
         except OSError as exc:
             _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
         print(f"wrote {', '.join(written)}")
@@ -548,8 +574,6 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
          force: bool = typer.Option(False, "--force", help="Replace an existing file."),
          debug: bool = DEBUG) -> None:
     """Write a long-dependency task's data: the adding problem, copy memory, or counting brackets (seed 003)."""
-    import os
-
     from seqdsl import tasks
 
     if output.suffix != ".npz":
@@ -562,13 +586,10 @@ def data(task: str = typer.Argument(..., help="adding, copy or brackets."),
         _fail(f"error: seqdsl data {task}: {exc}", 2)
 
     def write() -> None:
+        from seqdsl import files
+
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp.npz")
-        try:
-            tasks.save(arrays, str(tmp))
-            os.replace(tmp, output)
-        finally:
-            tmp.unlink(missing_ok=True)
+        files.write(output, lambda f: tasks.save(arrays, f))  # whole, and over a link rather than through it
 
     try:
         _guard(debug, write)
@@ -596,20 +617,26 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
     limits = _limits(max_nodes, max_depth, max_repeat)
     model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
-    if as_json:
-        print(json.dumps({"sizes": model.sizes, **summary.to_json()}, indent=2))
-        return
     g = model.graph
+    # one source for the table and --json: the inputs, the outputs and each module's parameters
+    signature = {"inputs": {n.name: {"shape": list(n.shape), "dtype": n.dtype} for n in model.input_nodes()},
+                 "outputs": {k: {"shape": list(g[v].shape), "dtype": g[v].dtype} for k, v in g.outputs.items()},
+                 "parameters": [{"module": group.module,
+                                 "params": {n: list(shape) for n, shape in group.params}, "count": group.count}
+                                for group in params_by_module(model)],
+                 "param_count": model.param_count}
+    if as_json:
+        print(json.dumps({"sizes": model.sizes, **signature, **summary.to_json()}, indent=2))
+        return
     out.print(f"[bold]{model.name}[/bold]  sizes: " + ", ".join(f"{k}={v}" for k, v in model.sizes.items()))
-    for n in model.input_nodes():
-        out.print(f"  input  {n.name}: {_shape([*n.shape, n.dtype])}")
-    for name, ref in g.outputs.items():
-        out.print(f"  output {name}: {_shape([*g[ref].shape, g[ref].dtype])}")
+    for role in ("inputs", "outputs"):
+        for name, value in signature[role].items():
+            out.print(f"  {role[:-1]:<6} {name}: {_shape([*value['shape'], value['dtype']])}")
     table = Table("module", "parameters", "count", title_justify="left")
-    for group in params_by_module(model):
-        shapes = ", ".join(f"{n} {list(s)}" for n, s in group.params)
-        table.add_row(group.module or "(top)", shapes, f"{group.count:,}")
-    table.add_row("[bold]total[/bold]", "", f"[bold]{model.param_count:,}[/bold]")
+    for group in signature["parameters"]:
+        shapes = ", ".join(f"{n} {shape}" for n, shape in group["params"].items())
+        table.add_row(group["module"] or "(top)", shapes, f"{group['count']:,}")
+    table.add_row("[bold]total[/bold]", "", f"[bold]{signature['param_count']:,}[/bold]")
     out.print(table)
     cost = Table(title=f"costs at B={batch}, T={seq_len} (every time axis)", title_justify="left")
     cost.add_column("module", no_wrap=True)

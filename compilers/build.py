@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 import seqdsl
+from seqdsl import files as seqdsl_files
 from seqdsl.errors import SpecError
 from seqdsl.footprint import MAX_ACTIVATION_BYTES, MAX_STEPS, check_footprint
 from seqdsl.ir import Model
@@ -208,11 +209,12 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
     limit = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
     if serialized_size(proto) < limit:
         onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(path))
+        seqdsl_files.write(path, proto.SerializeToString())
         return False
-    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=EXTERNAL_DATA_FILE)
-    onnx.checker.check_model(str(path), full_check=True)
+    with seqdsl_files.replacing(path, path.with_name(EXTERNAL_DATA_FILE)) as (model_tmp, _):
+        onnx.save(proto, str(model_tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=EXTERNAL_DATA_FILE)
+        onnx.checker.check_model(str(model_tmp), full_check=True)
     return True
 
 
@@ -272,11 +274,12 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .onnx_form import FormError, choose
     from .onnx_runtime import max_abs_diff, run
     from .torch_module import module_class
-    from .triton import model_dir, write_repository
+    from .triton import check_repository, model_dir
     from .weights import read_weights
 
-    if out_dir is not None:
-        output_dir(out_dir, spec)  # a wrong -o is said before the spec is even read
+    early = output_dir(out_dir, spec) if out_dir is not None else None  # a wrong -o: said before the spec is read
+    if triton is not None:
+        check_repository(triton, early)  # and so is a --triton REPO that cannot be written, or inside -o
     stage("checking the spec")
     model = seqdsl.load(spec, sizes, limits, root=root)
     check_size(model, max_params)
@@ -286,7 +289,6 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     fp = check_footprint(model, _axis_lengths(model, batch, steps, {**wanted, **lengths}), max_memory, max_steps)
     check_memory(model, fp)
     trained = read_weights(model, weights) if weights is not None else None
-    triton_dir = model_dir(Path(triton), model.name) if triton is not None else None
     unrolled_lengths: dict[str, int] | None = None
     exported = model
     if unroll:
@@ -301,6 +303,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             lengths = {**wanted, **lengths}
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
     target = output_dir(out, spec)  # refused here, before anything runs, unless a build may publish there
+    triton_dir = model_dir(Path(triton), model.name, target) if triton is not None else None
     inputs = example_inputs(model, batch, steps, seed, lengths)
     try:  # the probe, where one runs, times the check run's inputs (zero weights: the speed is the same)
         choices = choose(model, onnx_form, optimize=optimize_passes, unroll=unrolled_lengths is not None,
@@ -322,8 +325,9 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             net.load_state_dict(trained)
         weights = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         # one metadata key: safetensors writes several in no fixed order, and builds should be byte-reproducible
-        save_file(weights, str(staging / "weights.safetensors"),
-                  metadata={"seqdsl": f"{__version__}; spec {plain_text(Path(spec).name, 255)}"})
+        with seqdsl_files.replacing(staging / "weights.safetensors") as (weights_tmp,):
+            save_file(weights, str(weights_tmp),
+                      metadata={"seqdsl": f"{__version__}; spec {plain_text(Path(spec).name, 255)}"})
         stage("exporting ONNX")
         proto = export(exported, optimize=optimize_passes, native_cells=native if optimize_passes else False)
         set_weights(proto, {k: v.numpy() for k, v in weights.items()})
@@ -361,11 +365,12 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
             triton=str(triton_dir) if triton_dir is not None else None)
-        (staging / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-        if triton_dir is not None:
-            write_repository(triton_dir, staging, model.name, [f for f in files if f.startswith("model.onnx")])
+        seqdsl_files.write_text(staging / "build.json", json.dumps(asdict(result), indent=2) + "\n")
         stage("publishing")
         result.warnings += publish(staging, target)
+        if triton_dir is not None:  # only once DIR holds this build: the copy is of what was published
+            _copy_to_triton(triton_dir, target, model.name, [f for f in files if f.startswith("model.onnx")],
+                            result.out_dir)
         return result
     except Exception as exc:
         if out_of_memory(exc):  # the model passed every limit but does not fit (another process, ulimit -v)
@@ -373,6 +378,17 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         raise
     finally:
         discard(staging)  # a failed build's files; after publishing, nothing or what `publish` kept on purpose
+
+
+def _copy_to_triton(triton_dir: Path, built: Path, name: str, onnx_files: list[str], shown: str) -> None:
+    """Write the published build's ONNX files into the Triton repository (`compilers.triton`)."""
+    from .triton import write_repository
+
+    try:
+        write_repository(triton_dir, built, name, onnx_files)
+    except OSError as exc:  # checked before the build; what changed since is the machine's, not seqdsl's
+        raise UsageError(f"--triton {triton_dir}: {shown} was built, but the Triton copy failed: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _read_structure(path: Path) -> "onnx.ModelProto":

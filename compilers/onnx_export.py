@@ -620,9 +620,11 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
     from seqdsl.passes import optimize as run_passes
     from seqdsl.passes import recognize
 
+    from . import sequence_lengths
     from .onnx_runtime import target_versions
     from .onnx_scan import fuse_steps
 
+    bounds = sequence_lengths.bounded_by(model)  # read before the passes rewrite the masks
     if optimize:
         if native_cells:
             blocks = None if native_cells is True else frozenset(native_cells)
@@ -651,6 +653,9 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
                               producer_name="seqdsl", producer_version=__version__)
     proto.ir_version = min(ir_version or max_ir, max_ir, onnx.IR_VERSION)
     _describe(proto, model, unread_params)
+    if bounds:  # what `seqdsl run` checks a `lengths:` input against
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            sequence_lengths.METADATA_KEY: sequence_lengths.to_metadata(bounds)})
     return proto
 
 

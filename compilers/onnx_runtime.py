@@ -17,7 +17,7 @@ import io
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+from . import sequence_lengths
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -68,10 +70,12 @@ class InputSpec:
 
 @dataclass
 class RunResult:
-    """Outputs of one run, keyed by the model's output names, and the provider that ran it."""
+    """Outputs of one run, keyed by the model's output names, the provider that ran it, and a line per input that
+    ``cast=True`` converted."""
 
     outputs: dict[str, np.ndarray]
     provider: str
+    casts: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- versions
@@ -259,17 +263,21 @@ def make_session(model: ModelSource, provider: str | None = None) -> tuple[ort.I
     return session, used
 
 
-def run(model: ModelSource, inputs: Mapping[str, np.ndarray], provider: str | None = None) -> RunResult:
+def run(model: ModelSource, inputs: Mapping[str, np.ndarray], provider: str | None = None,
+        cast: bool = False) -> RunResult:
     """Run ``model`` once on ``inputs``; outputs are keyed by the model's output names.
 
+    The inputs are checked and converted first (`prepare_inputs`: native byte order; with ``cast`` the model's
+    dtypes, each conversion listed in ``RunResult.casts``), so that what onnxruntime gets is what was meant, and
+    nothing it would crash on (an empty axis) reaches it.
     Raises `InputMismatch` (a ValueError) when ``inputs`` do not fit the model's input signature, `ModelLoadError`
     when onnxruntime cannot load the model and `RuntimeUnavailable` for a provider that cannot run here.
     """
     session, used = make_session(model, provider)
-    check_inputs(session, inputs)
+    arrays, casts = prepare_inputs(session, inputs, cast=cast)
     names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {k: np.asarray(v) for k, v in inputs.items()})
-    return RunResult(outputs={n: np.asarray(v) for n, v in zip(names, values)}, provider=used)
+    values = session.run(names, arrays)
+    return RunResult(outputs={n: np.asarray(v) for n, v in zip(names, values)}, provider=used, casts=casts)
 
 
 # --------------------------------------------------------------------------- input signatures
@@ -306,20 +314,31 @@ def _proto_signature(proto: onnx.ModelProto) -> list[InputSpec]:
 
 def input_signature(session_or_model: "ort.InferenceSession | ModelSource") -> list[InputSpec]:
     """The required inputs of a session or model (path, bytes or ModelProto): names, dims and dtypes."""
+    return _model_info(session_or_model)[0]
+
+
+def _model_info(session_or_model: "ort.InferenceSession | ModelSource") -> tuple[list[InputSpec], dict[str, str]]:
+    """The input signature and the metadata map of a session or model."""
     if isinstance(session_or_model, ort.InferenceSession):
-        specs = []
-        for arg in session_or_model.get_inputs():
-            kind = arg.type or ""
-            dtype = _ORT_TYPES.get(kind[len("tensor("):-1]) if kind.startswith("tensor(") else None
-            shape = None if arg.shape is None else tuple(
-                d if isinstance(d, int) or d is None else (str(d) or None) for d in arg.shape)
-            specs.append(InputSpec(arg.name, shape, dtype))
-        return specs
+        return _session_signature(session_or_model), dict(session_or_model.get_modelmeta().custom_metadata_map)
     if isinstance(session_or_model, onnx.ModelProto):
-        return _proto_signature(session_or_model)
-    if isinstance(session_or_model, (bytes, bytearray)):
-        return _proto_signature(onnx.ModelProto.FromString(bytes(session_or_model)))
-    return _proto_signature(onnx.load(os.fspath(session_or_model), load_external_data=False))
+        proto = session_or_model
+    elif isinstance(session_or_model, (bytes, bytearray)):
+        proto = onnx.ModelProto.FromString(bytes(session_or_model))
+    else:
+        proto = onnx.load(os.fspath(session_or_model), load_external_data=False)
+    return _proto_signature(proto), {p.key: p.value for p in proto.metadata_props}
+
+
+def _session_signature(session: ort.InferenceSession) -> list[InputSpec]:
+    specs = []
+    for arg in session.get_inputs():
+        kind = arg.type or ""
+        dtype = _ORT_TYPES.get(kind[len("tensor("):-1]) if kind.startswith("tensor(") else None
+        shape = None if arg.shape is None else tuple(
+            d if isinstance(d, int) or d is None else (str(d) or None) for d in arg.shape)
+        specs.append(InputSpec(arg.name, shape, dtype))
+    return specs
 
 
 def _closest(name: str, names: list[str]) -> str | None:
@@ -328,13 +347,26 @@ def _closest(name: str, names: list[str]) -> str | None:
     return folded[match[0]] if match else None
 
 
-def check_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs: Mapping[str, object]) -> None:
+def check_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs: Mapping[str, object],
+                 cast: bool = False) -> None:
     """Check ``inputs`` against the model's input signature; raise `InputMismatch` (a ValueError) on the first
-    problem: a name the model does not have (with the closest one), a missing input, a wrong rank, dtype or
-    fixed dimension, or a symbolic axis (``B``, ``T``) given two different lengths by two inputs.
-    Every message names the input and says what was expected and what was found.
+    problem (see `prepare_inputs`, which also gives the arrays to run)."""
+    prepare_inputs(session_or_model, inputs, cast=cast)
+
+
+def prepare_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs: Mapping[str, object],
+                   cast: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays to hand onnxruntime for ``inputs``, and one line per input that ``cast`` converted.
+
+    Raises `InputMismatch` (a ValueError) on the first problem: a name the model does not have (with the closest
+    one), a missing input, a wrong dtype (unless ``cast``: then converted to the model's dtype, refused only where
+    the values do not fit it, see `_cast`), an empty axis (onnxruntime would kill the process), a wrong rank or fixed
+    dimension, a symbolic axis (``B``, ``T``) given two different lengths by two inputs, or a ``lengths:`` input
+    outside [1, T] (`compilers.sequence_lengths`, the rule `train` applies). Every message names the input and
+    says what was expected and what was found. Arrays in the other byte order (a big-endian ``>f4`` file) are
+    converted to the native one: onnxruntime reads the bytes as they are.
     """
-    signature = input_signature(session_or_model)
+    signature, metadata = _model_info(session_or_model)
     names = [s.name for s in signature]
     listing = ", ".join(map(str, signature)) or "none"
     for name in inputs:
@@ -347,26 +379,98 @@ def check_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs:
         raise InputMismatch(f"missing input{'s' if len(missing) > 1 else ''} "
                             + ", ".join(f"`{s.name}`" for s in missing) + f"; the model's inputs: {listing}")
     seen: dict[str, tuple[int, str]] = {}  # symbolic axis -> (length, input that set it)
+    arrays: dict[str, np.ndarray] = {}
+    casts: list[str] = []
     for spec in signature:
         value = inputs[spec.name]
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
         found = f"a {array.dtype.name} array of shape {tuple(array.shape)}"
         if spec.dtype is not None and array.dtype.name != spec.dtype:
-            raise InputMismatch(f"input `{spec.name}`: expected dtype {spec.dtype} ({spec}), found {found}")
-        if spec.shape is None:
+            if not cast:
+                raise InputMismatch(f"input `{spec.name}`: expected dtype {spec.dtype} ({spec}), found {found}; "
+                                    "--cast (cast=True) converts it")
+            array, note = _cast(spec, array)
+            casts.append(note)
+        empty = [axis for axis, size in enumerate(array.shape) if size == 0]
+        if empty:
+            raise InputMismatch(f"input `{spec.name}`: axis {empty[0]} is empty in {found} ({spec}); every axis "
+                                "needs at least one element")
+        if spec.shape is not None:
+            if array.ndim != len(spec.shape):
+                raise InputMismatch(f"input `{spec.name}`: expected rank {len(spec.shape)} ({spec}), "
+                                    f"found {found}")
+            for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
+                if isinstance(dim, int) and dim != size:
+                    raise InputMismatch(f"input `{spec.name}`: axis {axis} must be {dim} ({spec}), found {size} in "
+                                        f"{found}")
+                if isinstance(dim, str):
+                    if dim in seen and seen[dim][0] != size:
+                        length, other = seen[dim]
+                        raise InputMismatch(f"input `{spec.name}`: axis {axis} is `{dim}`, which is {length} in "
+                                            f"input `{other}` but {size} here, in {found}")
+                    seen.setdefault(dim, (size, spec.name))
+        arrays[spec.name] = _native(array)
+    for name, (other, axis) in sequence_lengths.from_metadata(metadata).items():
+        if name not in arrays or other not in arrays or not 0 <= axis < arrays[other].ndim:
             continue
-        if array.ndim != len(spec.shape):
-            raise InputMismatch(f"input `{spec.name}`: expected rank {len(spec.shape)} ({spec}), "
-                                f"found {found}")
-        for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
-            if isinstance(dim, int) and dim != size:
-                raise InputMismatch(f"input `{spec.name}`: axis {axis} must be {dim} ({spec}), found {size} in {found}")
-            if isinstance(dim, str):
-                if dim in seen and seen[dim][0] != size:
-                    length, other = seen[dim]
-                    raise InputMismatch(f"input `{spec.name}`: axis {axis} is `{dim}`, which is {length} in input "
-                                        f"`{other}` but {size} here, in {found}")
-                seen.setdefault(dim, (size, spec.name))
+        steps = arrays[other].shape[axis]
+        bad = sequence_lengths.out_of_range(arrays[name], steps)
+        if bad is not None:
+            i, value, count = bad
+            raise InputMismatch(f"input `{name}`: `{name}`[{i}] = {value}: a length lies in [1, {steps}] (axis "
+                                f"{axis} of `{other}`); {count} length{'s' if count > 1 else ''} out of range")
+    return arrays, casts
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """``array`` in the machine's byte order and C order: onnxruntime takes the buffer's bytes as they are."""
+    if array.dtype.byteorder not in ("=", "|") and array.dtype.byteorder != _NATIVE:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(array)
+
+
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+
+
+def _cast(spec: InputSpec, array: np.ndarray) -> tuple[np.ndarray, str]:
+    """``array`` converted to ``spec``'s dtype, and the line that says so (exactly, or rounded).
+
+    To a float type any bool, integer or float array converts, rounded to the nearest value as numpy's astype;
+    refused when a finite value would become infinite (float64 1e300 to float32). To an integer or bool type only
+    values that it holds exactly convert: integers (or integral, finite floats) within its range, 0 and 1 for bool;
+    anything else is refused naming the first value that does not fit, never wrapped or truncated."""
+    target, source, name = np.dtype(spec.dtype), array.dtype, spec.name
+    if source.kind not in "biuf" or target.kind not in "biuf":
+        raise InputMismatch(f"input `{name}`: a {source.name} array cannot be cast to {target.name} ({spec})")
+    values = _native(array)
+
+    def refuse(bad: np.ndarray, why: str) -> None:
+        if bad.any():
+            first = values.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
+            raise InputMismatch(f"input `{name}`: cannot cast {source.name} to {target.name} ({spec}): "
+                                f"{first.item()!r} {why}; {int(bad.sum())} such value{'s' if bad.sum() > 1 else ''}")
+
+    if target.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = values.astype(target)
+        refuse(np.isinf(out) & ~np.isinf(values), f"lies beyond {target.name}'s range")
+    else:
+        if source.kind == "f":
+            refuse(~np.isfinite(values) | (np.floor(values) != values), "is not an integer")
+        low, high = (0, 1) if target.kind == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
+        # compared as Python integers through object arrays would be slow; float64 holds every bound that matters
+        # exactly except int64/uint64's upper ends, where >= 2**63 (2**64) is the test
+        if source.kind == "f":
+            upper = float(high) if high < 2**53 else float(high + 1)
+            outside = (values < low) | ((values > upper) if high < 2**53 else (values >= upper))
+        else:
+            outside = (values < low) | (values > high)
+        refuse(outside, f"lies outside {target.name}'s [{low}, {high}]")
+        out = values.astype(target)
+    back = out.astype(source)
+    exact = np.array_equal(back, values, equal_nan=source.kind == "f" and target.kind == "f")
+    return out, f"input `{name}`: cast from {source.name} to {target.name} " + (
+        "(exactly)" if exact else "(rounded to the nearest value)")
 
 
 def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, float]:

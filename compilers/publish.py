@@ -33,13 +33,16 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from seqdsl import files
+
 #: Every name a build may write into its directory; a build's marker can only claim these.
 BUILD_FILES = frozenset({"model.py", "weights.safetensors", "model.onnx", "model.onnx.data", "build.json"})
 MARKER = "build.json"
 SIGNATURE = "seqdsl"  # build.json's "built_by"
 #: What `tempfile.mkdtemp` appends to a prefix: 8 characters of this alphabet.
 _STAGING = r"\.staging-(?P<pid>[0-9]+)-[a-z0-9_]{8}"
-#: A file the build may be in the middle of writing when it is killed (`module_class` writes model.py so).
+#: A file the build may be in the middle of writing when it is killed (older builds wrote model.py so; now every
+#: file goes through `seqdsl.files`, whose temporary names `files.is_temporary` knows).
 _PARTIAL = re.compile(r"\.model\.py\.[0-9]+\.tmp")
 
 State = Literal["new", "empty", "build"]
@@ -187,10 +190,17 @@ def discard(staging: Path) -> bool:
     leave it, and anything in it, otherwise. Returns whether it is gone."""
     try:
         names = os.listdir(staging)
-        if not all((n in BUILD_FILES or _PARTIAL.fullmatch(n)) and _plain_file(staging / n) for n in names):
+        temporary = [n for n in names if files.is_temporary(n) and _only_build_files(staging / n)]
+        if not all(((n in BUILD_FILES or _PARTIAL.fullmatch(n) or files.is_temporary(n)) and _plain_file(staging / n))
+                   or n in temporary for n in names):
             return False
         for name in names:
-            (staging / name).unlink()
+            if name in temporary and not _plain_file(staging / name):
+                for inner in os.listdir(staging / name):
+                    (staging / name / inner).unlink()
+                (staging / name).rmdir()
+            else:
+                (staging / name).unlink()
         staging.rmdir()
     except FileNotFoundError:
         return True
@@ -251,6 +261,17 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True  # someone else's process (or an impossible pid): not ours to judge
     return True
+
+
+def _only_build_files(folder: Path) -> bool:
+    """Whether ``folder`` is a directory (not a link) holding only plain files named as a build names its files:
+    the private folder `seqdsl.files.replacing` writes model.onnx and its data into."""
+    try:
+        if not stat.S_ISDIR(folder.lstat().st_mode):
+            return False
+        return all(n in BUILD_FILES and _plain_file(folder / n) for n in os.listdir(folder))
+    except OSError:
+        return False
 
 
 def _plain_file(path: Path) -> bool:

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from torch import nn
 
-from seqdsl import passes
+from seqdsl import files, passes
 from seqdsl.errors import SpecError
 from seqdsl.ir import Model
 from seqdsl.naming import MODULE_ATTRIBUTES
@@ -67,7 +67,7 @@ def module_class(model: Model, source_path: Path | None = None, optimize: bool =
     cells = torch_runs if native_cells else frozenset()
     source = generate(passes.optimize(model, cells=cells) if optimize else model)
     if source_path is not None and (not source_path.exists() or source_path.read_text() != source):
-        source_path.write_text(source)
+        files.write_text(source_path, source)
     # imported from the cache under a stable name (compilers.generated.<model>_<digest>), so torch.save(net) finds
     # the class again in another process
     return generated.load(model.name, source).Model

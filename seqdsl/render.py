@@ -12,11 +12,11 @@ import importlib.metadata
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -25,6 +25,8 @@ try:
     import resource
 except ImportError:  # Windows
     resource = None  # type: ignore[assignment]
+
+from . import files
 
 FORMATS = ("svg", "png", "dot")
 PROGRAMS = ("graphviz-pure", "dot")
@@ -121,28 +123,28 @@ def _mark_png(data: bytes) -> bytes:
 
 
 def is_ours(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not a link, which is never followed) that `write` made: it carries the
+    mark in its first 4 KiB."""
     try:
-        with path.open("rb") as f:
-            head = f.read(4096)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return False
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(4096)
     return MARK.encode() in head
 
 
 def write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename; refuse to replace a file not made here."""
-    if path.exists() and (not path.is_file() or not is_ours(path)):
+    """Write ``data`` to ``path`` whole (`seqdsl.files.write`); refuse a symbolic link there (dangling or not, even
+    to a figure of ours) and anything that is not a figure made here."""
+    if path.is_symlink():
+        raise RenderError(f"{path} is a symbolic link; `seqdsl graph` writes only a regular file it made, never "
+                          "through or over a link: remove it or choose another name")
+    if path.exists() and not is_ours(path):
         raise RenderError(f"{path} exists and was not made by `seqdsl graph`; remove it or choose another name")
     if not path.parent.is_dir():
         raise RenderError(f"{path.parent} is not a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's private 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write(path, data)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from conftest import SPECS
 
 import seqdsl
+import seqdsl.files
 from compilers.build import ParityError, build, example_inputs, run_torch
 from compilers.onnx_runtime import run, supported_ir_version, supported_opset
 from compilers.torch_module import import_source, to_module
@@ -119,7 +120,7 @@ def test_interrupted_or_failed_write_leaves_previous_output(tmp_path: Path, monk
     def broken_save(*args: object, **kwargs: object) -> None:
         raise failure
 
-    monkeypatch.setattr(onnx, "save", broken_save)
+    monkeypatch.setattr(seqdsl.files, "_durable", broken_save)  # every file is written through seqdsl.files
     with pytest.raises(type(failure)):
         build(SPECS / "rnn.yaml", out, sizes={"h": 4})
     assert _snapshot(out) == before

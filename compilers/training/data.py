@@ -22,6 +22,8 @@ import numpy as np
 from seqdsl.errors import Location, SpecError, did_you_mean
 from seqdsl.ir import Dim, Model, all_nodes
 
+from ..sequence_lengths import out_of_range  # the lengths rule, shared with `seqdsl run`
+
 #: A data file that would unpack to more than this many bytes is refused before it is read (a zip bomb, or data
 #: that cannot fit in memory anyway).
 MAX_DATA_BYTES = 16 * 2**30
@@ -241,11 +243,11 @@ class _Checker:
                 raise SpecError("E0704", f"`{name}` has an empty time axis {dim}", self.loc(name))
 
     def lengths_in_range(self, lengths: np.ndarray, name: str, steps: int) -> np.ndarray:
-        bad = (lengths < 1) | (lengths > steps)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise SpecError("E0705", f"`{name}`[{i}] = {int(lengths[i])}: a length lies in [1, {steps}]",
-                            self.loc(name), found=f"{int(bad.sum())} lengths out of range",
+        bad = out_of_range(lengths, steps)  # the rule `seqdsl run` applies too
+        if bad is not None:
+            i, value, count = bad
+            raise SpecError("E0705", f"`{name}`[{i}] = {value}: a length lies in [1, {steps}]",
+                            self.loc(name), found=f"{count} lengths out of range",
                             hint="a length counts the real (unpadded) steps of its sequence")
         return np.arange(steps)[None, :] < lengths[:, None]
 
