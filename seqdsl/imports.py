@@ -124,11 +124,7 @@ def _resolve(session: _Session, target: str, importer: Path, loc: Location) -> P
     try:
         path = (base / rel).resolve()
     except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop (RuntimeError in 3.11)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
-        shown = target if len(target) <= 80 else target[:60] + "..." + target[-16:]
-        raise SpecError("E0502", f"import path `{shown}` cannot be followed: {why}", loc,
-                        hint="name an existing .yaml file with a plain relative path (each name at most 255 bytes, "
-                             "no symlink loops)") from None
+        raise _unfollowable(target, exc, loc) from None
     if not _inside(path, tree):  # checked before anything at `path` is looked at
         named = tree is session.root and session.explicit
         raise SpecError("E0502", f"import `{target}` leaves " + ("the --root folder" if named else "the spec's folder"),
@@ -139,13 +135,21 @@ def _resolve(session: _Session, target: str, importer: Path, loc: Location) -> P
                                                         "holds both: --root DIR (in Python: root=DIR)"))
     try:
         is_file = path.is_file()
-    except (OSError, ValueError):
-        is_file = False
+    except (OSError, ValueError) as exc:
+        raise _unfollowable(target, exc, loc) from None
     if not is_file:
         raise SpecError("E0506", f"imported file `{target}` does not exist", loc, found=str(path),
                         hint=did_you_mean(Path(rel).name, [p.name for p in path.parent.glob("*.yaml")])
                         if path.parent.is_dir() else None)
     return path
+
+
+def _unfollowable(target: str, exc: Exception, loc: Location) -> SpecError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+    shown = target if len(target) <= 80 else target[:60] + "..." + target[-16:]
+    return SpecError("E0502", f"import path `{shown}` cannot be followed: {why}", loc,
+                     hint="name an existing .yaml file with a plain relative path (each name at most 255 bytes, "
+                          "no symlink loops)")
 
 
 def _inside(path: Path, tree: Path) -> bool:
