@@ -52,8 +52,17 @@ def _limits(nodes: int, depth: int, repeat: int) -> Any:
     return seqdsl.Limits(nodes=nodes, depth=depth, repeat=repeat)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    print(message, file=sys.stderr)  # plain: error blocks must not be re-wrapped or styled
+def _terminal(message: str) -> str:
+    from seqdsl.text import terminal_text  # here, not at the top: `seqdsl run` loads the language only to fail
+
+    return terminal_text(message)
+
+
+def _fail(message: str | list[str], code: int) -> NoReturn:
+    """Print a message (or several blocks, a blank line apart) and exit. Every control character is escaped
+    (`seqdsl.text.terminal_text`), and a newline only begins one of the message's own indented lines."""
+    blocks = [message] if isinstance(message, str) else message
+    print("\n\n".join(_terminal(b) for b in blocks), file=sys.stderr)  # plain: not re-wrapped or styled
     raise typer.Exit(code)
 
 
@@ -73,15 +82,17 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
-        if isinstance(exc, _loaded("seqdsl.errors", "SpecError", "SpecErrors")):
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
+            _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
+        if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
             _fail(str(exc), 2)
         if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
                       + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
-            _fail(f"error: {exc}", 2)
+            _fail(f"error: {_oneline(exc)}", 2)
         if debug:
             raise
         kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
-        _fail(f"error: {kind}: {type(exc).__name__}: {exc}\n"
+        _fail(f"error: {kind}: {type(exc).__name__}: {_oneline(exc)}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
 
@@ -160,9 +171,23 @@ def _progress(what: str, stages: tuple[str, ...]) -> Iterator[Callable[[str], No
         yield update
 
 
+def _oneline(exc: BaseException) -> str:
+    """An exception's message, one line: what it quotes (a path, an ONNX name) cannot start a line of its own."""
+    from seqdsl.text import printable
+
+    return printable(str(exc))
+
+
+def _shown(path: Path) -> str:
+    """A file's name for a rich print: escaped for the terminal, and for rich's markup (`[` is no tag)."""
+    from rich.markup import escape
+
+    return escape(_terminal(str(path)))
+
+
 def _warn(warnings: list[str]) -> None:
     for text in warnings:
-        print(text, file=sys.stderr)
+        print(_terminal(text), file=sys.stderr)
 
 
 def _shape(dims: list[Any]) -> str:
@@ -208,7 +233,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
             failed += 1
             continue
         _warn([w.format() for w in model.warnings])
-        out.print(f"{spec}: ok — {model.name}, {model.param_count:,} parameters, "
+        out.print(f"{_shown(spec)}: ok — {model.name}, {model.param_count:,} parameters, "
                   f"{model.graph.count()} IR nodes")
     if len(files) > 1:
         out.print(f"{len(files) - failed} of {len(files)} specs ok" + (f", {failed} failed" if failed else ""))
@@ -262,6 +287,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
+    from compilers.parity import check_line
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
@@ -304,20 +330,22 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
         version = next(iter(result.onnx_choice.values()))["onnxruntime"]
         rows.append(("onnx form", f"{why} (onnxruntime {version})"))
     rows.append(("onnxruntime", result.provider))
-    worst = max(result.max_abs_diff.values(), default=0.0)
     shape = ", ".join(f"{k}={v}" for k, v in result.check_shape.items())
-    rows.append(("max abs diff", f"{worst:.2e} vs PyTorch at {shape} (limit 1e-4)"))
-    title = f"{result.name} → {result.out_dir}"
+    rows.append(("check", f"vs PyTorch at {shape}: {check_line(result.check)}"))
+    title = _terminal(f"{result.name} → {result.out_dir}")  # the folder's name may come from anywhere
+    rows = [(key, _terminal(value)) for key, value in rows]
     if not _interactive():  # piped, or under CI: one `key: value` line each, for grep and logs
         print(title)
         for key, value in rows:
             print(f"  {key}: {value}")
         return
-    table = Table(title=title, show_header=False, title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     out.print(table)
 
 

@@ -5,8 +5,8 @@
     DIR/model.onnx            a length-independent ONNX graph (Scan), checked by onnx.checker; with
                               ``unroll=True`` the explicit graph for one fixed length per time axis instead
     DIR/model.onnx.data       the weights, only for a model whose ONNX file would pass protobuf's 2 GiB limit
-    DIR/build.json            what was built: sizes, shapes, parameter count, provider, max abs diff, the ONNX
-                              form of each recurrent block, provenance (versions, opset, spec hashes, seed)
+    DIR/build.json            what was built: sizes, shapes, parameter count, provider, what the check against
+                              PyTorch compared (``check``), the ONNX form of each recurrent block, provenance
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
 failed build (bad spec, failed check, Ctrl-C, SIGKILL) leaves the previous DIR exactly as it was. A build owns only
@@ -32,6 +32,7 @@ from seqdsl.text import plain_text
 from seqdsl.version import __version__
 
 from .memory import check_memory, memory_message, out_of_memory
+from .parity import ATOL, RTOL, ParityError, check  # noqa: F401 - ParityError: what a failed check raises
 from .publish import SIGNATURE, discard, make_staging, output_dir, publish
 from .usage import UsageError
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from .weights import WeightsSource
 
-TOLERANCE = 1e-4  # fp32: onnxruntime vs PyTorch, largest absolute difference allowed
+TOLERANCE = ATOL  # fp32: onnxruntime vs PyTorch, the absolute part of the tolerance (`compilers.parity`)
 MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a size should not fill the memory
 #: A serialized ModelProto at or above this many bytes cannot be written as one protobuf (its limit is 2 GiB - 1):
 #: the weights then go to ``model.onnx.data`` beside ``model.onnx`` (ONNX external data). Tests lower it.
@@ -53,10 +54,6 @@ STAGES = ("loading PyTorch and ONNX", "checking the spec", "writing model.py", "
           "checking model.onnx (onnx.checker)", "running onnxruntime against PyTorch", "publishing")
 
 
-class ParityError(Exception):
-    """onnxruntime and PyTorch disagree beyond the tolerance: a compiler bug, never the user's fault."""
-
-
 @dataclass
 class BuildResult:
     name: str
@@ -67,7 +64,7 @@ class BuildResult:
     inputs: dict[str, list[Any]]
     outputs: dict[str, list[Any]]
     provider: str
-    max_abs_diff: dict[str, float]
+    max_abs_diff: dict[str, float]  # per output, over the values finite in both
     check_shape: dict[str, int] = field(default_factory=dict)
     onnx_nodes: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -83,6 +80,9 @@ class BuildResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
     built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
+    # what the check compared: the rule, atol, rtol, and per output the worst abs and rel difference, how many
+    # values were not finite (alike in both) and how many disagree (0: a build is only written when none do)
+    check: dict[str, Any] = field(default_factory=dict)
 
 
 def time_axes(model: Model) -> list[str]:
@@ -219,7 +219,7 @@ def save_onnx(proto: "onnx.ModelProto", path: Path, threshold: int | None = None
 
 
 def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, int] | None = None,
-          steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE,
+          steps: int = 7, batch: int = 3, seed: int = 0, tolerance: float = TOLERANCE, rel_tolerance: float = RTOL,
           provider: str | None = None, max_params: int = MAX_PARAMS, unroll: bool = False,
           axis_lengths: dict[str, int] | None = None, optimize_passes: bool = True,
           max_memory: int = MAX_ACTIVATION_BYTES, max_steps: int = MAX_STEPS,
@@ -272,7 +272,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     from .build_record import choice_record, onnx_form as form_word, onnx_forms, provenance
     from .onnx_export import export, set_weights
     from .onnx_form import FormError, choose
-    from .onnx_runtime import max_abs_diff, run
+    from .onnx_runtime import run
     from .torch_module import module_class
     from .triton import check_repository, model_dir
     from .weights import read_weights
@@ -342,11 +342,10 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
         stage("running onnxruntime against PyTorch")
         expected = run_torch(net, inputs)
         got = run(str(staging / "model.onnx"), inputs, provider)
-        diff = max_abs_diff(expected, got.outputs)
-        worst = max(diff.values(), default=0.0)
-        if not worst <= tolerance:
-            raise ParityError(f"onnxruntime differs from PyTorch by {worst:.3g} (> {tolerance:g}) on "
-                              f"{max(diff, key=diff.get)}: a seqdsl bug; please report it with the spec")
+        # ParityError (a seqdsl bug) unless they agree as numbers; inf/NaN alike in both is a warning
+        checked, overflow = check(model, weights, inputs, expected, got.outputs, tolerance, rel_tolerance)
+        if overflow is not None:
+            warnings.append(overflow)
         g = model.graph
         fixed = unrolled_lengths or {}
         dims = lambda shape: [fixed.get(d, d) if isinstance(d, str) else d for d in shape]  # noqa: E731
@@ -358,13 +357,13 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
             sizes=model.sizes, param_count=model.param_count,
             inputs={n.name: [*dims(n.shape), n.dtype] for n in model.input_nodes()},
             outputs={k: [*dims(g[v].shape), g[v].dtype] for k, v in g.outputs.items()},
-            provider=got.provider, max_abs_diff=diff,
+            provider=got.provider, max_abs_diff=checked.max_abs_diff,
             check_shape={k: v for k, v in _axis_lengths(model, batch, steps, lengths).items() if k in used | {"B"}},
             onnx_nodes=onnx_nodes, warnings=warnings,
             onnx_form=form_word(forms), onnx_blocks=forms, onnx_choice=choice_record(choices, forms),
             unrolled_lengths=unrolled_lengths,
             onnx_external_data=external, provenance=provenance(model, written, seed),
-            triton=str(triton_dir) if triton_dir is not None else None)
+            triton=str(triton_dir) if triton_dir is not None else None, check=checked.record())
         seqdsl_files.write_text(staging / "build.json", json.dumps(asdict(result), indent=2) + "\n")
         stage("publishing")
         result.warnings += publish(staging, target)

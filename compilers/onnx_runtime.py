@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import difflib
 import ctypes.util
 import functools
 import io
@@ -342,9 +341,9 @@ def _session_signature(session: ort.InferenceSession) -> list[InputSpec]:
 
 
 def _closest(name: str, names: list[str]) -> str | None:
-    folded = {n.lower(): n for n in names}
-    match = difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.5)
-    return folded[match[0]] if match else None
+    from seqdsl.suggest import closest  # only on this error's path: `seqdsl run` does not load the language
+
+    return closest(name, names, fold_case=True)
 
 
 def check_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs: Mapping[str, object],

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from seqdsl.errors import Location, SpecError
+from seqdsl.text import printable
 from seqdsl.ir import Model
 
 WeightsSource = Union[str, Path, Mapping[str, Any]]
@@ -125,9 +126,10 @@ def _checked(model: Model, where: Location, entries: dict[str, _Entry], load: An
 
 
 def _printable(key: str) -> str:
-    """A key from the file, shortened and with control characters escaped: it goes to the terminal."""
+    """A key from the file, shortened and with control characters escaped (`seqdsl.text.printable`, the one
+    escaping of every message): it goes to the terminal."""
     text = key if len(key) <= 80 else key[:77] + "..."
-    return text.encode("unicode_escape").decode("ascii")
+    return printable(text)
 
 
 def _hint(unexpected: list[str], params: set[str]) -> str:

@@ -137,7 +137,7 @@ def build_model(unit: Unit, overrides: dict[str, int] | None = None, name: str |
                   inputs=lowering.input_nodes, sizes=lowering.sizes, source=unit.doc.file,
                   doc=unit.module.doc, train=_train_defaults(unit), scopes=scopes)
     model.verify()
-    model.warnings = unused_values(graph) + unused_params(model)
+    model.warnings = unused_values(graph, model.scopes) + unused_params(model)
     model.sources = spec_sources(unit)
     return model
 

@@ -9,16 +9,22 @@ an expected-vs-found pair where there is one, and a hint. `format()` renders it 
       = expected: a size, input, parameter, state or earlier equation
       = found: `hiden`
       = help: did you mean `hidden`?
+
+Text from a spec (names, strings, the source line, the file name) never drives the terminal: `format` writes every
+part through `seqdsl.text.printable` (``\x1b``, ``\n``, ``\u202e`` for controls, bidi overrides and line breaks),
+so the only newlines in what it renders are its own, each followed by an indented line.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from .suggest import closest
+from .text import printable
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,8 @@ class Location:
 
     def __str__(self) -> str:
         if self.line:
-            return f"{self.file}:{self.line}:{self.col}"
-        return self.file
+            return f"{printable(self.file)}:{self.line}:{self.col}"
+        return printable(self.file)
 
 
 UNKNOWN = Location()
@@ -73,18 +79,18 @@ class SpecError(Exception):
         return "warning" if self.code.startswith("W") else "error"
 
     def format(self, source: str | None = None) -> str:
-        lines = [f"{self.loc}: {self.severity}[{self.code}]: {self.message}"]
+        lines = [f"{self.loc}: {self.severity}[{printable(self.code)}]: {printable(self.message)}"]
         lines += _excerpt(self.loc, source)
         if self.loc.path:
-            lines.append(f"   = in: {self.loc.path}")
+            lines.append(f"   = in: {printable(self.loc.path)}")
         if self.expected is not None:
-            lines.append(f"   = expected: {self.expected}")
+            lines.append(f"   = expected: {printable(self.expected)}")
         if self.found is not None:
-            lines.append(f"   = found: {self.found}")
+            lines.append(f"   = found: {printable(self.found)}")
         for note_loc, note in self.notes:
-            lines.append(f"   = note: {note_loc}: {note}")
+            lines.append(f"   = note: {note_loc}: {printable(note)}")
         if self.hint:
-            lines.append(f"   = help: {self.hint}")
+            lines.append(f"   = help: {printable(self.hint)}")
         return "\n".join(lines)
 
 
@@ -112,12 +118,16 @@ def _excerpt(loc: Location, source: str | None) -> list[str]:
         text_lines = source.splitlines()
     if not 1 <= loc.line <= len(text_lines):
         return []
-    text = text_lines[loc.line - 1].replace("\t", " ")
-    if len(text) > 160:
+    raw = text_lines[loc.line - 1].replace("\t", " ")
+    if len(raw) > 160:
         return []
+    start = max(0, loc.col - 1)
+    end = start + max(1, min(loc.length, len(raw) - loc.col + 1))
+    text = printable(raw)  # the caret moves with the escapes before and under it
+    before, under = len(printable(raw[:start])), len(printable(raw[start:end])) if end > start else 1
     gutter = str(loc.line)
     pad = " " * len(gutter)
-    caret = " " * max(0, loc.col - 1) + "^" * max(1, min(loc.length, len(text) - loc.col + 1))
+    caret = " " * before + "^" * max(1, under)
     return [f" {gutter} | {text}", f" {pad} | {caret}"]
 
 
@@ -136,5 +146,5 @@ def _file_lines(file: str, stamp: tuple[int, ...]) -> list[str]:
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A ``did you mean `x`?`` hint for a misspelt name, or None when nothing is close."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    close = closest(name, candidates)  # the one rule (seqdsl.suggest): a transposition is one edit
+    return f"did you mean `{close}`?" if close is not None else None

@@ -205,6 +205,7 @@ class Scope:
     direction: str | None = None  # a recurrent callee's direction override
     loc: Location = UNKNOWN
     part: str = ""  # "" for the call itself, else "layer 0", "forward", "backward"
+    outputs: tuple[str, ...] = ()  # the nodes the call gives its caller (every layer's): read or not, as it likes
 
 
 def scope_of(name: str, scopes: dict[str, Scope]) -> str:

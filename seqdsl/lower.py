@@ -12,6 +12,7 @@ Every mistake becomes a `SpecError` at the file:line:col of the offending (sub-)
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import keyword
 import math
@@ -343,15 +344,36 @@ class Env:
                     heapq.heappush(ready, index[reader])
         if len(order) == len(parsed):
             return order
-        deps = nx.DiGraph([(a, b) for a, bs in readers.items() for b in bs])
-        cycle = nx.find_cycle(deps)
-        chain = [a for a, _ in cycle] + [cycle[0][0]]
-        first = parsed[chain[0]][1]
-        hint = f"break the loop, or read the previous step's value with `{chain[0]}[t-1]` (a state)"
+        raise self.cycle_error(parsed, targets, index, nx.DiGraph([(a, b) for a, bs in readers.items() for b in bs]))
+
+    def cycle_error(self, parsed: dict[str, tuple[E.Expr, Location, list[str]]], targets: dict[str, str],
+                    index: dict[str, int], deps: "nx.DiGraph") -> SpecError:
+        """E0402 at the read that closes a loop: of the reads inside a cycle, the first (in written order) of a
+        value written at or below its reader. Equations are written in the order they compute, so that read is
+        the one that wants the previous step's value (`U_c @ h` for `U_c @ h[t-1]`)."""
+        def reads(reader: str, key: str) -> list[E.Name | E.Member]:
+            return [r for r in self.value_refs(parsed[reader][0])
+                    if targets.get(r.id if isinstance(r, E.Name) else r.base) == key]
+
+        looped = [c for c in nx.strongly_connected_components(deps) if len(c) > 1 or deps.has_edge(*[*c] * 2)]
+        edges = [(key, reader) for c in looped for key, reader in deps.subgraph(c).edges if reads(reader, key)]
+        key, reader = min(edges, key=lambda e: (index[e[0]] < index[e[1]], index[e[1]], index[e[0]]))
+        chain = [key, *nx.shortest_path(deps, reader, key)]  # how values flow: the one read, the reader, back
+        ref = reads(reader, key)[0]
+        name = ref.id if isinstance(ref, E.Name) else ref.base
+        found = None
         if self.delays is None:
             hint = "equations outside a recurrent block cannot depend on themselves; use a `recurrent:` module"
-        raise SpecError("E0402", "cycle that does not pass through a delay: " + " -> ".join(chain), first,
-                        hint=hint, notes=[(parsed[k][1], f"`{k}` is defined here") for k in chain[1:-1]])
+        else:
+            found = f"`{name}` read without `[t-1]`"
+            whose = "this equation's own value" if key == reader else "computed from this equation"
+            hint = (f"`{name}` is {whose}: write `{name}[t-1]` for the previous step's value" if name in self.delays
+                    else f"`{name}` is {whose}: to read its previous step's value, declare `{name}` under `state:` "
+                         f"and write `{name}[t-1]`")
+        return SpecError("E0402", "cycle that does not pass through a delay: " + " -> ".join(chain),
+                         self.at(parsed[reader][1], ref), found=found, hint=hint,
+                         notes=[(parsed[k][1], f"`{k}` is defined here")
+                                for k in dict.fromkeys(chain[:-1]) if k != reader])
 
     def value_refs(self, expr: E.Expr) -> list[E.Name | E.Member]:
         """The names ``expr`` reads as values: keyword arguments that are sizes (`repeat=n`, `h=h`, `axis=k`) are
@@ -661,6 +683,7 @@ class Env:
         outputs: dict[str, str] = {}
         scopes = self.owner.scopes
         scopes[self.owner.prefix + name] = Scope(e.func, repeat if numbered else None, direction, loc)
+        given: list[str] = []  # every layer's outputs: the caller may read only the last layer's, or none
         for layer in range(repeat):
             prefix = self.owner.prefix + name + (f".{layer}." if numbered else ".")
             if numbered:
@@ -677,6 +700,9 @@ class Env:
                                           f"{name}.{layer}.{k}" if numbered else f"{name}.{k}") for k in fw}
             else:
                 outputs = self.instance(callee, prefix, bound, sizes, loc, direction, e.func)
+            given += outputs.values()
+        call = scopes[self.owner.prefix + name]
+        scopes[self.owner.prefix + name] = dataclasses.replace(call, outputs=tuple(dict.fromkeys(given)))
         if len(outputs) == 1:
             return Value(node=next(iter(outputs.values())), members=outputs)
         return Value(members=outputs)
