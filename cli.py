@@ -38,6 +38,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Describe sequence networks as YAML equations; compile them to PyTorch and ONNX."""
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
+ROOT = typer.Option(None, "--root", metavar="DIR",
+                    help="The folder imports may read from; it must hold the spec [the spec's folder].")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
 THREADS = typer.Option(None, "--threads", min=1, max=1024,  # compilers.threads.MAX_THREADS
                        help="CPU threads per process (torch and onnxruntime); default: 1 for a small model or on a "
@@ -219,7 +221,7 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
              sets: Optional[list[str]] = SETS, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
-             max_repeat: int = MAX_REPEAT, debug: bool = DEBUG) -> None:
+             max_repeat: int = MAX_REPEAT, root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
     spec that is not; exit 2 if any failed."""
     import seqdsl
@@ -230,7 +232,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
     failed = 0
     for spec in files:
         try:
-            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
         except typer.Exit as stop:
             if stop.exit_code != 2 or len(files) == 1:
                 raise
@@ -294,7 +296,7 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
           raw_io: bool = typer.Option(False, "--raw-io",
                                       help="Fold the --stats into model.onnx: it takes and returns raw values."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
+          threads: Optional[int] = THREADS, root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
     from compilers.build import STAGES
     from compilers.build import build as run_build
@@ -313,7 +315,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
                                                  onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
-                                                 normalisation=stats, raw_io=raw_io, threads=threads, **limits))
+                                                 normalisation=stats, raw_io=raw_io, threads=threads, root=root,
+                                                 **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -618,7 +621,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                                       help="Fold the data's normalisation statistics (seqdsl data csv) into "
                                            "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Train a spec on .npz data with Lightning (DDP with --nproc or torchrun), then build DIR with the best weights."""
     import os
 
@@ -637,7 +640,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            early_stop=_integer("--early-stop", early_stop, example="--early-stop 5")
                            if early_stop is not None else None,
                            use=use or "best", use_given=use is not None, logger=logger, fresh=fresh, nproc=nproc,
-                           max_data=_byte_count("--max-data", max_data))
+                           max_data=_byte_count("--max-data", max_data), root=root)
     if nproc > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         _fail("error: --nproc under torchrun: give one or the other", 2)
     from compilers.training import train as run_train
@@ -919,7 +922,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
                                         help="T (every time axis) for the costs and the activation memory."),
             as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
             max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-            debug: bool = DEBUG) -> None:
+            root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Summarise a spec without building it: inputs, outputs, parameters per module, and per module (nested as the
     calls nest) output shapes, parameters, FLOPs per step and per sequence, and training activation memory."""
     import seqdsl
@@ -927,7 +930,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
 
     sizes = _parse_sets(sets)
     limits = _limits(max_nodes, max_depth, max_repeat)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
     g = model.graph
     # one source for the table and --json: the inputs, the outputs and each module's parameters
@@ -976,12 +979,16 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
           module: Optional[str] = typer.Option(None, "--module", help="Draw one module of the spec on its own."),
           depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                               help="Draw module calls nested deeper than K as one box each."),
+          max_figure: Optional[int] = typer.Option(
+              None, "--max-figure", min=1, metavar="N",
+              help="Refuse a figure larger than N nodes, edges and rank crossings in all before Graphviz lays it "
+                   "out [2000: within 2 s of CPU]; raising it also lifts the 2 s CPU limit on Graphviz."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
     import seqdsl
     from seqdsl import render
-    from seqdsl.figure import figure
+    from seqdsl.figure import MAX_FIGURE, figure
 
     fmt = output.suffix.lower().lstrip(".") if output is not None else "dot"
     if fmt not in render.FORMATS:
@@ -990,9 +997,11 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
     limits = _limits(max_nodes, max_depth, max_repeat)
 
     def action() -> bytes:
-        model = seqdsl.load(spec, sizes, limits, module=module)
+        model = seqdsl.load(spec, sizes, limits, module=module, root=root)
         try:
-            return render.render(figure(model, unroll=unroll, depth=depth), fmt)
+            cap = None if fmt == "dot" else max_figure or MAX_FIGURE  # DOT text is not laid out here
+            cpu = render.CPU_SECONDS if max_figure is None or max_figure <= MAX_FIGURE else None
+            return render.render(figure(model, unroll=unroll, depth=depth, max_size=cap), fmt, cpu_seconds=cpu)
         except render.RenderError as exc:
             _fail(f"error: {exc}", 2)
 

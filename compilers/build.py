@@ -233,7 +233,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
           onnx_form: list[str] | None = None, normalisation: "Normalisation | str | Path | None" = None,
           raw_io: bool = False, threads: int | None = None,
-          training: dict[str, Any] | None = None) -> BuildResult:
+          training: dict[str, Any] | None = None, root: str | Path | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -304,7 +304,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     if triton is not None:
         check_repository(triton, early)  # and so is a --triton REPO that cannot be written, or inside -o
     stage("checking the spec")
-    model = seqdsl.load(spec, sizes, limits)
+    model = seqdsl.load(spec, sizes, limits, root=root)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})

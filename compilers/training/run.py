@@ -290,7 +290,8 @@ class _Run:
         weights = checkpoint_weights(self.work / chosen["checkpoint"])
         return build(self.spec, self.out, self.sizes, provider=self.options.provider,
                      max_params=self.options.max_params, weights=weights, training=chosen,
-                     normalisation=self.prepared.normalisation, raw_io=self.options.raw_io)
+                     normalisation=self.prepared.normalisation, raw_io=self.options.raw_io,
+                     root=self.options.root)
 
 
 def _real(dataset: Dataset, name: str) -> np.ndarray:
