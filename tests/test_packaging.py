@@ -77,7 +77,7 @@ def test_the_wheel_has_no_top_level_but_seqdsl(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"seqdsl", wheel.name.split("-py")[0] + ".dist-info"}
     for module in ("seqdsl/cli.py", "seqdsl/compilers/build.py", "seqdsl/compilers/generated/__init__.py",
-                   "seqdsl/compilers/training/loop.py", "seqdsl/passes/__init__.py"):
+                   "seqdsl/compilers/training/run.py", "seqdsl/passes/__init__.py"):
         assert module in names
 
 
