@@ -41,7 +41,7 @@ SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatabl
 ROOT = typer.Option(None, "--root", metavar="DIR",
                     help="The folder imports may read from; it must hold the spec [the spec's folder].")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
-THREADS = typer.Option(None, "--threads", min=1, max=1024,  # compilers.threads.MAX_THREADS
+THREADS = typer.Option(None, "--threads", min=1, max=1024,  # seqdsl.compilers.threads.MAX_THREADS
                        help="CPU threads per process (torch and onnxruntime); default: 1 for a small model or on a "
                             "busy machine, else one per core (README, Threads).")
 # how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
@@ -86,18 +86,18 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
-        if isinstance(exc, _loaded("compilers.training.run", "Interrupted")):
+        if isinstance(exc, _loaded("seqdsl.compilers.training.run", "Interrupted")):
             _fail(f"{exc}", 130)
         if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
             _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
         if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
             _fail(str(exc), 2)
-        if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
-                      + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
+        if isinstance(exc, _loaded("seqdsl.compilers.build", "UsageError") + _loaded("seqdsl.compilers.publish", "OutputError")
+                      + _loaded("seqdsl.compilers.onnx_runtime", "RuntimeUnavailable")):
             _fail(f"error: {_oneline(exc)}", 2)
         if debug:
             raise
-        kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
+        kind = "check failed" if isinstance(exc, _loaded("seqdsl.compilers.build", "ParityError")) else "internal error"
         _fail(f"error: {kind}: {type(exc).__name__}: {_oneline(exc)}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
@@ -298,9 +298,9 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
           threads: Optional[int] = THREADS, root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
-    from compilers.build import STAGES
-    from compilers.build import build as run_build
-    from compilers.parity import check_line
+    from seqdsl.compilers.build import STAGES
+    from seqdsl.compilers.build import build as run_build
+    from seqdsl.compilers.parity import check_line
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
@@ -457,8 +457,8 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
     import numpy as np
     import onnxruntime as ort
 
-    from compilers import onnx_runtime as rt
-    from compilers.threads import choose_threads, describe
+    from seqdsl.compilers import onnx_runtime as rt
+    from seqdsl.compilers.threads import choose_threads, describe
 
     if model.suffix.lower() != ".onnx":
         _fail(f"error: {model}: not an .onnx file (give the model.onnx of a build)", 2)
@@ -522,12 +522,12 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
 
 
 def _onnx_step_work(model: Path, arrays: dict[str, Any]) -> float:
-    """`compilers.threads.step_work` of an ONNX file: its initializers' elements, the inputs' first axis as B."""
+    """`seqdsl.compilers.threads.step_work` of an ONNX file: its initializers' elements, the inputs' first axis as B."""
     import math
 
     import onnx
 
-    from compilers.threads import step_work
+    from seqdsl.compilers.threads import step_work
 
     try:
         graph = onnx.load(str(model), load_external_data=False).graph
@@ -625,7 +625,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
     """Train a spec on .npz data with Lightning (DDP with --nproc or torchrun), then build DIR with the best weights."""
     import os
 
-    from compilers.training import TrainOptions
+    from seqdsl.compilers.training import TrainOptions
 
     sizes = _parse_sets(sets)
     options = TrainOptions(loss=loss, target=target, output=output_name, optimizer=optimizer, lr=lr,
@@ -643,10 +643,10 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            max_data=_byte_count("--max-data", max_data), root=root)
     if nproc > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         _fail("error: --nproc under torchrun: give one or the other", 2)
-    from compilers.training import train as run_train
+    from seqdsl.compilers.training import train as run_train
 
     result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
-    from compilers.training import summary_lines
+    from seqdsl.compilers.training import summary_lines
 
     if result.rank != 0:  # rank 0 alone reports
         return
@@ -662,7 +662,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
 
 def _check_provider(provider: str) -> None:
     """An unknown ``--provider`` is the user's mistake, said before any work (exit 2)."""
-    from compilers.onnx_runtime import _normalize
+    from seqdsl.compilers.onnx_runtime import _normalize
 
     try:
         _normalize(provider)
@@ -904,7 +904,7 @@ def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns:
         datafiles.check_output(val, force, "--val")
     except datafiles.DataFileError as exc:
         _fail(f"error: {exc.line()}", 2)
-    from compilers.training.tables import table_windows
+    from seqdsl.compilers.training.tables import table_windows
 
     names = [c.strip() for c in columns.split(",")]
     found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))

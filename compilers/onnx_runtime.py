@@ -365,7 +365,7 @@ def prepare_inputs(session_or_model: "ort.InferenceSession | ModelSource", input
     one), a missing input, a wrong dtype (unless ``cast``: then converted to the model's dtype, refused only where
     the values do not fit it, see `_cast`), an empty axis (onnxruntime would kill the process), a wrong rank or fixed
     dimension, a symbolic axis (``B``, ``T``) given two different lengths by two inputs, or a ``lengths:`` input
-    outside [1, T] (`compilers.sequence_lengths`, the rule `train` applies). Every message names the input and
+    outside [1, T] (`seqdsl.compilers.sequence_lengths`, the rule `train` applies). Every message names the input and
     says what was expected and what was found. Arrays in the other byte order (a big-endian ``>f4`` file) are
     converted to the native one: onnxruntime reads the bytes as they are.
     """

@@ -15,7 +15,7 @@ from conftest import ROOT, SPECS
 from test_properties import random_cells
 from typer.testing import CliRunner
 
-import cli as seqdsl_cli
+from seqdsl import cli as seqdsl_cli
 
 import seqdsl
 from seqdsl.figure import SYMBOLS, figure, label, op_symbol

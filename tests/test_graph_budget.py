@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import hostile_figures as hostile
 
-import cli as seqdsl_cli
+from seqdsl import cli as seqdsl_cli
 
 import seqdsl
 from seqdsl import render

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import SPECS
 
 import seqdsl
-from compilers.torch_module import to_module
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.errors import SpecError
 
 CALLER = """\
@@ -198,7 +198,7 @@ def test_imports_never_read_outside_the_root(project: Path, rel: str, absolute: 
 def test_root_lets_side_by_side_folders_import_and_a_bad_root_is_one_error(project: Path, tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli as seqdsl_cli
+    from seqdsl import cli as seqdsl_cli
 
     spec = project / "proj" / "models" / "main.yaml"
     spec.write_text(MAIN.replace("TARGET", "../cells/cell.yaml#Cell"))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import cli
+from seqdsl import cli
 from seqdsl.errors import Location, SpecError
 from seqdsl.text import printable, terminal_text
 

@@ -2,7 +2,7 @@
 ``lightning.Trainer``:
 
     import lightning, seqdsl
-    from compilers.training import SpecModule
+    from seqdsl.compilers.training import SpecModule
 
     module = SpecModule.for_spec("specs/adding_lstm.yaml", {"h": 32}, loss="mse", lr=1e-2)
     lightning.Trainer(max_steps=500).fit(module, train_loader, val_loader)   # batches: {array name: tensor}

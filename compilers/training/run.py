@@ -89,7 +89,7 @@ def train(spec: str | Path, data: str | Path, out_dir: str | Path | None = None,
 
 
 def _threads(prepared: Prepared, options: TrainOptions) -> int:
-    """The rule of `compilers.threads` for this run (``--threads`` wins); rank 0 says what the rule chose."""
+    """The rule of `seqdsl.compilers.threads` for this run (``--threads`` wins); rank 0 says what the rule chose."""
     from ..threads import choose_threads, describe, step_work
 
     processes = max(options.nproc, int(os.environ.get("WORLD_SIZE", "1")))
