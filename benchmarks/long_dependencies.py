@@ -69,7 +69,7 @@ def run_one(task: str, length: int, cell: str, steps: int, lr: float, data: Path
         result = train(spec, train_file, work / f"{task}_{length}_{cell}", val=val_file,
                        options=TrainOptions(steps=steps, lr=lr, batch_size=32, clip=1.0, seed=0, threads=1,
                                             progress="quiet", build=False, eval_every=max(1, steps // 5),
-                                            work_dir=work / f"{task}_{length}_{cell}"))
+                                            work_dir=work / f"{task}_{length}_{cell}.train", fresh=True))
     except SpecError as exc:
         if exc.code != "E0706":
             raise

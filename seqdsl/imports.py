@@ -24,7 +24,9 @@ from .lower import Unit
 from .naming import normalize
 from .schema import GraphModule, RecurrentModule, parse_module
 
-STD_ROOT = Path(__file__).resolve().parent.parent / "specs"
+# the `std:` library: the shipped specs, inside the package once installed (seqdsl/specs), beside it in a checkout
+STD_ROOT = next((p for p in (Path(__file__).resolve().parent / "specs", Path(__file__).resolve().parent.parent / "specs")
+                 if p.is_dir()), Path(__file__).resolve().parent / "specs")
 MAX_IMPORT_DEPTH = 16
 
 
