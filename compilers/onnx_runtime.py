@@ -367,7 +367,7 @@ def non_finite_inputs(arrays: Mapping[str, np.ndarray]) -> list[str]:
     evidence of the model's."""
     lines = []
     for name, array in arrays.items():
-        if array.dtype.kind == "f":
+        if array.dtype.kind == "f" and array.dtype.isnative:
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
             if bad:
                 lines.append(f"input `{printable(name)}` holds {bad} of {array.size} values that are inf or NaN; "

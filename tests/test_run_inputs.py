@@ -139,7 +139,7 @@ def test_cast_converts_only_what_the_model_dtype_holds(target: str, values: list
         if source != "bool" and np.dtype(source).kind in "iu" and array.tolist() != values:
             return  # numpy wrapped a Python integer: not an array a file can hold
     if source == "bool":
-        array = np.array([bool(v) if np.isfinite(v) else True for v in values])
+        array = np.array([bool(v) if not isinstance(v, float) or np.isfinite(v) else True for v in values])
     model = _identity(TARGETS[target], [len(array)])
     wanted = np.dtype(target)
     numbers = [float(v) if array.dtype.kind == "f" else int(v) for v in array.tolist()]
