@@ -38,8 +38,10 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Describe sequence networks as YAML equations; compile them to PyTorch and ONNX."""
 
 SETS = typer.Option(None, "--set", help="Override a size: --set h=128 (repeatable).")
+ROOT = typer.Option(None, "--root", metavar="DIR",
+                    help="The folder imports may read from; it must hold the spec [the spec's folder].")
 DEBUG = typer.Option(False, "--debug", help="Show the Python traceback of an internal failure.")
-THREADS = typer.Option(None, "--threads", min=1, max=1024,  # compilers.threads.MAX_THREADS
+THREADS = typer.Option(None, "--threads", min=1, max=1024,  # seqdsl.compilers.threads.MAX_THREADS
                        help="CPU threads per process (torch and onnxruntime); default: 1 for a small model or on a "
                             "busy machine, else one per core (README, Threads).")
 # how far a spec may expand while it is lowered (seqdsl.budget): every spec is decided quickly unless raised
@@ -84,18 +86,18 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug report, not a traceback
-        if isinstance(exc, _loaded("compilers.training.run", "Interrupted")):
+        if isinstance(exc, _loaded("seqdsl.compilers.training.run", "Interrupted")):
             _fail(f"{exc}", 130)
         if isinstance(exc, _loaded("seqdsl.errors", "SpecErrors")):
             _fail([e.format() for e in exc.errors], 2)  # type: ignore[attr-defined]
         if isinstance(exc, _loaded("seqdsl.errors", "SpecError")):
             _fail(str(exc), 2)
-        if isinstance(exc, _loaded("compilers.build", "UsageError") + _loaded("compilers.publish", "OutputError")
-                      + _loaded("compilers.onnx_runtime", "RuntimeUnavailable")):
+        if isinstance(exc, _loaded("seqdsl.compilers.build", "UsageError") + _loaded("seqdsl.compilers.publish", "OutputError")
+                      + _loaded("seqdsl.compilers.onnx_runtime", "RuntimeUnavailable")):
             _fail(f"error: {_oneline(exc)}", 2)
         if debug:
             raise
-        kind = "check failed" if isinstance(exc, _loaded("compilers.build", "ParityError")) else "internal error"
+        kind = "check failed" if isinstance(exc, _loaded("seqdsl.compilers.build", "ParityError")) else "internal error"
         _fail(f"error: {kind}: {type(exc).__name__}: {_oneline(exc)}\n"
               "   = this is a bug in seqdsl, not in your spec; rerun with --debug for the traceback", 1)
 
@@ -219,7 +221,7 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folders of them (every *.yaml inside)."),
              sets: Optional[list[str]] = SETS, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
-             max_repeat: int = MAX_REPEAT, debug: bool = DEBUG) -> None:
+             max_repeat: int = MAX_REPEAT, root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Check specs: YAML, schema, names, cycles and shapes. One line per spec that is fine, one error block per
     spec that is not; exit 2 if any failed."""
     import seqdsl
@@ -230,7 +232,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="Spec files, or folder
     failed = 0
     for spec in files:
         try:
-            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+            model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
         except typer.Exit as stop:
             if stop.exit_code != 2 or len(files) == 1:
                 raise
@@ -294,11 +296,11 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
           raw_io: bool = typer.Option(False, "--raw-io",
                                       help="Fold the --stats into model.onnx: it takes and returns raw values."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
+          threads: Optional[int] = THREADS, root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Compile a spec: model.py, weights.safetensors and model.onnx, checked in onnxruntime against PyTorch."""
-    from compilers.build import STAGES
-    from compilers.build import build as run_build
-    from compilers.parity import check_line
+    from seqdsl.compilers.build import STAGES
+    from seqdsl.compilers.build import build as run_build
+    from seqdsl.compilers.parity import check_line
 
     sizes = _parse_sets(sets)
     lengths = _parse_axis_lengths(axis_lens)
@@ -313,7 +315,8 @@ def build(spec: Path = typer.Argument(..., help="The spec file."),
                                                  axis_lengths=lengths, optimize_passes=not as_written,
                                                  progress=stage, weights=weights, triton=triton,
                                                  onnx_form=onnx_forms, limits=_limits(max_nodes, max_depth, max_repeat),
-                                                 normalisation=stats, raw_io=raw_io, threads=threads, **limits))
+                                                 normalisation=stats, raw_io=raw_io, threads=threads, root=root,
+                                                 **limits))
     _warn(result.warnings)
     if as_json:
         from dataclasses import asdict
@@ -454,8 +457,8 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
     import numpy as np
     import onnxruntime as ort
 
-    from compilers import onnx_runtime as rt
-    from compilers.threads import choose_threads, describe
+    from seqdsl.compilers import onnx_runtime as rt
+    from seqdsl.compilers.threads import choose_threads, describe
 
     if model.suffix.lower() != ".onnx":
         _fail(f"error: {model}: not an .onnx file (give the model.onnx of a build)", 2)
@@ -491,13 +494,16 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _fail(f"error: {model}: onnxruntime failed on these inputs: {reason}", 2)
-        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used, casts)
+        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used, casts, rt.non_finite_inputs(feed))
 
     result = _guard(debug, action)
-    _warn([f"warning: --cast: {line}" for line in result.casts])
-    width = max((len(n) for n in result.outputs), default=0)
+    _warn([f"warning: --cast: {line}" for line in result.casts] + [f"warning: {line}" for line in result.warnings])
+    from seqdsl.text import printable
+
+    shown = {name: printable(name) for name in result.outputs}  # names from an arbitrary .onnx: shown escaped
+    width = max((len(n) for n in shown.values()), default=0)
     for name, value in result.outputs.items():
-        print(f"{name:<{width}}  {_summary(value)}")
+        print(f"{shown[name]:<{width}}  {_summary(value)}")
     print(*said, sep="\n")
     print(f"provider: {result.provider}")
     if output_dir is not None:
@@ -512,16 +518,16 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
                                                lambda f, v=value: np.save(f, v, allow_pickle=False))))
         except OSError as exc:
             _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
-        print(f"wrote {', '.join(written)}")
+        print(f"wrote {', '.join(map(printable, written))}")
 
 
 def _onnx_step_work(model: Path, arrays: dict[str, Any]) -> float:
-    """`compilers.threads.step_work` of an ONNX file: its initializers' elements, the inputs' first axis as B."""
+    """`seqdsl.compilers.threads.step_work` of an ONNX file: its initializers' elements, the inputs' first axis as B."""
     import math
 
     import onnx
 
-    from compilers.threads import step_work
+    from seqdsl.compilers.threads import step_work
 
     try:
         graph = onnx.load(str(model), load_external_data=False).graph
@@ -615,11 +621,11 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                                       help="Fold the data's normalisation statistics (seqdsl data csv) into "
                                            "model.onnx: it takes and returns raw values."),
           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Train a spec on .npz data with Lightning (DDP with --nproc or torchrun), then build DIR with the best weights."""
     import os
 
-    from compilers.training import TrainOptions
+    from seqdsl.compilers.training import TrainOptions
 
     sizes = _parse_sets(sets)
     options = TrainOptions(loss=loss, target=target, output=output_name, optimizer=optimizer, lr=lr,
@@ -634,13 +640,13 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
                            early_stop=_integer("--early-stop", early_stop, example="--early-stop 5")
                            if early_stop is not None else None,
                            use=use or "best", use_given=use is not None, logger=logger, fresh=fresh, nproc=nproc,
-                           max_data=_byte_count("--max-data", max_data))
+                           max_data=_byte_count("--max-data", max_data), root=root)
     if nproc > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         _fail("error: --nproc under torchrun: give one or the other", 2)
-    from compilers.training import train as run_train
+    from seqdsl.compilers.training import train as run_train
 
     result = _guard(debug, lambda: run_train(spec, data, output, sizes, val, options))
-    from compilers.training import summary_lines
+    from seqdsl.compilers.training import summary_lines
 
     if result.rank != 0:  # rank 0 alone reports
         return
@@ -656,7 +662,7 @@ def train(spec: Path = typer.Argument(..., help="The spec file."),
 
 def _check_provider(provider: str) -> None:
     """An unknown ``--provider`` is the user's mistake, said before any work (exit 2)."""
-    from compilers.onnx_runtime import _normalize
+    from seqdsl.compilers.onnx_runtime import _normalize
 
     try:
         _normalize(provider)
@@ -898,7 +904,7 @@ def _data_csv(table: Optional[Path], output: Path, val: Optional[Path], columns:
         datafiles.check_output(val, force, "--val")
     except datafiles.DataFileError as exc:
         _fail(f"error: {exc.line()}", 2)
-    from compilers.training.tables import table_windows
+    from seqdsl.compilers.training.tables import table_windows
 
     names = [c.strip() for c in columns.split(",")]
     found = _guard(debug, lambda: table_windows(table, names, target.strip(), *lengths, val_fraction))
@@ -916,7 +922,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
                                         help="T (every time axis) for the costs and the activation memory."),
             as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
             max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-            debug: bool = DEBUG) -> None:
+            root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Summarise a spec without building it: inputs, outputs, parameters per module, and per module (nested as the
     calls nest) output shapes, parameters, FLOPs per step and per sequence, and training activation memory."""
     import seqdsl
@@ -924,7 +930,7 @@ def inspect(spec: Path = typer.Argument(..., help="The spec file."), sets: Optio
 
     sizes = _parse_sets(sets)
     limits = _limits(max_nodes, max_depth, max_repeat)
-    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits))
+    model = _guard(debug, lambda: seqdsl.load(spec, sizes, limits, root=root))
     summary = _guard(debug, lambda: summarize(model, batch, seq_len))
     g = model.graph
     # one source for the table and --json: the inputs, the outputs and each module's parameters
@@ -973,12 +979,16 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
           module: Optional[str] = typer.Option(None, "--module", help="Draw one module of the spec on its own."),
           depth: Optional[int] = typer.Option(None, "--depth", min=0,
                                               help="Draw module calls nested deeper than K as one box each."),
+          max_figure: Optional[int] = typer.Option(
+              None, "--max-figure", min=1, metavar="N",
+              help="Refuse a figure larger than N nodes, edges and rank crossings in all before Graphviz lays it "
+                   "out [2000: within 2 s of CPU]; raising it also lifts the 2 s CPU limit on Graphviz."),
           max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH, max_repeat: int = MAX_REPEAT,
-          debug: bool = DEBUG) -> None:
+          root: Optional[Path] = ROOT, debug: bool = DEBUG) -> None:
     """Draw a spec as a block diagram: rolled with its delay loops (LeCun's Figure 1), or unrolled in time."""
     import seqdsl
     from seqdsl import render
-    from seqdsl.figure import figure
+    from seqdsl.figure import MAX_FIGURE, figure
 
     fmt = output.suffix.lower().lstrip(".") if output is not None else "dot"
     if fmt not in render.FORMATS:
@@ -987,9 +997,11 @@ def graph(spec: Path = typer.Argument(..., help="The spec file."),
     limits = _limits(max_nodes, max_depth, max_repeat)
 
     def action() -> bytes:
-        model = seqdsl.load(spec, sizes, limits, module=module)
+        model = seqdsl.load(spec, sizes, limits, module=module, root=root)
         try:
-            return render.render(figure(model, unroll=unroll, depth=depth), fmt)
+            cap = None if fmt == "dot" else max_figure or MAX_FIGURE  # DOT text is not laid out here
+            cpu = render.CPU_SECONDS if max_figure is None or max_figure <= MAX_FIGURE else None
+            return render.render(figure(model, unroll=unroll, depth=depth, max_size=cap), fmt, cpu_seconds=cpu)
         except render.RenderError as exc:
             _fail(f"error: {exc}", 2)
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import seqdsl  # noqa: E402
-from compilers.interop import load_from_torch  # noqa: E402
-from compilers.torch_module import to_module  # noqa: E402
+from seqdsl.compilers.interop import load_from_torch  # noqa: E402
+from seqdsl.compilers.torch_module import to_module  # noqa: E402
 
 B, T, D, H = 32, 128, 256, 256  # the sizes of benchmarks/run.py
 B2, T2 = 17, 150  # the second shape: a new batch size and a new length

@@ -147,7 +147,7 @@ def network_forecasts(y: np.ndarray, series: Series, cell: str, variant: str, se
         result = json.loads(run_cli("train", str(ROOT / CELLS[cell]), "--data", str(folder / "train.npz"),
                                     "--val", str(folder / "val.npz"), "--set", f"H={series.horizon}", "--steps",
                                     str(total), "--seed", str(seed), "--threads", "1", "--raw-io", "--eval-every",
-                                    str(EVAL_EVERY), "--progress", "quiet", "-o", str(folder / name),
+                                    str(EVAL_EVERY), "--use", "last", "--progress", "quiet", "-o", str(folder / name),
                                     "--work-dir", str(folder / f"{name}.train"), "--json"))
         return result, time.perf_counter() - began
 

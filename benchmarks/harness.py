@@ -214,7 +214,7 @@ def onnx_form(proto: onnx.ModelProto) -> str:
 
 
 def ort_session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    """A CPU-provider session with as many intra-op threads as torch uses (compilers.onnx_runtime.make_session
+    """A CPU-provider session with as many intra-op threads as torch uses (seqdsl.compilers.onnx_runtime.make_session
     chooses providers well but takes no thread count)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -229,9 +229,9 @@ def ort_session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
 
 def onnx_model(model: Any, net: nn.Module, native_cells: bool | None = None) -> onnx.ModelProto:
     """``export(model)`` with ``net``'s weights: each block in the form ``seqdsl build`` chooses for it
-    (native_cells None: `compilers.onnx_form`'s shipped table, no probe), or every block native / Scan."""
-    from compilers.onnx_export import export, set_weights
-    from compilers.onnx_form import choose
+    (native_cells None: `seqdsl.compilers.onnx_form`'s shipped table, no probe), or every block native / Scan."""
+    from seqdsl.compilers.onnx_export import export, set_weights
+    from seqdsl.compilers.onnx_form import choose
 
     if native_cells is None:
         native = {f.loop for f in choose(model, allow_probe=False).values() if f.form == "native"}

@@ -1,7 +1,7 @@
 """The seeds' claim, measured: a vanilla RNN fails as the dependency grows, gated cells (LSTM, GRU) hold, and an
 IRNN (ReLU, identity init, clipping) is a simple RNN that can learn long dependencies.
 
-Trains Elman RNN, LSTM, GRU and IRNN specs (benchmarks/specs/) with `compilers.training.train` (what
+Trains Elman RNN, LSTM, GRU and IRNN specs (benchmarks/specs/) with `seqdsl.compilers.training.train` (what
 `seqdsl train` runs) on the adding problem, LeCun's brackets task and the copy-memory task at growing lengths (for
 copy: delays), one CPU thread each, the same steps, batch and optimiser for every cell of a task, and writes
 ``results.json``, ``long_dependencies.png`` and a Markdown table (``--table`` prints it from the results) into
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import seqdsl  # noqa: E402
-from compilers.training import TrainOptions, train  # noqa: E402
+from seqdsl.compilers.training import TrainOptions, train  # noqa: E402
 from seqdsl import tasks  # noqa: E402
 from seqdsl.errors import SpecError  # noqa: E402
 
@@ -69,7 +69,7 @@ def run_one(task: str, length: int, cell: str, steps: int, lr: float, data: Path
         result = train(spec, train_file, work / f"{task}_{length}_{cell}", val=val_file,
                        options=TrainOptions(steps=steps, lr=lr, batch_size=32, clip=1.0, seed=0, threads=1,
                                             progress="quiet", build=False, eval_every=max(1, steps // 5),
-                                            work_dir=work / f"{task}_{length}_{cell}"))
+                                            work_dir=work / f"{task}_{length}_{cell}.train", fresh=True))
     except SpecError as exc:
         if exc.code != "E0706":
             raise

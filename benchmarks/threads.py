@@ -8,8 +8,8 @@ kernel, and the peephole LSTM, a generic loop of small ops), timed with 1 and 2 
 one process, so that drift of a shared machine hits both sides alike. "as-is" is the machine as found (its load
 average is printed: a shared machine is not quiet); "loaded" adds one busy-loop process per core (at the
 benchmark's own priority), the situation of the issue's report. The work of a row is what
-`compilers.threads.step_work` counts: 2 · parameters · batch FLOP per step. The rule in
-`compilers.threads` is read off these rows: the smallest work at which 2 threads were faster.
+`seqdsl.compilers.threads.step_work` counts: 2 · parameters · batch FLOP per step. The rule in
+`seqdsl.compilers.threads` is read off these rows: the smallest work at which 2 threads were faster.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import seqdsl  # noqa: E402
-from compilers.threads import step_work  # noqa: E402
-from compilers.torch_module import to_module  # noqa: E402
+from seqdsl.compilers.threads import step_work  # noqa: E402
+from seqdsl.compilers.torch_module import to_module  # noqa: E402
 
 SPECS = {"lstm (torch.lstm)": ROOT / "specs" / "lstm.yaml",
          "peephole (generic loop)": ROOT / "specs" / "lstm_peephole.yaml"}

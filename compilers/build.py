@@ -10,7 +10,7 @@
 
 Everything is written to a staging directory beside DIR and published only when every check passed, so a
 failed build (bad spec, failed check, Ctrl-C, SIGKILL) leaves the previous DIR exactly as it was. A build owns only
-what it writes: DIR must be new, empty or an earlier build's (`compilers.publish` has the rule).
+what it writes: DIR must be new, empty or an earlier build's (`seqdsl.compilers.publish` has the rule).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .normalise import Normalisation
     from .weights import WeightsSource
 
-TOLERANCE = ATOL  # fp32: onnxruntime vs PyTorch, the absolute part of the tolerance (`compilers.parity`)
+TOLERANCE = ATOL  # fp32: onnxruntime vs PyTorch, the absolute part of the tolerance (`seqdsl.compilers.parity`)
 MAX_PARAMS = 100_000_000  # refused above this unless asked for: a typo in a size should not fill the memory
 #: A serialized ModelProto at or above this many bytes cannot be written as one protobuf (its limit is 2 GiB - 1):
 #: the weights then go to ``model.onnx.data`` beside ``model.onnx`` (ONNX external data). Tests lower it.
@@ -74,12 +74,12 @@ class BuildResult:
     onnx_form: str = "none"
     onnx_blocks: dict[str, str] = field(default_factory=dict)
     # per block: the form chosen (native, scan, loop, unrolled), why (table, probe, default, forced, only form),
-    # the candidates with their figures, the onnxruntime version it was chosen for (compilers.onnx_form)
+    # the candidates with their figures, the onnxruntime version it was chosen for (seqdsl.compilers.onnx_form)
     onnx_choice: dict[str, dict[str, Any]] = field(default_factory=dict)
     unrolled_lengths: dict[str, int] | None = None  # {"T": 8}: one per unrolled time axis ({} for fixed-step loops)
     onnx_external_data: bool = False  # weights in model.onnx.data (the model is above protobuf's 2 GiB)
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, opset, IR version, spec hashes, seed
-    built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see compilers.publish
+    built_by: str = SIGNATURE  # the mark of a directory a build made (and may replace): see seqdsl.compilers.publish
     triton: str | None = None  # the Triton model folder written (REPO/<name>), with --triton
     # what the check compared: the rule, atol, rtol, and per output the worst abs and rel difference, how many
     # values were not finite (alike in both) and how many disagree (0: a build is only written when none do)
@@ -233,7 +233,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
           weights: "WeightsSource | None" = None, triton: str | Path | None = None,
           onnx_form: list[str] | None = None, normalisation: "Normalisation | str | Path | None" = None,
           raw_io: bool = False, threads: int | None = None,
-          training: dict[str, Any] | None = None) -> BuildResult:
+          training: dict[str, Any] | None = None, root: str | Path | None = None) -> BuildResult:
     """Compile ``spec`` into ``out_dir`` (default ``build/<name>``); raises SpecError for a bad spec.
 
     ``progress`` is called with the name of each stage of `STAGES` as it starts: the command line shows it on a
@@ -254,16 +254,16 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     listing every problem with the line declaring the parameter, raised before anything is written.
 
     ``onnx_form`` forces the ONNX form of recurrent blocks (``["scan"]``, ``["enc=native"]``); by default each
-    standard cell gets the form that is fastest in the installed onnxruntime (`compilers.onnx_form`), and
+    standard cell gets the form that is fastest in the installed onnxruntime (`seqdsl.compilers.onnx_form`), and
     build.json's ``onnx_choice`` says which and why.
 
-    ``normalisation`` (`compilers.normalise`: the statistics the training data was normalised with, or a data
-    file that carries them, read with `compilers.normalise.from_file`) is recorded
+    ``normalisation`` (`seqdsl.compilers.normalise`: the statistics the training data was normalised with, or a data
+    file that carries them, read with `seqdsl.compilers.normalise.from_file`) is recorded
     in build.json; with ``raw_io`` it is also folded into model.onnx, which then takes and returns raw values
     (the check against PyTorch runs in the normalised units). ``raw_io`` without statistics is a UsageError.
 
     ``triton`` (a folder) also writes the checked model.onnx into a Triton Inference Server model repository:
-    ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `compilers.triton`).
+    ``triton/<name>/1/model.onnx`` and ``triton/<name>/config.pbtxt`` (see `seqdsl.compilers.triton`).
 
     Before anything is allocated: at most ``max_params`` parameters, and the check run at most ``max_memory``
     bytes of values and ``max_steps`` loop steps (`seqdsl.footprint`), all within this machine's memory.
@@ -304,7 +304,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
     if triton is not None:
         check_repository(triton, early)  # and so is a --triton REPO that cannot be written, or inside -o
     stage("checking the spec")
-    model = seqdsl.load(spec, sizes, limits)
+    model = seqdsl.load(spec, sizes, limits, root=root)
     check_size(model, max_params)
     check_lengths(model, axis_lengths)
     lengths = dict(axis_lengths or {})
@@ -421,7 +421,7 @@ def build(spec: str | Path, out_dir: str | Path | None = None, sizes: dict[str, 
 
 
 def _copy_to_triton(triton_dir: Path, built: Path, name: str, onnx_files: list[str], shown: str) -> None:
-    """Write the published build's ONNX files into the Triton repository (`compilers.triton`)."""
+    """Write the published build's ONNX files into the Triton repository (`seqdsl.compilers.triton`)."""
     from .triton import write_repository
 
     try:

@@ -66,7 +66,7 @@ def onnx_form(forms: dict[str, str]) -> str:
 
 
 def choice_record(choices: dict[str, "BlockForm"], forms: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """build.json's ``onnx_choice``: per block, what `compilers.onnx_form` chose and why, and the op the written
+    """build.json's ``onnx_choice``: per block, what `seqdsl.compilers.onnx_form` chose and why, and the op the written
     file holds for it (``onnx_blocks``), so that a reader sees both the intent and the fact."""
     return {label: {**choice.record(), "op": forms.get(label, "")} for label, choice in choices.items()}
 

@@ -434,7 +434,7 @@ def _emit_graph(b: _Builder, graph: Graph, outer: dict[str, str] | None = None, 
         else:
             emit = ONNX_EMIT.get(node.op)
             if emit is None:
-                raise KeyError(f"op `{node.op}` has no entry in compilers.onnx_export.ONNX_EMIT")
+                raise KeyError(f"op `{node.op}` has no entry in seqdsl.compilers.onnx_export.ONNX_EMIT")
             b.values[node.name] = emit(b, node, [b.values[i] for i in node.inputs])
 
 
@@ -616,7 +616,7 @@ def export(model: Model, opset: int | None = None, ir_version: int | None = None
 
     ``optimize`` runs seqdsl's default passes first (fusion, hoisting); ``native_cells`` turns blocks that are a
     standard cell into ONNX's own LSTM / GRU / RNN op, the rest into Scan / Loop; given as loop names
-    (``{"enc.loop"}``, see `compilers.onnx_form`), only those blocks."""
+    (``{"enc.loop"}``, see `seqdsl.compilers.onnx_form`), only those blocks."""
     from seqdsl.passes import optimize as run_passes
     from seqdsl.passes import recognize
 

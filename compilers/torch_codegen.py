@@ -349,7 +349,7 @@ class _GraphWriter:
             return
         emit = TORCH_EMIT.get(node.op)
         if emit is None:
-            raise KeyError(f"op `{node.op}` has no entry in compilers.torch_codegen.TORCH_EMIT")
+            raise KeyError(f"op `{node.op}` has no entry in seqdsl.compilers.torch_codegen.TORCH_EMIT")
         if node.op in HELPER_OF:
             self.gen.helpers.add(HELPER_OF[node.op])
         if node.op == "attention" and len(node.inputs) == 4:
@@ -698,7 +698,7 @@ def _init_call(p: Param, ref: str) -> str:
                f"math.sqrt(3.0) * ({gain} / math.sqrt({fan_in})))"
     if p.init in ("zeros", "ones"):
         return f"nn.init.{p.init}_({ref})"
-    raise KeyError(f"initialiser `{p.init}` has no entry in compilers.torch_codegen._init_call")
+    raise KeyError(f"initialiser `{p.init}` has no entry in seqdsl.compilers.torch_codegen._init_call")
 
 
 def generate(model: Model) -> str:

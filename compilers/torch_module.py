@@ -3,9 +3,9 @@
     model = seqdsl.load("specs/lstm.yaml")
     net = to_module(model)            # an nn.Module; net(x) -> (y, h_n, c_n)
 
-The source comes from `compilers.torch_codegen` (built from the checked IR, never from spec text) and is
+The source comes from `seqdsl.compilers.torch_codegen` (built from the checked IR, never from spec text) and is
 written to a file before import, so tracebacks and ``inspect`` show real lines. The class is importable by a
-stable name (`compilers.generated`), so ``torch.save(net)`` / ``torch.load(..., weights_only=False)`` round-trip
+stable name (`seqdsl.compilers.generated`), so ``torch.save(net)`` / ``torch.load(..., weights_only=False)`` round-trip
 the whole module, and ``copy.deepcopy(net)`` works.
 """
 
@@ -68,7 +68,7 @@ def module_class(model: Model, source_path: Path | None = None, optimize: bool =
     source = generate(passes.optimize(model, cells=cells) if optimize else model)
     if source_path is not None and (not source_path.exists() or source_path.read_text() != source):
         files.write_text(source_path, source)
-    # imported from the cache under a stable name (compilers.generated.<model>_<digest>), so torch.save(net) finds
+    # imported from the cache under a stable name (seqdsl.compilers.generated.<model>_<digest>), so torch.save(net) finds
     # the class again in another process
     return generated.load(model.name, source).Model
 

@@ -35,7 +35,7 @@ _WRAPPER_PREFIXES = {"module.": "DistributedDataParallel / DataParallel", "_orig
 
 #: Lightning checkpoints (what `seqdsl train` writes: best.ckpt, last.ckpt) are read for their weights.
 CHECKPOINT_SUFFIX = ".ckpt"
-#: The attribute under which `compilers.training.SpecModule` holds the spec's module: its keys' prefix.
+#: The attribute under which `seqdsl.compilers.training.SpecModule` holds the spec's module: its keys' prefix.
 _MODULE_PREFIX = "net."
 
 

@@ -14,7 +14,7 @@ CODES: dict[str, tuple[str, str]] = {
               "The file holds a NUL byte or another control character, which YAML does not allow. It is often a "
               "binary file given by mistake, or a copy-paste from a terminal. Inside strings, after YAML's "
               "escapes, `\"\\0\"` (NUL) is refused too, in names, equations and import paths."),
-    "E0103": ("spec file too large", "Spec files are capped at 1 MB; a spec describes a network, not its data."),
+    "E0103": ("spec file too large", "A spec file, and the files it imports together, are capped at 500,000 bytes and 15,000 YAML nodes; a spec describes a network, not its data."),
     "E0104": ("tab character in indentation",
               "YAML indents with spaces only. Configure your editor to insert spaces in .yaml files."),
     "E0105": ("YAML syntax error",
@@ -118,16 +118,26 @@ CODES: dict[str, tuple[str, str]] = {
               "`repeat=N` stacks N copies of a module; seqdsl refuses N above 1,000 before making any (a size set "
               "by mistake, `--set depth=1000000000`, would otherwise never finish). Raise the limit with "
               "`--max-repeat N` (`seqdsl.Limits(repeat=N)`)."),
+    "E0423": ("figure too large to lay out",
+              "`seqdsl graph` counts what Graphviz would lay out (nodes, edges, and the ranks long edges pass "
+              "through) and refuses a figure above 2,000 before Graphviz starts, since its time grows faster than "
+              "the figure; under the cap a figure takes at most 2 s of CPU. Draw less with `--depth K` (module "
+              "calls below K levels as one box), `--module NAME` or a smaller `--unroll`, or raise the cap with "
+              "`--max-figure N`."),
     # -- E05xx: imports
     "E0501": ("module imported and defined", "A module name is both under `imports:` and `modules:`."),
-    "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder (no "
-                                         "absolute paths, no `..` past it, no symlinks out), or `std:` paths, "
+    "E0502": ("import path not allowed", "Imports are relative paths that stay inside the spec's folder, or the "
+                                         "folder named by `--root DIR` (no absolute paths, no `..` past it, no "
+                                         "symlinks out), or `std:` paths, "
                                          "that the file system can follow (no name above 255 bytes, no symlink "
                                          "loop)."),
     "E0503": ("import cycle", "Files import each other in a loop; the message shows the chain."),
     "E0504": ("imports nested too deep", "Imports nest at most 16 files deep."),
     "E0505": ("no such module in the file", "`file.yaml#Name` needs `Name` under that file's `modules:`."),
     "E0506": ("imported file not found", "Check the path, relative to the importing file."),
+    "E0507": ("import root not usable", "`--root DIR` (`root=` in Python) names the folder imports may read from: "
+                                        "it must be a folder that holds the spec. By default it is the spec's own "
+                                        "folder."),
     # -- E06xx: building
     "E0601": ("check run too large", "Before anything runs, the build computes from the IR the memory its check run "
                                      "needs for values (inputs, activations, outputs, at --batch and --seq-len): "

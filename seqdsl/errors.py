@@ -17,6 +17,8 @@ so the only newlines in what it renders are its own, each followed by an indente
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -108,12 +110,12 @@ def _excerpt(loc: Location, source: str | None) -> list[str]:
     if not loc.line:
         return []
     if source is None:
-        try:  # a spec is at most 1 MB: read no more of a file an error is about (it may be the too-large one)
-            with Path(loc.file).open("rb") as f:
-                source = f.read(_EXCERPT_BYTES).decode("utf-8", errors="replace")
+        try:
+            text_lines = _file_lines(loc.file, _stamp(Path(loc.file).stat()))
         except (OSError, ValueError):  # unreadable, a directory, a NUL in the name
             return []
-    text_lines = source.splitlines()
+    else:
+        text_lines = source.splitlines()
     if not 1 <= loc.line <= len(text_lines):
         return []
     raw = text_lines[loc.line - 1].replace("\t", " ")
@@ -127,6 +129,19 @@ def _excerpt(loc: Location, source: str | None) -> list[str]:
     pad = " " * len(gutter)
     caret = " " * before + "^" * max(1, under)
     return [f" {gutter} | {text}", f" {pad} | {caret}"]
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_lines(file: str, stamp: tuple[int, ...]) -> list[str]:
+    """The lines of ``file`` as it is now (``stamp``): read once for the thousands of warnings a large spec can
+    have, not once per warning. A spec is at most 1 MB: no more is read of a file an error is about (it may be
+    the too-large one)."""
+    with Path(file).open("rb") as f:
+        return f.read(_EXCERPT_BYTES).decode("utf-8", errors="replace").splitlines()
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:

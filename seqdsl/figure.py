@@ -19,10 +19,11 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import graphviz
 
+from .errors import Location, SpecError
 from .ir import Graph, Loop, Model, Node, Scope, loop_of, scope_of
 from .ops import fmt
 
@@ -491,6 +492,64 @@ class _Figure:
             else:
                 self.edge(f"{base}{flow[-1]}~{part}", item_id, label=label((shape_text(body[ret.node]), "small")))
 
+    # ---------------------------------------------------------------------------------------------- size
+
+    def nodes(self) -> list[str]:
+        out: list[str] = []
+        todo = [self.root]
+        while todo:
+            cluster = todo.pop()
+            out += [node_id for node_id, _ in cluster.nodes]
+            todo += cluster.children.values()
+        return out
+
+    def size(self) -> "FigureSize":
+        """What `dot` will lay out: the nodes, the edges, and the points where an edge crosses a rank (dot routes
+        a long edge through one virtual node per rank it passes, and its work grows with them, not with the
+        nodes alone: one input read by 50 chained equations is 150 edges and 1,225 crossings). Ranks are the
+        longest path from a source along the edges that constrain them (not a delay's, not between same-rank
+        nodes), each source moved up to just below its first reader: about as dot's ranking makes them."""
+        nodes = self.nodes()
+        same: dict[str, str] = {n: n for n in nodes}
+
+        def find(n: str) -> str:
+            while same[n] != n:
+                same[n] = same[same[n]]
+                n = same[n]
+            return n
+
+        def clusters(c: _Cluster) -> Iterator[_Cluster]:
+            yield c
+            for child in c.children.values():
+                yield from clusters(child)
+
+        for cluster in clusters(self.root):
+            for ids in cluster.same_rank:
+                for a in ids[1:]:
+                    same[find(a)] = find(ids[0])
+        ranked = [(find(a), find(b)) for a, b, attrs in self.edges
+                  if attrs.get("constraint") != "false" and find(a) != find(b)]
+        after: dict[str, list[str]] = {}
+        waiting = {find(n): 0 for n in nodes}
+        for a, b in ranked:
+            after.setdefault(a, []).append(b)
+            waiting[b] += 1
+        rank = {n: 0 for n in waiting}
+        reached = {b for _, b in ranked}
+        ready = [n for n, k in waiting.items() if k == 0]
+        while ready:  # Kahn's order; a node left on a cycle keeps the rank it reached
+            a = ready.pop()
+            for b in after.get(a, ()):
+                rank[b] = max(rank[b], rank[a] + 1)
+                waiting[b] -= 1
+                if not waiting[b]:
+                    ready.append(b)
+        for a in [n for n in rank if n not in reached]:  # a source sits just below its first reader, as dot puts it
+            if after.get(a):
+                rank[a] = min(rank[b] for b in after[a]) - 1
+        crossings = sum(max(0, abs(rank[b] - rank[a]) - 1) for a, b in ranked)
+        return FigureSize(len(nodes), len(self.edges), crossings)
+
     # ---------------------------------------------------------------------------------------------- DOT
 
     def dot(self, title: str) -> graphviz.Digraph:
@@ -521,12 +580,49 @@ class _Figure:
         return g
 
 
-def figure(model: Model, unroll: int | None = None, depth: int | None = None) -> str:
-    """The DOT source of ``model``'s figure: rolled (Figure 1), or unrolled ``unroll`` steps (Figure 2)."""
+#: The most `FigureSize.cost` a figure drawn with Graphviz may have unless raised (``--max-figure N``). Measured
+#: with graphviz-pure 0.2.2 on this project's 2-core machine (tests/hostile_figures.py's shapes): near 2,000 the
+#: worst shapes take 0.5-0.7 s of CPU to lay out and render (four inputs read by 15 chained equations: 0.63 s; one
+#: read by 45: 0.54 s), a chain of 1,000 equations 0.12 s; past it the time climbs steeply (3,600: 1.9 s; 30 module
+#: calls in a row 0.07 s, 40 more than 6 s). So every figure under the cap is drawn within the 2 s budget of
+#: `validate`; `seqdsl.render` also stops Graphviz at 2 s of CPU, for a shape the estimate misses.
+MAX_FIGURE = 2_000
+
+
+@dataclass(frozen=True)
+class FigureSize:
+    """How much a figure asks of Graphviz (see `_Figure.size`); `cost` is what the cap bounds."""
+
+    nodes: int
+    edges: int
+    crossings: int  # edges passing through ranks: dot's virtual nodes
+
+    @property
+    def cost(self) -> int:
+        return self.nodes + self.edges + self.crossings
+
+
+def _too_large(model: Model, size: FigureSize, cap: int) -> SpecError:
+    return SpecError("E0423", f"the figure is too large for Graphviz to lay out quickly: {size.cost:,} above the "
+                     f"cap of {cap:,}", Location(model.source, 1, 1), expected=f"at most {cap:,} nodes, edges and "
+                     "rank crossings in all", found=f"{size.nodes:,} nodes, {size.edges:,} edges, "
+                     f"{size.crossings:,} crossings",
+                     hint="draw less: --depth K (module calls below K levels as one box each), --module NAME (one "
+                          "module alone) or a smaller --unroll; or raise the cap: --max-figure N (in Python: "
+                          "figure(model, max_size=N)); Graphviz's time grows faster than the figure")
+
+
+def figure(model: Model, unroll: int | None = None, depth: int | None = None, max_size: int | None = None) -> str:
+    """The DOT source of ``model``'s figure: rolled (Figure 1), or unrolled ``unroll`` steps (Figure 2); a figure
+    whose `FigureSize.cost` is above ``max_size`` is refused (`FigureTooLarge`) before Graphviz sees it."""
     if unroll is not None and unroll < 1:
         raise ValueError("unroll must be at least 1")
     fig = _Figure(model, depth, unroll)
     fig.draw_graph(model.graph, "", (), {})
+    if max_size is not None:
+        size = fig.size()
+        if size.cost > max_size:
+            raise _too_large(model, size, max_size)
     recurrent = any(n.op == "loop" for n in model.graph) or any(
         fig.has_loop(p) for p in model.scopes)
     kind = (f"unrolled, {unroll} steps" if unroll else "rolled") if recurrent else "no recurrence: dataflow"

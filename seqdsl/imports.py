@@ -6,8 +6,10 @@ standard library (the specs that ship with seqdsl).
       Additive: lib/attention.yaml#Additive   # a module under that file's `modules:`
       GRU: std:gru.yaml               # from the standard library
 
-A relative path is read from the importing file's folder and may not leave the tree of the spec being built
-(no absolute paths, no `..` past the root, no symlinks out). Import cycles are reported with the chain.
+A relative path is read from the importing file's folder and may not leave the root: the folder of the spec
+being built, or the folder named by ``--root DIR`` (``root=`` in Python). No absolute paths, no `..` past the
+root, no symlinks out; the check is made on the resolved path before anything there is looked at, so nothing
+outside the root is read. Import cycles are reported with the chain.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Location, SpecError, did_you_mean
-from .loader import Document, load_file
+from .loader import MAX_NODES, MAX_SPEC_BYTES, Document, load_file
 from .lower import Unit
 from .naming import normalize
 from .schema import GraphModule, RecurrentModule, parse_module
 
-STD_ROOT = Path(__file__).resolve().parent.parent / "specs"
+# the `std:` library: the shipped specs, inside the package once installed (seqdsl/specs), beside it in a checkout
+STD_ROOT = next((p for p in (Path(__file__).resolve().parent / "specs", Path(__file__).resolve().parent.parent / "specs")
+                 if p.is_dir()), Path(__file__).resolve().parent / "specs")
 MAX_IMPORT_DEPTH = 16
 
 
@@ -31,13 +35,19 @@ class _Session:
     """One build's imports: the tree files may come from, files already loaded, and the chain being loaded."""
 
     root: Path
+    explicit: bool = False  # the root was named (--root, root=), not the spec's folder
     units: dict[Path, Unit] = field(default_factory=dict)  # each file's root module, loaded and resolved once
     chain: list[Path] = field(default_factory=list)
+    bytes_left: int = MAX_SPEC_BYTES  # what the files still to be read may take, all together
+    nodes_left: int = MAX_NODES
 
 
-def unit_for(doc: Document, module: RecurrentModule | GraphModule, root: Path | None) -> Unit:
-    """The top-level module of ``doc``, with every module it may call resolved (files under ``root``)."""
-    session = _Session(root.resolve() if root else Path.cwd().resolve())
+def unit_for(doc: Document, module: RecurrentModule | GraphModule, root: Path | None, explicit: bool = False
+             ) -> Unit:
+    """The top-level module of ``doc``, with every module it may call resolved (files under ``root``, which is
+    the spec's folder unless ``explicit``: named by the user, ``--root``)."""
+    session = _Session(root.resolve() if root else Path.cwd().resolve(), explicit=explicit,
+                       bytes_left=MAX_SPEC_BYTES - doc.size, nodes_left=MAX_NODES - doc.nodes)
     if root is not None:
         session.chain.append(Path(doc.file).resolve())
     return _unit(session, module, doc, (), {})
@@ -80,7 +90,9 @@ def _import(session: _Session, target: str, doc: Document, key: tuple[str | int,
     if unit is None:  # a file imported twice (a diamond) is read and resolved once, not once per path to it
         session.chain.append(path)
         try:
-            sub_doc = load_file(path)
+            sub_doc = load_file(path, session.bytes_left, session.nodes_left)  # bounded before it is read
+            session.bytes_left -= sub_doc.size
+            session.nodes_left -= sub_doc.nodes
             unit = _unit(session, parse_module(sub_doc), sub_doc, (), {})
         finally:
             session.chain.pop()
@@ -113,22 +125,33 @@ def _resolve(session: _Session, target: str, importer: Path, loc: Location) -> P
                         hint="write a path such as `lstm.yaml` or `lib/attention.yaml`, or `std:lstm.yaml`")
     try:
         path = (base / rel).resolve()
-        is_file = path.is_file()
     except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop (RuntimeError in 3.11)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
-        shown = target if len(target) <= 80 else target[:60] + "..." + target[-16:]
-        raise SpecError("E0502", f"import path `{shown}` cannot be followed: {why}", loc,
-                        hint="name an existing .yaml file with a plain relative path (each name at most 255 bytes, "
-                             "no symlink loops)") from None
-    if not _inside(path, tree):
-        raise SpecError("E0502", f"import `{target}` leaves the spec's folder", loc,
-                        expected=f"a file under {tree}", found=str(path),
-                        hint="imports stay inside the folder of the spec being built (symlinks are followed)")
+        raise _unfollowable(target, exc, loc) from None
+    if not _inside(path, tree):  # checked before anything at `path` is looked at
+        named = tree is session.root and session.explicit
+        raise SpecError("E0502", f"import `{target}` leaves " + ("the --root folder" if named else "the spec's folder"),
+                        loc, expected=f"a file under {tree}", found=str(path),
+                        hint="imports stay inside " + ("--root DIR" if named else "the folder of the spec being built")
+                        + " (symlinks are followed)" + ("" if named or tree is STD_ROOT else
+                                                        "; to import from a folder beside it, name a folder that "
+                                                        "holds both: --root DIR (in Python: root=DIR)"))
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as exc:
+        raise _unfollowable(target, exc, loc) from None
     if not is_file:
         raise SpecError("E0506", f"imported file `{target}` does not exist", loc, found=str(path),
                         hint=did_you_mean(Path(rel).name, [p.name for p in path.parent.glob("*.yaml")])
                         if path.parent.is_dir() else None)
     return path
+
+
+def _unfollowable(target: str, exc: Exception, loc: Location) -> SpecError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+    shown = target if len(target) <= 80 else target[:60] + "..." + target[-16:]
+    return SpecError("E0502", f"import path `{shown}` cannot be followed: {why}", loc,
+                     hint="name an existing .yaml file with a plain relative path (each name at most 255 bytes, "
+                          "no symlink loops)")
 
 
 def _inside(path: Path, tree: Path) -> bool:

@@ -18,7 +18,7 @@ With fan_in = shape[1]·∏shape[2:] and fan_out = shape[0]·∏shape[2:] (torch
 
 ``blocks: k`` splits axis 0 into k equal blocks (a matrix that stacks k gates, [k·h, n]) and initialises each as a
 matrix of its own; it needs a parameter of two or more axes whose first axis k divides. Nothing here imports a
-backend: `compilers.torch_codegen` writes these as ``torch.nn.init`` calls.
+backend: `seqdsl.compilers.torch_codegen` writes these as ``torch.nn.init`` calls.
 """
 
 from __future__ import annotations

@@ -30,8 +30,10 @@ from .naming import normalize
 
 # Codes E0101-E0120 are documented in seqdsl/codes.py.
 
-MAX_SPEC_BYTES = 1_000_000
-MAX_NODES = 15_000  # YAML nodes; with the other limits this keeps any spec decided within 2 s (seqdsl.budget)
+# A spec and the files it imports, together: bytes and YAML nodes (each file's own aliases expanded: MAX_NODES
+# again). With seqdsl.budget's limits they keep any spec decided within 2 s of CPU (tests/test_budgets.py).
+MAX_SPEC_BYTES = 500_000
+MAX_NODES = 15_000
 MAX_DEPTH = 64
 MAX_INT = 10**18
 
@@ -50,6 +52,8 @@ _BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # the line breaks PyYAML cou
 _PREFIX = re.compile(r"(?:[&!]\S*(?:\s|#[^\n\r\x85\u2028\u2029]*)*)*")  # `&anchor !tag # comment` before a value
 _NODE_KIND = {MappingNode: "a mapping", SequenceNode: "a list", ScalarNode: "a scalar"}
 _EMPTY_HINT = "a spec is a YAML mapping, e.g. `sizes: {d: 16}`"
+_LINE_MOVERS = "\n\r\x85\u2028\u2029\ufeff"  # what `Reader.forward` counts other than as a column
+_MOVES_LINE = re.compile(f"[{_LINE_MOVERS}]")
 _BAD_CHAR = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -73,12 +77,14 @@ class _Locator:
 
     def __init__(self, file: str, source: str) -> None:
         self.file, self.source = file, source
-        self.starts = [0] + [m.end() for m in _BREAK.finditer(source)]
+        breaks = list(_BREAK.finditer(source))
+        self.starts = [0] + [m.end() for m in breaks]
+        self.ends = [m.start() for m in breaks] + [len(source)]  # each line's end, so that no lookup scans a line
 
     def span(self, start: int, end: int, path: PathT) -> Location:
         """The location of ``source[start:end]``, underlined up to the end of its first line."""
         line = bisect_right(self.starts, start)
-        line_end = m.start() if (m := _BREAK.search(self.source, start)) else len(self.source)
+        line_end = self.ends[line - 1]
         length = max(1, min(end, line_end) - start)
         return Location(self.file, line, start - self.starts[line - 1] + 1, _dotted(path), length)
 
@@ -120,6 +126,8 @@ class Document:
     _values: dict[PathT, Node | _Alias] = field(default_factory=dict, repr=False)
     _keys: dict[PathT, Node | _Alias] = field(default_factory=dict, repr=False)
     sha256: str = ""  # of the bytes read (the text, UTF-8 encoded, when given as a string): build provenance
+    size: int = 0  # those bytes
+    nodes: int = 0  # YAML nodes in the text (aliases not expanded)
 
     def __post_init__(self) -> None:
         self._locator = _Locator(self.file, self.source)
@@ -164,13 +172,13 @@ class Document:
 class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
     """PyYAML's pure-Python composer, with node/depth limits, alias marks kept and no implicit tags."""
 
-    def __init__(self, text: str, file: str) -> None:
+    def __init__(self, text: str, file: str, max_nodes: int = MAX_NODES) -> None:
         Reader.__init__(self, text)
         Scanner.__init__(self)
         Parser.__init__(self)
         Composer.__init__(self)
         BaseResolver.__init__(self)
-        self.file, self.depth, self.count = file, 0, 0
+        self.file, self.depth, self.count, self.max_nodes = file, 0, 0, max_nodes
 
     def loc(self, mark: yaml.Mark) -> Location:
         return Location(self.file, mark.line + 1, mark.column + 1)
@@ -180,6 +188,16 @@ class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
 
     def resolve(self, kind: type, value: Any, implicit: Any) -> str:
         return _IMPLICIT
+
+    def forward(self, length: int = 1) -> None:
+        """PyYAML's `Reader.forward`, which counts lines and columns a character at a time in Python (a third of
+        the time of composing a large spec), done at once where the characters passed hold no line break."""
+        start, end = self.pointer, self.pointer + length
+        if end + 1 >= len(self.buffer) or (self.buffer[start] in _LINE_MOVERS if length == 1
+                                           else _MOVES_LINE.search(self.buffer, start, end) is not None):
+            super().forward(length)
+            return
+        self.pointer, self.index, self.column = end, self.index + length, self.column + length
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | _Alias:  # type: ignore[override]
         event = self.peek_event()
@@ -193,9 +211,10 @@ class _Composer(Reader, Scanner, Parser, Composer, BaseResolver):
                       hint="give each anchor a different name",
                       notes=[(self.loc(first), "first defined here")])
         self.count += 1
-        if self.count > MAX_NODES:
-            self.fail("E0112", f"spec has too many nodes (more than {MAX_NODES:,})", mark,
-                      hint="split the spec or simplify it")
+        if self.count > self.max_nodes:
+            self.fail("E0112", f"spec has too many nodes (more than {self.max_nodes:,}"
+                      + (f", what is left of {MAX_NODES:,} for a spec and its imports together)"
+                         if self.max_nodes < MAX_NODES else ")"), mark, hint="split the spec or simplify it")
         nested = isinstance(event, (SequenceStartEvent, MappingStartEvent))
         self.depth += nested
         try:
@@ -384,10 +403,11 @@ def _whole(file: str) -> Location:
     return Location(file, 1, 1)
 
 
-def _size_check(size: int, file: str) -> None:
-    if size > MAX_SPEC_BYTES:
-        raise SpecError("E0103", f"spec is too large: {size:,} bytes (the limit is {MAX_SPEC_BYTES:,})",
-                        _whole(file), expected=f"at most {MAX_SPEC_BYTES:,} bytes", found=f"{size:,} bytes",
+def _size_check(size: int, file: str, limit: int = MAX_SPEC_BYTES) -> None:
+    if size > limit:
+        left = f", what is left of {MAX_SPEC_BYTES:,} for a spec and its imports together" if limit < MAX_SPEC_BYTES else ""
+        raise SpecError("E0103", f"spec is too large: {size:,} bytes (the limit is {limit:,}{left})",
+                        _whole(file), expected=f"at most {limit:,} bytes", found=f"{size:,} bytes",
                         hint="split the spec into smaller files")
 
 
@@ -419,20 +439,18 @@ def _syntax_error(e: yaml.MarkedYAMLError, file: str, text: str) -> SpecError:
     return SpecError("E0105", f"invalid YAML: {problem}", loc, hint=hint)
 
 
-def load_text(text: str | bytes, file: str = "<spec>") -> Document:
-    """Parse spec text (str, or bytes that must be UTF-8) into a `Document`; raises `SpecError`."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        raw = bytes(text)
-        _size_check(len(raw), file)
-        digest = hashlib.sha256(raw).hexdigest()
+def load_text(text: str | bytes, file: str = "<spec>", max_bytes: int = MAX_SPEC_BYTES,
+              max_nodes: int = MAX_NODES) -> Document:
+    """Parse spec text (str, or bytes that must be UTF-8) into a `Document`; raises `SpecError`. ``max_bytes`` and
+    ``max_nodes`` are what an imported file may still take of the limits for a spec and its imports together."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    _size_check(len(raw), file, max_bytes)
+    digest = hashlib.sha256(raw).hexdigest()
+    if not isinstance(text, str):
         text = _decode(raw, file)
-    else:
-        encoded = text.encode("utf-8", "surrogatepass")
-        _size_check(len(encoded), file)
-        digest = hashlib.sha256(encoded).hexdigest()
     text = text.removeprefix("\ufeff")
     _check_chars(text, file)
-    loader = _Composer(text, file)
+    loader = _Composer(text, file, max_nodes)
     try:
         loader.get_event()  # stream start
         if loader.check_event(StreamEndEvent):
@@ -456,10 +474,11 @@ def load_text(text: str | bytes, file: str = "<spec>") -> Document:
     if not isinstance(data, dict):
         raise SpecError("E0108", "the spec must be a mapping of sections", builder.at.of(root, ()),
                         expected="a mapping (`key: value` lines)", found=_kind(data))
-    return Document(data, file, text, builder.values, builder.keys, sha256=digest)
+    return Document(data, file, text, builder.values, builder.keys, sha256=digest,
+                    size=len(raw), nodes=loader.count)
 
 
-def load_file(path: str | Path) -> Document:
+def load_file(path: str | Path, max_bytes: int = MAX_SPEC_BYTES, max_nodes: int = MAX_NODES) -> Document:
     """Read and parse a spec file; a missing, unreadable or oversized file raises `SpecError`."""
     p, name = Path(path), str(path)
     try:
@@ -475,11 +494,11 @@ def load_file(path: str | Path) -> Document:
     try:
         if p.is_dir():
             raise IsADirectoryError(21, "it is a directory")
-        _size_check(p.stat().st_size, name)  # before reading anything
+        _size_check(p.stat().st_size, name, max_bytes)  # before reading anything
         with p.open("rb") as f:
             raw = f.read(MAX_SPEC_BYTES + 1)  # the file may have grown since stat()
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise SpecError("E0120", f"cannot read spec file: {why}", _whole(name),
                         hint="check the path and its permissions") from None
-    return load_text(raw, name)
+    return load_text(raw, name, max_bytes, max_nodes)

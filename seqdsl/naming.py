@@ -7,7 +7,7 @@ which keeps its exact value; what a build writes as *data* (ONNX doc strings and
 through `seqdsl.text.plain_text`, which keeps it readable.
 
 What the compiler invents never takes a spec name:
-  * model.py: every scope has one allocator (``compilers.torch_codegen._Names``) that knows the spec's names,
+  * model.py: every scope has one allocator (``seqdsl.compilers.torch_codegen._Names``) that knows the spec's names,
     `PYTHON_RESERVED` and the module-level names of model.py; compiler temporaries (``h_prev``, ``x_t``,
     ``h_steps``) take what is left, so a value named like one of them is simply given another spelling;
   * attributes of ``Model`` (parameters, the submodules of calls) are spec names, so they may not be one of

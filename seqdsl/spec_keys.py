@@ -56,7 +56,7 @@ KEYS: dict[str, KeyDoc] = {
                       "`name: Module(x, h=64)`.",),
     "imports": KeyDoc("Modules from other spec files: `path.yaml` (its root module), `path.yaml#Name` (a module "
                       "under its `modules:`) or `std:path.yaml` (the specs that ship with seqdsl). Paths are relative "
-                      "to this file and never leave the spec's folder.",
+                      "to this file and never leave the spec's folder (or the folder named by `--root DIR`).",
                       ({"LSTM": "std:lstm.yaml", "Gate": "lib/gates.yaml#Gate"},)),
     "graph": KeyDoc("Equations over whole tensors, one per line (`name: expression`), in any order; a line may call "
                     "a module (`enc: LSTM(x, h=64)`, with `repeat=N` or `direction=both`). A module has `graph:` or "

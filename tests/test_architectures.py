@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 import seqdsl
-from compilers.build import build, example_inputs, run_torch
-from compilers.onnx_runtime import run
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import build, example_inputs, run_torch
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import to_module
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ARCHITECTURES = ["seq2seq", "seq2seq_attention", "memory_network", "hypernetwork_rnn", "generator", "hopfield"]

@@ -25,10 +25,10 @@ from conftest import SPECS
 from test_parity_transformer import causal_bool, check_parity, copy_weights, keep_mask, layer_map, leaf, mha_map
 
 import seqdsl
-from compilers import onnx_runtime as rt
-from compilers.onnx_export import export, set_weights
-from compilers.torch_codegen import generate
-from compilers.torch_module import to_module
+from seqdsl.compilers import onnx_runtime as rt
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.torch_codegen import generate
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.ir import all_nodes, loop_of
 from seqdsl.errors import SpecError
 from seqdsl.passes import fuse_attention, optimize

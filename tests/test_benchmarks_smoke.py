@@ -14,8 +14,8 @@ import seqdsl
 from benchmarks import run as bench_run
 from benchmarks.harness import SPECS, Config, Report, onnx_form, print_report, top_table, torch_runner
 from benchmarks.workloads import discover
-from compilers.onnx_export import export
-from compilers.torch_module import to_module
+from seqdsl.compilers.onnx_export import export
+from seqdsl.compilers.torch_module import to_module
 
 PYTORCH_RUNNER = re.compile(r"to_module \((default: )?(torch\.(lstm|gru|rnn_tanh|rnn_relu)|generic loop)")
 ONNX_FORM = re.compile(r"onnxruntime, .*\(((LSTM|GRU|RNN) op|Scan \(body \d+ nodes\)|Loop \(body \d+ nodes\))")

@@ -18,6 +18,7 @@ from conftest import ROOT, SPECS
 
 import seqdsl
 from seqdsl.errors import SpecError
+from seqdsl.loader import MAX_SPEC_BYTES
 
 CPU_SECONDS = 2.0  # the README's promise; the cases below take a quarter of it or less on a quiet 2-core machine
 PEAK_MB = 512
@@ -89,6 +90,47 @@ def diamond(folder: Path, depth: int) -> Path:
     return folder / "f0.yaml"
 
 
+def padded_equations(n: int, pad: int) -> str:
+    """``equations(n)`` with ``pad`` spaces after each equation: n = 3,500 and pad = 100 is 470 KB."""
+    return equations(n).replace(" - x)\n", " - x)" + " " * pad + "\n")
+
+
+def long_expressions(n: int) -> str:
+    """n equations of about 2,000 characters (the most one may have), in groups so as to stay 50 levels deep."""
+    group = "(" + " + ".join(["x * 0.5"] * 38) + ")"
+    body = "".join(f"  v{i}: tanh(v{i - 1}) + " + " + ".join([group] * 5) + "\n" for i in range(1, n))
+    return f"sizes: {{d: 2}}\ninputs: {{x: [B, T, d]}}\ngraph:\n  v0: tanh(x)\n{body}outputs: {{y: v{n - 1}}}\n"
+
+
+def nested_modules(levels: int) -> str:
+    """Each module defined inside the one that calls it, ``levels`` deep (YAML nesting near its limit of 64)."""
+    text, indent = "", ""
+    for i in range(levels):
+        text += (f"{indent}inputs: {{x: [B, T, 2]}}\n{indent}graph: {{y: {'N(x)' if i < levels - 1 else 'tanh(x)'}}}\n"
+                 f"{indent}outputs: {{y: y}}\n")
+        if i < levels - 1:
+            text += f"{indent}modules:\n{indent}  N:\n"
+            indent += "    "
+    return text
+
+
+def one_line(n: int, pad: int) -> str:
+    """n equations in one flow mapping on one line (``graph: {v0: ..., v1: ...}``): 3,500 with pad 120 is 475 KB."""
+    body = ", ".join(f"v{i}: tanh(x)" + " " * pad for i in range(n))
+    return f"sizes: {{d: 2}}\ninputs: {{x: [B, T, d]}}\ngraph: {{{body}, y: tanh(x)}}\noutputs: {{y: y}}\n"
+
+
+def many_imports(folder: Path, files: int, equations_each: int, pad: int = 0) -> Path:
+    """A spec that imports ``files`` files of ``equations_each`` equations each and calls every one."""
+    for i in range(files):
+        (folder / f"m{i}.yaml").write_text(padded_equations(equations_each, pad).replace("[B, T, d]", "[B, T, 2]"))
+    imports = ", ".join(f"M{i}: m{i}.yaml" for i in range(files))
+    calls = "".join(f"  c{i}: M{i}(c{i - 1})\n" if i else "  c0: M0(x)\n" for i in range(files))
+    (folder / "main.yaml").write_text(f"inputs: {{x: [B, T, 2]}}\nimports: {{{imports}}}\ngraph:\n{calls}"
+                                      f"outputs: {{y: c{files - 1}}}\n")
+    return folder / "main.yaml"
+
+
 def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -100,7 +142,8 @@ def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
 @pytest.fixture(scope="module")
 def decided(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("hostile")
-    (tmp / "diamond").mkdir()
+    for folder in ("diamond", "imports", "imports_big", "imports_nodes"):
+        (tmp / folder).mkdir()
     cases: dict[str, tuple[Path, dict[str, int]]] = {
         "doubling_12": (_write(tmp, doubling(12), "d12.yaml"), {}),  # 2,048 copies: within the budget
         "doubling_20": (_write(tmp, doubling(20), "d20.yaml"), {}),  # 2**19 copies: refused as it grows
@@ -111,13 +154,27 @@ def decided(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "equations_1000": (_write(tmp, equations(1_000), "e1000.yaml"), {}),
         "equations_4000": (_write(tmp, equations(4_000), "e4000.yaml"), {}),  # about 100 KB
         "yaml_nodes": (_write(tmp, "graph: [" + ",".join(["1"] * 60_000) + "]\n", "nodes.yaml"), {}),
+        # large specs of several shapes, up to the size limits (500,000 bytes, 15,000 YAML nodes, 30,000 IR nodes)
+        "equations_470kb": (_write(tmp, padded_equations(3_500, 100), "padded.yaml"), {}),
+        "long_expressions": (_write(tmp, long_expressions(225), "long.yaml"), {}),  # 432 KB, 2,000 characters each
+        "nested_modules": (_write(tmp, nested_modules(31), "nested.yaml"), {}),  # YAML nesting 62 deep
+        "one_line_475kb": (_write(tmp, one_line(3_500, 120), "line.yaml"), {}),  # 3,500 unused values: warnings
+        "imports_488kb": (many_imports(tmp / "imports", 40, 80, 110), {}),
+        "imports_past_the_bytes": (many_imports(tmp / "imports_big", 50, 80, 110), {}),  # 610 KB in all
+        "imports_past_the_nodes": (many_imports(tmp / "imports_nodes", 40, 200), {}),  # 16,000 YAML nodes in all
+        "big_list": (_write(tmp, "inputs: {x: [B, T, " + ", ".join(["1"] * 14_000) + "]}\ngraph: {y: tanh(x)}\n"
+                            "outputs: {y: y}\n", "list.yaml"), {}),
     }
+    for name in ("padded.yaml", "long.yaml", "line.yaml"):
+        assert 400_000 < (tmp / name).stat().st_size <= MAX_SPEC_BYTES, name
     assert len(cases["doubling_20"][0].read_bytes()) < 2_000
     return decide_all(cases)
 
 
 @pytest.mark.parametrize("case", ["doubling_12", "doubling_20", "repeat_huge", "repeat_large", "nested_40",
-                                  "diamond_14", "equations_1000", "equations_4000", "yaml_nodes"])
+                                  "diamond_14", "equations_1000", "equations_4000", "yaml_nodes", "equations_470kb",
+                                  "long_expressions", "nested_modules", "one_line_475kb", "imports_488kb",
+                                  "imports_past_the_bytes", "imports_past_the_nodes", "big_list"])
 def test_every_hostile_spec_is_decided_within_2_s_and_512_mb(decided: dict[str, dict], case: str):
     result = decided[case]
     assert result["cpu"] < CPU_SECONDS, f"{case}: {result['cpu']:.2f} s of CPU"
@@ -160,6 +217,34 @@ def test_thousands_of_equations_lower_in_linear_time(decided: dict[str, dict]):
 
 def test_yaml_with_too_many_nodes_is_refused(decided: dict[str, dict]):
     assert decided["yaml_nodes"].get("code") == "E0112", decided["yaml_nodes"]
+
+
+def test_large_specs_of_every_shape_are_decided(decided: dict[str, dict]):
+    for case in ("equations_470kb", "nested_modules", "one_line_475kb", "imports_488kb", "big_list"):
+        assert decided[case].get("ok"), (case, decided[case])
+    assert decided["long_expressions"].get("code") == "E0420", decided["long_expressions"]
+
+
+def test_a_spec_and_its_imports_share_the_size_limits(decided: dict[str, dict]):
+    big, many = decided["imports_past_the_bytes"], decided["imports_past_the_nodes"]
+    assert big.get("code") == "E0103" and (big["line"], big["col"]) == (1, 1), big
+    assert "500,000 for a spec and its imports together" in big["text"], big
+    assert many.get("code") == "E0112" and "15,000 for a spec and its imports together" in many["text"], many
+
+
+def test_validate_of_the_largest_specs_takes_under_2_s_in_all(tmp_path: Path):
+    """The whole command, Python's start and imports included, on the slowest shapes above."""
+    import resource
+
+    for name, text in (("long.yaml", long_expressions(225)), ("line.yaml", one_line(3_500, 120))):
+        spec = _write(tmp_path, text, name)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(spec)], capture_output=True,
+                              text=True, timeout=120)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        assert done.returncode in (0, 2) and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert cpu < CPU_SECONDS, f"{name}: {cpu:.2f} s of CPU"
 
 
 # ----------------------------------------------------------------------------------- the limits can be raised

@@ -18,9 +18,9 @@ from conftest import SPECS
 
 import seqdsl
 import seqdsl.files
-from compilers.build import ParityError, build, example_inputs, run_torch
-from compilers.onnx_runtime import run, supported_ir_version, supported_opset
-from compilers.torch_module import import_source, to_module
+from seqdsl.compilers.build import ParityError, build, example_inputs, run_torch
+from seqdsl.compilers.onnx_runtime import run, supported_ir_version, supported_opset
+from seqdsl.compilers.torch_module import import_source, to_module
 from seqdsl.errors import SpecError
 
 ALL_SPECS = sorted(SPECS.glob("*.yaml"))

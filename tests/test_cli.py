@@ -94,13 +94,13 @@ def test_unused_equation_is_a_warning(tmp_path: Path):
 def test_internal_failure_exits_1_and_says_it_is_a_bug(monkeypatch, tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli
-    import compilers.build
+    from seqdsl import cli
+    import seqdsl.compilers.build
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(compilers.build, "build", broken)
+    monkeypatch.setattr(seqdsl.compilers.build, "build", broken)
     result = CliRunner().invoke(cli.app, ["build", str(SPECS / "rnn.yaml"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom" in result.output and "bug in seqdsl" in result.output
@@ -119,7 +119,7 @@ def test_every_number_on_the_command_line_parses_one_way(option: str, value: str
     full-width digits, `1_000`) is one line naming the option, exit 2: never a traceback."""
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     name, _, prefix = option.partition(" ")
     args = [name, prefix + value] if prefix else [name, value]

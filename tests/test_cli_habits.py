@@ -25,11 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqdsl
-from compilers.build import build
-from compilers.build_record import RECURRENT_OPS, onnx_forms
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_runtime import make_session
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import build
+from seqdsl.compilers.build_record import RECURRENT_OPS, onnx_forms
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_runtime import make_session
+from seqdsl.compilers.torch_module import to_module
 from conftest import ROOT, SPECS
 from seqdsl.text import MAX_DOC_CHARS, plain_text
 
@@ -136,7 +136,7 @@ def test_build_shows_progress_on_a_terminal(tmp_path: Path):
     code, stdout, terminal = _run_with_terminal_stderr(
         ["build", str(SPECS / "rnn.yaml"), "--set", "h=4", "--seq-len", "3", "-o", str(tmp_path / "tty")], env)
     assert code == 0, terminal
-    from compilers.build import STAGES
+    from seqdsl.compilers.build import STAGES
 
     for stage in STAGES:  # every stage is shown, with how far the build is
         assert f"building: {stage}" in terminal
@@ -145,7 +145,7 @@ def test_build_shows_progress_on_a_terminal(tmp_path: Path):
 
 
 def test_no_progress_under_ci_even_on_a_terminal(monkeypatch: pytest.MonkeyPatch):
-    import cli
+    from seqdsl import cli
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     monkeypatch.delenv("CI", raising=False)
@@ -157,7 +157,7 @@ def test_no_progress_under_ci_even_on_a_terminal(monkeypatch: pytest.MonkeyPatch
 def test_piped_build_prints_plain_lines_and_no_progress(tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     out = tmp_path / "pipe"
     result = CliRunner().invoke(cli.app, ["build", str(SPECS / "rnn.yaml"), "--set", "h=4", "--seq-len", "3",

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ROOT
 
 import seqdsl
-from compilers.torch_module import to_module
-from compilers.training import TrainOptions, prepare
-from compilers.training.objective import Objective, real_values
-from compilers.weights import checkpoint_weights
+from seqdsl.compilers.torch_module import to_module
+from seqdsl.compilers.training import TrainOptions, prepare
+from seqdsl.compilers.training.objective import Objective, real_values
+from seqdsl.compilers.weights import checkpoint_weights
 from seqdsl import tasks
 from seqdsl.errors import SpecError
 

@@ -253,7 +253,7 @@ def test_the_default_cap_refuses_a_small_file_that_declares_terabytes(tmp_path: 
 def test_train_refuses_a_declared_bomb_with_one_error_naming_the_file(tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     def train(*args: str):
         return CliRunner().invoke(cli.app, ["train", str(ROOT / "specs/adding_lstm.yaml"), *args, "--no-build"])
@@ -277,7 +277,7 @@ def test_train_refuses_a_declared_bomb_with_one_error_naming_the_file(tmp_path: 
 def test_run_refuses_an_input_over_its_cap_or_shorter_than_declared(tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((2, 5, 16), dtype=np.float32))
@@ -330,7 +330,7 @@ def bad_data_options(draw: st.DrawFn) -> tuple[list[str], str]:
 def _invoke(args: list[str]):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     return CliRunner().invoke(cli.app, ["data", *args])
 

@@ -16,9 +16,9 @@ import torch
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.torch_module import to_module
-from compilers.training import TrainOptions, train
-from compilers.weights import checkpoint_weights
+from seqdsl.compilers.torch_module import to_module
+from seqdsl.compilers.training import TrainOptions, train
+from seqdsl.compilers.weights import checkpoint_weights
 from seqdsl import tasks
 
 

@@ -22,8 +22,8 @@ from safetensors.numpy import load_file
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.build import UsageError, build, example_inputs, loop_axes
-from compilers.onnx_runtime import run
+from seqdsl.compilers.build import UsageError, build, example_inputs, loop_axes
+from seqdsl.compilers.onnx_runtime import run
 from seqdsl.errors import SpecError
 from seqdsl.ir import Graph, Node, all_nodes, loop_of
 from seqdsl.passes.unroll import UnrollError

@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from conftest import ROOT, SPECS
 
 import seqdsl
-import compilers.build
-from compilers.build import ParityError, build, example_inputs, run_torch
-from compilers.onnx_runtime import InputMismatch, check_inputs, make_session, run
-from compilers.torch_module import import_source
+import seqdsl.compilers.build
+from seqdsl.compilers.build import ParityError, build, example_inputs, run_torch
+from seqdsl.compilers.onnx_runtime import InputMismatch, check_inputs, make_session, run
+from seqdsl.compilers.torch_module import import_source
 
 ALL_SPECS = sorted(SPECS.glob("*.yaml"))
 T_BUILD = 8
@@ -119,7 +119,7 @@ def test_unrolled_export_agrees_with_pytorch(name: str, unrolled: dict[str, Path
     lengths = {"T": UNROLL_T, **UNROLLED[name]}
     summary = json.loads((out / "build.json").read_text())
     assert summary["onnx_form"] == "unrolled"
-    assert summary["unrolled_lengths"] == {axis: lengths[axis] for axis in compilers.build.loop_axes(model)}
+    assert summary["unrolled_lengths"] == {axis: lengths[axis] for axis in seqdsl.compilers.build.loop_axes(model)}
     proto = onnx.load(str(out / "model.onnx"))
     assert not any(n.op_type in ("Scan", "Loop") for n in all_nodes(proto.graph))
     for node, value in zip(model.input_nodes(), proto.graph.input):  # unrolled axes fixed, B still symbolic
@@ -183,7 +183,7 @@ def test_cli_unroll_with_a_length_per_axis(tmp_path: Path):
     assert json.loads((tmp_path / "a" / "build.json").read_text())["unrolled_lengths"] == {"S": 4, "T": 6}
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     r = CliRunner().invoke(cli.app, ["build", str(SPECS / "seq2seq.yaml"), "-o", str(tmp_path / "b"), "--unroll",
                                      "--seq-len", "5"], terminal_width=200)
@@ -201,7 +201,7 @@ def test_cli_unroll_with_a_length_per_axis(tmp_path: Path):
 def test_cli_bad_axis_len(tmp_path: Path, args: list[str], message: str):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     result = CliRunner().invoke(cli.app, ["build", str(SPECS / "seq2seq.yaml"), "-o", str(tmp_path / "o"),
                                           "--unroll", *args])
@@ -214,7 +214,7 @@ def test_axis_len_without_unroll_sets_the_check_lengths(tmp_path: Path):
     result = build(SPECS / "seq2seq.yaml", tmp_path / "s", steps=5, axis_lengths={"S": 3})
     assert result.onnx_form == "LSTM" and result.check_shape == {"B": 3, "T": 5, "S": 3}
     assert result.inputs["src"] == ["B", "S", 8, "float32"]  # the Scan graph keeps every axis free
-    with pytest.raises(compilers.build.UsageError, match="has no axis `Q`; its time axes: S, T"):
+    with pytest.raises(seqdsl.compilers.build.UsageError, match="has no axis `Q`; its time axes: S, T"):
         build(SPECS / "seq2seq.yaml", tmp_path / "q", axis_lengths={"Q": 3})
     assert sorted(os.listdir(tmp_path)) == ["s"]
 
@@ -229,7 +229,7 @@ def test_unroll_of_a_model_without_a_loop_writes_the_scan_form(tmp_path: Path):
 
 
 def test_large_model_goes_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(compilers.build, "EXTERNAL_DATA_THRESHOLD", 4096)  # the lstm's weights are 25 kB
+    monkeypatch.setattr(seqdsl.compilers.build, "EXTERNAL_DATA_THRESHOLD", 4096)  # the lstm's weights are 25 kB
     out = tmp_path / "lstm"
     result = build(SPECS / "lstm.yaml", out, steps=5)
     assert sorted(os.listdir(tmp_path)) == ["lstm"]  # nothing outside the output directory, no staging left

@@ -15,7 +15,7 @@ from conftest import ROOT, SPECS
 from test_properties import random_cells
 from typer.testing import CliRunner
 
-import cli as seqdsl_cli
+from seqdsl import cli as seqdsl_cli
 
 import seqdsl
 from seqdsl.figure import SYMBOLS, figure, label, op_symbol
@@ -262,3 +262,21 @@ def test_random_cells_draw_every_op_and_their_delay(spec: str, steps: int):
         assert any((f"loop@{t}~G", f"loop@{t + 1}~{p}") in edges for p in ("G", "dec"))
     xs = [x_of(root, f"loop@{t}~G") for t in range(1, steps + 1)]
     assert xs == sorted(xs)
+
+
+def test_graph_finds_graphviz_pure_without_the_venv_on_path(tmp_path: Path):
+    """`venv/bin/seqdsl` run with a PATH that holds neither the venv nor any Graphviz (pipx, an IDE, cron) still
+    finds the program graphviz-pure installed beside it."""
+    import shutil
+    import subprocess
+    import sys
+
+    bare = "/usr/bin:/bin"
+    assert not any(shutil.which(name, path=bare) for name in ("graphviz-pure", "dot")), "a Graphviz on " + bare
+    if Path(program()).name != "graphviz-pure":
+        pytest.skip("graphviz-pure is not installed here")
+    out = tmp_path / "lstm.svg"
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "graph", str(SPECS / "lstm.yaml"), "-o", str(out)],
+                          env={"PATH": bare, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().lstrip().startswith(b"<?xml") and b"<svg" in out.read_bytes()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 import seqdsl
-from compilers.build import example_inputs, run_torch
-from compilers.torch_codegen import generate
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import example_inputs, run_torch
+from seqdsl.compilers.torch_codegen import generate
+from seqdsl.compilers.torch_module import to_module
 
 def test_bias_folding_makes_one_linear_with_its_bias():
     from seqdsl.passes import fold_bias

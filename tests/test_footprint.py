@@ -1,5 +1,5 @@
 """The build's check run is bounded before anything runs: its values' memory (`--max-memory`), its loop steps
-(`--max-steps`) and what this machine can hold, each a located error (`seqdsl.footprint`, `compilers.build`)."""
+(`--max-steps`) and what this machine can hold, each a located error (`seqdsl.footprint`, `seqdsl.compilers.build`)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.build import build, example_inputs, run_torch
-from compilers.memory import check_memory, memory_needed, physical_memory
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import build, example_inputs, run_torch
+from seqdsl.compilers.memory import check_memory, memory_needed, physical_memory
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.errors import SpecError
 from seqdsl.footprint import DTYPE_BYTES, check_footprint, footprint
 
@@ -82,7 +82,7 @@ def test_a_check_run_too_large_is_refused_before_it_runs(tmp_path: Path, args: l
                                                          words: str):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     (tmp_path / "wide.yaml").write_text(NO_PARAMS)
     fill = {"wide": str(tmp_path / "wide.yaml")}

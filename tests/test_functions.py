@@ -18,10 +18,10 @@ from hypothesis.extra import numpy as hnp
 from onnx.reference import ReferenceEvaluator
 
 import seqdsl
-from compilers.onnx_export import ONNX_EMIT, export, set_weights
-from compilers.onnx_runtime import make_session
-from compilers.torch_codegen import TORCH_EMIT
-from compilers.torch_module import to_module
+from seqdsl.compilers.onnx_export import ONNX_EMIT, export, set_weights
+from seqdsl.compilers.onnx_runtime import make_session
+from seqdsl.compilers.torch_codegen import TORCH_EMIT
+from seqdsl.compilers.torch_module import to_module
 from conftest import spec_error
 from seqdsl.ops import OPS, USER_FUNCTIONS
 

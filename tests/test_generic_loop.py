@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import seqdsl
-from compilers.interop import load_from_torch
-from compilers.torch_codegen import generate
-from compilers.torch_module import module_class
+from seqdsl.compilers.interop import load_from_torch
+from seqdsl.compilers.torch_codegen import generate
+from seqdsl.compilers.torch_module import module_class
 from seqdsl import passes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import seqdsl
-from compilers.build import build
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import build
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.errors import SpecError
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import SPECS
 
-import cli
+from seqdsl import cli
 import seqdsl
 
 SHIPPED = sorted(SPECS.glob("*.yaml"))

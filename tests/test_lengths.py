@@ -11,10 +11,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from conftest import SPECS, spec_error
 
 import seqdsl
-from compilers.interop import load_from_torch
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_runtime import run
-from compilers.torch_module import to_module
+from seqdsl.compilers.interop import load_from_torch
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import to_module
 
 D, H, T = 3, 4, 6
 LENGTHS = torch.tensor([6, 2, 4, 1])

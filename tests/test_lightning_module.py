@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from conftest import SPECS
 
-from compilers.build import build
-from compilers.weights import checkpoint_weights, read_weights
+from seqdsl.compilers.build import build
+from seqdsl.compilers.weights import checkpoint_weights, read_weights
 from seqdsl import tasks
 from seqdsl.errors import SpecError
 import seqdsl
@@ -30,7 +30,7 @@ def _batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
 def test_a_user_trainer_fits_the_module_and_its_weights_build(tmp_path: Path):
     import lightning as L  # here, not at collection: the suite's process stays small for tests that measure it
 
-    from compilers.training import SpecModule
+    from seqdsl.compilers.training import SpecModule
 
     module = SpecModule.for_spec(SPECS / "adding_lstm.yaml", {"h": 4}, loss="mse", lr=0.02, seed=1)
     batch = _batches(16, 0)[0]

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from conftest import SPECS
 
-import cli
-from compilers.build import UsageError, build
-from compilers.triton import HEADER
+from seqdsl import cli
+from seqdsl.compilers.build import UsageError, build
+from seqdsl.compilers.triton import HEADER
 from seqdsl import files
 
 EXAMPLES = 200 if os.environ.get("SEQDSL_LONG_TESTS") else 25
@@ -255,12 +255,12 @@ SHAPES = ["a file", "a dangling link", "<name>/1 a file", "<name>/1 a link", "<n
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_repository_triton_cannot_write_is_refused_before_any_compile_work(tmp_path: Path, shape: str,
                                                                               monkeypatch: pytest.MonkeyPatch):
-    import compilers.torch_module
+    import seqdsl.compilers.torch_module
 
     def no_compile(*args, **kwargs):
         raise AssertionError("compile work started")
 
-    monkeypatch.setattr(compilers.torch_module, "module_class", no_compile)
+    monkeypatch.setattr(seqdsl.compilers.torch_module, "module_class", no_compile)
     repo, out = _repo_shapes(tmp_path)[shape]
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     r = invoke("build", str(SPECS / "rnn.yaml"), "-o", str(out), "--triton", str(repo))
@@ -271,12 +271,12 @@ def test_a_repository_triton_cannot_write_is_refused_before_any_compile_work(tmp
 
 def test_the_triton_copy_is_written_only_after_the_build_is_published(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch):
-    import compilers.build
+    import seqdsl.compilers.build
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(compilers.build, "publish", fail)
+    monkeypatch.setattr(seqdsl.compilers.build, "publish", fail)
     with pytest.raises(OSError):
         build(SPECS / "rnn.yaml", tmp_path / "out", sizes={"h": 3}, steps=2, batch=1, triton=tmp_path / "repo")
     assert not (tmp_path / "out").exists() and not (tmp_path / "repo" / "rnn").exists()

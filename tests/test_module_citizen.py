@@ -18,14 +18,14 @@ import torch
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers import generated
-from compilers.torch_module import to_module
+from seqdsl.compilers import generated
+from seqdsl.compilers.torch_module import to_module
 
 SPECS_UNDER_TEST = ["lstm.yaml", "lstm_peephole.yaml", "classifier.yaml", "seq2seq_attention.yaml"]
 
 
 def inputs_for(model: seqdsl.Model, batch: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
-    from compilers.build import example_inputs
+    from seqdsl.compilers.build import example_inputs
 
     return [torch.from_numpy(v) for v in example_inputs(model, batch, steps, seed).values()]
 
@@ -55,7 +55,7 @@ def test_torch_save_and_load_in_a_fresh_process(tmp_path: Path):
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == names and all(n.startswith("compilers.generated.") for n in names)
+    assert r.stdout.split() == names and all(n.startswith("seqdsl.compilers.generated.") for n in names)
 
 
 def test_a_changed_cache_file_is_not_imported(tmp_path: Path):
@@ -65,7 +65,7 @@ def test_a_changed_cache_file_is_not_imported(tmp_path: Path):
     file.write_text("import os\nX = 2\n")  # planted under the digest of other text
     try:
         with pytest.raises(ImportError, match="does not hold the source"):
-            __import__(f"compilers.generated.{name}")
+            __import__(f"seqdsl.compilers.generated.{name}")
     finally:
         file.unlink()
     assert generated.load("tamper", source).X == 1

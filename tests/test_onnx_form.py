@@ -1,4 +1,4 @@
-"""The ONNX form of each recurrent block (compilers.onnx_form) and the Scan's step (compilers.onnx_scan).
+"""The ONNX form of each recurrent block (seqdsl.compilers.onnx_form) and the Scan's step (seqdsl.compilers.onnx_scan).
 
 What a user checks: build.json says, per block, which form model.onnx holds and why; a forced form is honoured
 and a form that cannot be is one usage error; the same spec and onnxruntime give the same choice; every form
@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
 import seqdsl
-from compilers import onnx_form
-from compilers.build import build
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_form import choose
-from compilers.torch_module import to_module
+from seqdsl.compilers import onnx_form
+from seqdsl.compilers.build import build
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_form import choose
+from seqdsl.compilers.torch_module import to_module
 from test_onnx_reference import _ScanAnyAxis  # onnx.reference's Scan runs axis 0 only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_forced_forms_are_honoured(tmp_path: Path, no_probe):
 def test_a_form_that_cannot_be_is_one_usage_error(tmp_path: Path, forced: list[str], says: str):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     args = ["build", str(SPECS / "seq2seq_attention.yaml"), "--seq-len", "3", "-o", str(tmp_path / "x")]
     for value in forced:

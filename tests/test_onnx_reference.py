@@ -5,8 +5,8 @@ holding the standard ``LSTM`` or ``GRU`` op (layout=0: X [T, B, d]; Y [T, 1, B, 
 the spec module's weights into its W/R/B, and run it with ``onnx.reference.ReferenceEvaluator``. That is the
 reference. Against it we check:
 
-* the spec's PyTorch module (`compilers.torch_module.to_module`): y at every step, h_n, c_n;
-* the spec's own exported ONNX (`compilers.onnx_export.export` + `set_weights`), exported once per spec and run
+* the spec's PyTorch module (`seqdsl.compilers.torch_module.to_module`): y at every step, h_n, c_n;
+* the spec's own exported ONNX (`seqdsl.compilers.onnx_export.export` + `set_weights`), exported once per spec and run
   at every T and B from those same bytes, in onnxruntime and in the reference evaluator.
 
 Gate orders: ONNX LSTM stacks i, o, f, c (W [1, 4h, d], R [1, 4h, h], B [1, 8h] = Wb then Rb); ONNX GRU
@@ -35,9 +35,9 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops.op_scan import Scan as _OnnxScan
 
 import seqdsl
-from compilers import onnx_runtime as rt
-from compilers.onnx_export import OPSET, export, set_weights
-from compilers.torch_module import to_module
+from seqdsl.compilers import onnx_runtime as rt
+from seqdsl.compilers.onnx_export import OPSET, export, set_weights
+from seqdsl.compilers.torch_module import to_module
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 D, H = 5, 6

@@ -1,4 +1,4 @@
-"""Tests for compilers.onnx_runtime: probed versions, provider choice, silent sessions, runs, diffs."""
+"""Tests for seqdsl.compilers.onnx_runtime: probed versions, provider choice, silent sessions, runs, diffs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from compilers import onnx_runtime as rt
+from seqdsl.compilers import onnx_runtime as rt
 
 GPU = rt._gpu_present()
 
@@ -174,7 +174,7 @@ def test_cpu_only_machine_prints_nothing(capfd: pytest.CaptureFixture[str]) -> N
 
 
 def test_no_torch_at_import() -> None:
-    code = "import sys, compilers.onnx_runtime; sys.exit('torch' in sys.modules)"
+    code = "import sys, seqdsl.compilers.onnx_runtime; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 

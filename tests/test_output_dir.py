@@ -1,6 +1,6 @@
 """`seqdsl build -o DIR` owns only what it writes: it publishes into a new, empty or earlier build's directory and
 refuses anything else (exit 2, one line) without touching it; whatever kills a build, DIR is the old build or the
-new one, and what a killed build leaves beside DIR is removed by the next one (`compilers.publish`)."""
+new one, and what a killed build leaves beside DIR is removed by the next one (`seqdsl.compilers.publish`)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, SPECS
 
-import cli
-from compilers import publish as pub
+from seqdsl import cli
+from seqdsl.compilers import publish as pub
 import seqdsl
-from compilers.build import build, example_inputs
-from compilers.onnx_runtime import run
+from seqdsl.compilers.build import build, example_inputs
+from seqdsl.compilers.onnx_runtime import run
 
 EXAMPLES = 400 if os.environ.get("SEQDSL_LONG_TESTS") else 60
 BUILT = ["build.json", "model.onnx", "model.py", "weights.safetensors"]

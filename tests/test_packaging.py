@@ -58,7 +58,9 @@ def test_every_package_folder_is_installed_under_seqdsl():
         head = max((k for k in installed if package == k or package.startswith(k + ".")), key=len)
         return str(Path(installed[head], *package[len(head):].split(".")[1:]))
 
-    assert sorted(folder(p) for p in tool["packages"]) == sorted(folders)
+    data = set(tool["package-data"])  # folders of files, not modules: the shipped specs
+    assert sorted(folder(p) for p in tool["packages"] if p not in data) == sorted(folders)
+    assert {folder(p) for p in data} == {"specs"}
     assert all(p == "seqdsl" or p.startswith("seqdsl.") for p in tool["packages"])
     assert config["project"]["scripts"] == {"seqdsl": "seqdsl.cli:app"}
 
@@ -66,7 +68,7 @@ def test_every_package_folder_is_installed_under_seqdsl():
 def test_the_wheel_has_no_top_level_but_seqdsl(tmp_path: Path):
     """The wheel a regular ``pip install .`` installs, built from a copy (setuptools writes build/ beside it)."""
     source = tmp_path / "src"
-    for name in ("seqdsl", "compilers"):
+    for name in ("seqdsl", "compilers", "specs"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("cli.py", "setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
@@ -77,8 +79,24 @@ def test_the_wheel_has_no_top_level_but_seqdsl(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"seqdsl", wheel.name.split("-py")[0] + ".dist-info"}
     for module in ("seqdsl/cli.py", "seqdsl/compilers/build.py", "seqdsl/compilers/generated/__init__.py",
-                   "seqdsl/compilers/training/loop.py", "seqdsl/passes/__init__.py"):
-        assert module in names
+                   "seqdsl/compilers/training/run.py", "seqdsl/passes/__init__.py",
+                   "seqdsl/specs/lstm.yaml", "seqdsl/specs/lib/gates.yaml", "seqdsl/specs/seqdsl.schema.json"):
+        assert module in names  # the specs: the `std:` library of imports
+    # installed (no checkout in sight), a spec in a folder of its own imports the std library from the package
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "m.yaml").write_text("imports:\n  LSTM: std:lstm.yaml\ninputs:\n  x: [B, T, 3]\n"
+                                 "graph:\n  r: LSTM(x, h=4)\noutputs:\n  y: r.y\n")
+    r = _python("""
+        import seqdsl
+        assert seqdsl.__file__.startswith(%r), seqdsl.__file__
+        print(seqdsl.load("m.yaml").name)
+    """ % str(site), env={"PYTHONPATH": str(site)}, cwd=user)
+    assert r.returncode == 0, r.stderr
 
 
 # ------------------------------------------------------------------------------------- torch.save after $TMPDIR

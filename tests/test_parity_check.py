@@ -1,4 +1,4 @@
-"""The build's check of onnxruntime against PyTorch judges numbers as numbers (`compilers.parity`): a difference of
+"""The build's check of onnxruntime against PyTorch judges numbers as numbers (`seqdsl.compilers.parity`): a difference of
 a few float32 ulp passes at any scale, inf/-inf/NaN alike in both backends is a located warning and a written
 build, and a real disagreement is still ParityError (exit 1)."""
 
@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from typer.testing import CliRunner
 
-import cli
-import compilers.build as build_module
-from compilers.build import ParityError, build
-from compilers.parity import ATOL, RTOL, compare
+from seqdsl import cli
+import seqdsl.compilers.build as build_module
+from seqdsl.compilers.build import ParityError, build
+from seqdsl.compilers.parity import ATOL, RTOL, compare
 
 SHAPES = hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)
 
@@ -159,7 +159,7 @@ def test_overflow_in_a_loop_points_at_its_equation(tmp_path: Path):
 
 
 def test_a_real_disagreement_is_exit_1_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from compilers import onnx_runtime
+    from seqdsl.compilers import onnx_runtime
 
     real = onnx_runtime.run
 
@@ -180,7 +180,7 @@ def test_a_real_disagreement_is_exit_1_and_nothing_is_written(tmp_path: Path, mo
 
 
 def test_train_ends_in_the_same_check(tmp_path: Path):
-    from compilers.training import TrainOptions, train
+    from seqdsl.compilers.training import TrainOptions, train
     from seqdsl import tasks
 
     data = tasks.adding(64, 5, seed=0)
@@ -226,7 +226,7 @@ def test_causal_scores_are_minus_inf_by_design_and_a_difference_in_them_is_still
     [warning] = [w for w in result.warnings if "inf or NaN" in w]
     assert warning.startswith(f"{spec}:9:6: warning: ")
 
-    from compilers import onnx_runtime
+    from seqdsl.compilers import onnx_runtime
 
     real = onnx_runtime.run
 
@@ -238,3 +238,34 @@ def test_causal_scores_are_minus_inf_by_design_and_a_difference_in_them_is_still
     monkeypatch.setattr(onnx_runtime, "run", wrong)
     with pytest.raises(ParityError):  # -inf from a constant is no overflow: it excuses nothing
         build(spec, tmp_path / "bad", steps=4)
+
+
+def test_an_overflow_in_one_output_excuses_no_disagreement_in_another(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """`big` overflows by design; `z` stays finite in both backends, so a difference in `z` is still a bug."""
+    from seqdsl.compilers import onnx_runtime
+
+    spec = _spec(tmp_path, """\
+        name: over
+        sizes: {h: 4}
+        inputs:
+          x: [B, T, h]
+        graph:
+          z: x * 2
+          big: z * 1e30 * 1e30
+        outputs:
+          z: z
+          big: big
+        """)
+    real = onnx_runtime.run
+
+    def wrong_z(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real(*args, **kwargs)
+        result.outputs["z"] = result.outputs["z"] + np.float32(1.0)
+        return result
+
+    build(spec, tmp_path / "fine", steps=3)  # the overflow alone: a warning, the build written
+    monkeypatch.setattr(onnx_runtime, "run", wrong_z)
+    with pytest.raises(ParityError, match="`z`"):
+        build(spec, tmp_path / "lib", steps=3)
+    assert not (tmp_path / "lib").exists()

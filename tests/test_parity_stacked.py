@@ -1,10 +1,10 @@
 """Parity with torch.nn for stacked and bidirectional layers: a spec that calls the standard LSTM / GRU / RNN with
 ``repeat=L`` and/or ``direction=both``, given a multi-layer or bidirectional nn.LSTM / nn.GRU / nn.RNN's weights
-through compilers.interop, computes torch's output, the top layer's final states and the same gradients; the
+through seqdsl.compilers.interop, computes torch's output, the top layer's final states and the same gradients; the
 weights go back into a fresh torch layer; the shipped specs (deep_lstm, bilstm, bigru) build end to end.
 
 Where torch keeps each layer and direction is written out again here (``_torch_layout``: torch's suffixes
-``_l{k}`` / ``_reverse``, the spec's ``{k}.`` / ``fw.`` / ``bw.``) rather than taken from compilers.interop, so a
+``_l{k}`` / ``_reverse``, the spec's ``{k}.`` / ``fw.`` / ``bw.``) rather than taken from seqdsl.compilers.interop, so a
 wrong table there cannot confirm itself.
 """
 
@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 import seqdsl
-from compilers.build import build, example_inputs, run_torch
-from compilers.interop import load_from_torch, save_to_torch
-from compilers.onnx_runtime import run
-from compilers.torch_module import import_source, module_class
+from seqdsl.compilers.build import build, example_inputs, run_torch
+from seqdsl.compilers.interop import load_from_torch, save_to_torch
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import import_source, module_class
 
 ROOT = Path(__file__).resolve().parents[1]
 D, H = 5, 6

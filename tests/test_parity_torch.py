@@ -1,7 +1,7 @@
 """Parity with torch.nn, which we did not write: the standard specs, given an nn.RNN / nn.LSTM / nn.GRU's
-weights through compilers.interop, compute the same outputs, final states and gradients as the torch layer.
+weights through seqdsl.compilers.interop, compute the same outputs, final states and gradients as the torch layer.
 
-torch's gate stacking is written out again here (TORCH_LAYOUT) rather than taken from compilers.interop, so a
+torch's gate stacking is written out again here (TORCH_LAYOUT) rather than taken from seqdsl.compilers.interop, so a
 wrong table there cannot confirm itself.
 """
 
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import seqdsl
-from compilers.interop import load_from_torch, save_to_torch
-from compilers.torch_module import module_class
+from seqdsl.compilers.interop import load_from_torch, save_to_torch
+from seqdsl.compilers.torch_module import module_class
 
 ROOT = Path(__file__).resolve().parents[1]
 D, H = 5, 6

@@ -23,9 +23,9 @@ from torch import nn
 from conftest import SPECS
 
 import seqdsl
-from compilers.build import build, example_inputs, run_torch
-from compilers.onnx_runtime import run
-from compilers.torch_module import import_source, to_module
+from seqdsl.compilers.build import build, example_inputs, run_torch
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import import_source, to_module
 
 TOL = 1e-5
 MHA_VARIANTS = {  # spec module -> (self-attention only, padding mask, causal mask)

@@ -22,10 +22,10 @@ from conftest import SPECS
 from test_properties import random_cells
 
 import seqdsl
-from compilers.build import example_inputs, run_torch
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_runtime import run
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import example_inputs, run_torch
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.ir import Graph, Model, Node, all_nodes, loop_of
 from seqdsl.passes import DEFAULT_PIPELINE, fuse_linears, hoist, optimize
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from conftest import SPECS
 
 import seqdsl
-from compilers.build import example_inputs, run_torch
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_runtime import run
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import example_inputs, run_torch
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.errors import SpecError
 from seqdsl.passes import optimize, unroll
 

@@ -10,11 +10,11 @@ import torch
 from conftest import SPECS
 
 import seqdsl
-from compilers.build import example_inputs, run_torch
-from compilers.onnx_export import ONNX_CELLS, export, set_weights
-from compilers.onnx_runtime import run
-from compilers.torch_codegen import torch_runs
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import example_inputs, run_torch
+from seqdsl.compilers.onnx_export import ONNX_CELLS, export, set_weights
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_codegen import torch_runs
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.passes import recognize
 
 LSTM = (SPECS / "lstm.yaml").read_text()

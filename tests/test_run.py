@@ -1,5 +1,5 @@
 """`seqdsl run MODEL.onnx --input name=file.npy`: a built model run in onnxruntime from .npy files, and the
-Python API under it (`compilers.onnx_runtime.run` / `check_inputs`). A user's mistake is one line, exit 2."""
+Python API under it (`seqdsl.compilers.onnx_runtime.run` / `check_inputs`). A user's mistake is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ROOT, SPECS
 
-from compilers import onnx_runtime as rt
-from compilers.build import build, example_inputs
+from seqdsl.compilers import onnx_runtime as rt
+from seqdsl.compilers.build import build, example_inputs
 import seqdsl
 
 
@@ -155,7 +155,7 @@ def test_run_mistake_is_one_line_and_exit_2(case: str, models: dict[str, Path]):
     """Every case in-process (a process start costs a second here); the next test runs a few as real processes."""
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     args, message = CASES[case]
     paths = {k: str(v) for k, v in models.items()}
@@ -187,7 +187,7 @@ def test_unavailable_provider_is_a_clear_error(provider: str, models: dict[str, 
         pytest.skip(f"{provider} works on this machine")
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     r = CliRunner().invoke(cli.app, ["run", str(models["rnn"]), "--input", f"x={models['x']}", "--provider", provider])
     assert r.exit_code == 2 and "Traceback" not in r.stderr
@@ -223,7 +223,7 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path: Path, loca
     from onnx import TensorProto, helper, numpy_helper
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     secret = np.arange(4, dtype=np.float32)
     secret.tofile(tmp_path / "secret.bin")

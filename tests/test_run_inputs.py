@@ -1,4 +1,4 @@
-"""What `seqdsl run` (and `compilers.onnx_runtime.run`) reads is what the model gets: inputs in either byte order,
+"""What `seqdsl run` (and `seqdsl.compilers.onnx_runtime.run`) reads is what the model gets: inputs in either byte order,
 of any dtype (refused, or converted with --cast), of any shape (an empty axis refused before onnxruntime, which would
 kill the process), `lengths:` inside [1, T] as `train` requires, and one --output-dir file per output.
 
@@ -23,10 +23,10 @@ from onnx import TensorProto, helper
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers import onnx_runtime as rt
-from compilers import sequence_lengths
-from compilers.onnx_export import export, set_weights
-from compilers.torch_module import to_module
+from seqdsl.compilers import onnx_runtime as rt
+from seqdsl.compilers import sequence_lengths
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.torch_module import to_module
 
 EXAMPLES = 200 if os.environ.get("SEQDSL_LONG_TESTS") else 40
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -139,7 +139,7 @@ def test_cast_converts_only_what_the_model_dtype_holds(target: str, values: list
         if source != "bool" and np.dtype(source).kind in "iu" and array.tolist() != values:
             return  # numpy wrapped a Python integer: not an array a file can hold
     if source == "bool":
-        array = np.array([bool(v) if np.isfinite(v) else True for v in values])
+        array = np.array([bool(v) if not isinstance(v, float) or np.isfinite(v) else True for v in values])
     model = _identity(TARGETS[target], [len(array)])
     wanted = np.dtype(target)
     numbers = [float(v) if array.dtype.kind == "f" else int(v) for v in array.tolist()]
@@ -169,9 +169,9 @@ def test_cast_say_exactly_or_rounded():
 @SETTINGS
 @given(lengths=st.lists(st.integers(-2, 7), min_size=1, max_size=4), t=st.integers(1, 5))
 def test_lengths_outside_1_to_T_are_refused_as_train_refuses_them(models: dict[str, Path], lengths: list[int], t: int):
-    """`run` applies train's rule (compilers.sequence_lengths): refused exactly when train's data check refuses the
+    """`run` applies train's rule (seqdsl.compilers.sequence_lengths): refused exactly when train's data check refuses the
     same arrays (E0705); in range, the numbers onnxruntime gives directly."""
-    from compilers.training.data import Target, check
+    from seqdsl.compilers.training.data import Target, check
 
     from seqdsl.errors import SpecError
 
@@ -205,7 +205,7 @@ def test_the_lengths_metadata_names_the_input_and_axis(models: dict[str, Path]):
 
 KILLERS = textwrap.dedent("""
     import sys, numpy as np
-    from compilers import onnx_runtime as rt
+    from seqdsl.compilers import onnx_runtime as rt
     for model in sys.argv[1:]:
         for shape in [(0, 4, 3), (2, 0, 3), (0, 0, 3)]:
             try:
@@ -229,7 +229,7 @@ def test_an_empty_batch_or_time_axis_cannot_kill_a_python_caller(models: dict[st
 def test_the_command_refuses_an_empty_axis_and_casts_with_a_warning(models: dict[str, Path], tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     np.save(tmp_path / "empty.npy", np.zeros((0, 4, D), np.float32))
     np.save(tmp_path / "x64.npy", np.ones((2, 4, D)))
@@ -265,7 +265,7 @@ NAMES = st.text(st.sampled_from("yYé è./\\~_-.0\x00\u202e"), min_size=1, max_s
 @given(names=st.lists(NAMES, min_size=1, max_size=6, unique=True))
 def test_output_files_are_one_per_output(names: list[str]):
     """The mapping is injective, even under case folding, and never leaves the folder; plain names stay as they are."""
-    from cli import _output_files
+    from seqdsl.cli import _output_files
 
     files = _output_files(names)
     assert len({f.casefold() for f in files.values()}) == len(names)
@@ -280,7 +280,7 @@ def test_output_files_are_one_per_output(names: list[str]):
 @given(stem=st.text(st.sampled_from("ab_"), max_size=3), pair=st.sampled_from([("é", "è"), ("/", "\\"), (" ", "\t"),
                                                                                ("ü", "_"), ("\n", "\r")]))
 def test_names_that_collided_under_the_old_mapping_are_kept_apart(stem: str, pair: tuple[str, str]):
-    from cli import _output_files
+    from seqdsl.cli import _output_files
 
     a, b = f"y{stem}{pair[0]}", f"y{stem}{pair[1]}"
     assert _old_name(a) == _old_name(b)
@@ -301,8 +301,8 @@ def test_two_outputs_that_map_alike_are_both_written(tmp_path: Path):
     np.save(tmp_path / "x.npy", np.array([1.0, 2.0], np.float32))
     from typer.testing import CliRunner
 
-    import cli
-    from cli import _output_files
+    from seqdsl import cli
+    from seqdsl.cli import _output_files
 
     r = CliRunner().invoke(cli.app, ["run", str(model), "-i", f"x={tmp_path}/x.npy", "--provider", "cpu",
                                      "--output-dir", str(tmp_path / "out")])
@@ -313,3 +313,16 @@ def test_two_outputs_that_map_alike_are_both_written(tmp_path: Path):
     for i, name in enumerate(names):
         np.testing.assert_array_equal(np.load(tmp_path / "out" / files[name]), np.array([1.0, 2.0]) * (i + 1))
     assert files["a_b"] == "a_b.npy" and files["Y"] != "Y.npy"  # Y and y: one file on macOS, so both digested
+
+
+@SETTINGS
+@given(kind=st.sampled_from(["scan", "lstm"]), bad=st.lists(st.sampled_from([np.nan, np.inf, -np.inf]), min_size=0,
+                                                           max_size=4), seed=st.integers(0, 2**16))
+def test_inputs_that_are_not_finite_are_said_once_each(models: dict[str, Path], kind: str, bad: list, seed: int):
+    """onnxruntime's native LSTM turns NaN inputs into finite states: `run` says so rather than pass it off."""
+    x = np.random.default_rng(seed).standard_normal((2, 3, D)).astype(np.float32)
+    x.reshape(-1)[: len(bad)] = bad
+    result = rt.run(models[kind], {"x": x})
+    assert len(result.warnings) == (1 if bad else 0)
+    if bad:
+        assert f"holds {len(bad)} of {x.size} values" in result.warnings[0]

@@ -180,7 +180,7 @@ def test_readme_key_table_is_the_generated_one():
 def test_explain_a_key_a_function_and_a_code():
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
     from seqdsl.spec_keys import KEYS
 
     run = CliRunner()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 import seqdsl
-from compilers.build import example_inputs, run_torch
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_runtime import run
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import example_inputs, run_torch
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.ir import loop_of
 from seqdsl.passes import sink
 

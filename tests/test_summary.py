@@ -22,7 +22,7 @@ from conftest import SPECS
 from test_properties import random_cells
 from typer.testing import CliRunner
 
-import cli as seqdsl_cli
+from seqdsl import cli as seqdsl_cli
 
 import seqdsl
 from seqdsl.cost import COSTS, node_cost

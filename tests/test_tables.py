@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.normalise import Normalisation, Stats, read
-from compilers.training import TrainOptions, prepare
-from compilers.training.tables import MAX_ROWS, read_table, table_windows, windows
+from seqdsl.compilers.normalise import Normalisation, Stats, read
+from seqdsl.compilers.training import TrainOptions, prepare
+from seqdsl.compilers.training.tables import MAX_ROWS, read_table, table_windows, windows
 from seqdsl.errors import SpecError
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -219,7 +219,7 @@ def test_raw_io_folds_the_statistics_into_onnx_as_numpy_applies_them(tmp_path: P
     hand, denormalised by hand (numpy, onnxruntime); build.json records the statistics either way."""
     import onnxruntime
 
-    from compilers.build import build
+    from seqdsl.compilers.build import build
 
     spec = SPECS / "forecast_gru.yaml"
     model = seqdsl.load(spec, {"d": 3, "H": 4})

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import cli
+from seqdsl import cli
 from seqdsl.errors import Location, SpecError
 from seqdsl.text import printable, terminal_text
 
@@ -117,3 +117,25 @@ def test_the_caret_stays_under_the_quoted_text_when_the_line_is_escaped(text: st
     start = caret.index("^")
     assert shown[:start] == printable(line[:col - 1])
     assert shown[start:len(caret)] == printable(line[col - 1:col - 1 + length])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=PAYLOAD)
+def test_run_prints_the_output_names_of_any_onnx_file_escaped(tmp_path: Path, payload: str):
+    """`seqdsl run` takes any .onnx file: the output names it prints (and the files it writes for them) are the
+    file's text, shown escaped."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    name = payload.replace("\x00", "")  # protobuf strings may hold anything but onnxruntime's C API stops at NUL
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], [name])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2])])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    np.save(tmp_path / "x.npy", np.ones(2, np.float32))
+    text = _run("run", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path / "out"))
+    assert not {c for c in text if c != "\n" and unicodedata.category(c) in UNSAFE}, text
+    assert not [line for line in text.split("\n") if line.lstrip().startswith("fake.yaml")], text
+    assert printable(name) in text

@@ -86,7 +86,7 @@ def _check_bytes(made: text_data.TextData, stream: list, window: int, stride: in
 def _invoke(args: list[str]):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     return CliRunner().invoke(cli.app, ["data", "text", *args])
 
@@ -149,7 +149,7 @@ def test_char_lm_trains_on_what_seqdsl_data_text_writes(tmp_path: Path):
     out-of-table id error before any step."""
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("to be or not to be, that is the question\n" * 30)

@@ -1,4 +1,4 @@
-"""The default thread count (compilers.threads): 1 for a small step or on a busy machine, else one per core;
+"""The default thread count (seqdsl.compilers.threads): 1 for a small step or on a busy machine, else one per core;
 an explicit --threads wins; a bad one is exit 2 on every command that takes it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import SPECS
 
-from compilers.threads import MAX_THREADS, SMALL_WORK, ThreadsError, choose_threads, describe, step_work
+from seqdsl.compilers.threads import MAX_THREADS, SMALL_WORK, ThreadsError, choose_threads, describe, step_work
 
 WORK = st.floats(0, 1e13, allow_nan=False)
 CORES = st.integers(1, 256)
@@ -64,7 +64,7 @@ def test_the_work_of_a_step():
 def test_a_bad_threads_option_is_exit_2(command: str, bad: str, tmp_path: Path):
     from typer.testing import CliRunner
 
-    import cli
+    from seqdsl import cli
 
     args = {"build": [str(SPECS / "rnn.yaml"), "-o", str(tmp_path / "o")],
             "run": [str(tmp_path / "m.onnx"), "-i", f"x={tmp_path / 'x.npy'}"],
@@ -91,8 +91,8 @@ def test_run_says_the_threads_the_rule_chose(tmp_path: Path):
     import numpy as np
     from typer.testing import CliRunner
 
-    import cli
-    from compilers import onnx_runtime as rt
+    from seqdsl import cli
+    from seqdsl.compilers import onnx_runtime as rt
 
     _matmul_onnx(tmp_path / "m.onnx", 8)
     np.save(tmp_path / "x.npy", np.ones((4, 8), np.float32))
@@ -110,7 +110,7 @@ def test_run_says_the_threads_the_rule_chose(tmp_path: Path):
 def test_build_checks_with_the_chosen_threads_and_keeps_them_out_of_build_json(tmp_path: Path):
     import torch
 
-    from compilers.build import build
+    from seqdsl.compilers.build import build
 
     before = torch.get_num_threads()
     result = build(SPECS / "rnn.yaml", tmp_path / "out")

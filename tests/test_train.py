@@ -19,9 +19,9 @@ from safetensors.numpy import load_file
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.training import TrainOptions, prepare, train
-from compilers.training.batches import epoch_plan, shard, take
-from compilers.weights import checkpoint_weights
+from seqdsl.compilers.training import TrainOptions, prepare, train
+from seqdsl.compilers.training.batches import epoch_plan, shard, take
+from seqdsl.compilers.weights import checkpoint_weights
 from seqdsl import tasks
 from seqdsl.errors import SpecError
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from conftest import SPECS
 
-import cli
-from compilers.training import TrainOptions, train
-from compilers.weights import checkpoint_weights
+from seqdsl import cli
+from seqdsl.compilers.training import TrainOptions, train
+from seqdsl.compilers.weights import checkpoint_weights
 from seqdsl import tasks
 
 SPEC = SPECS / "adding_lstm.yaml"
@@ -232,8 +232,8 @@ def test_tensorboard_event_files_hold_the_metrics_rows(adding, tmp_path: Path):
 
 def test_one_decayed_step_is_torch_adamw_step(adding, tmp_path: Path):
     import seqdsl
-    from compilers.torch_module import module_class
-    from compilers.training.batches import epoch_plan
+    from seqdsl.compilers.torch_module import module_class
+    from seqdsl.compilers.training.batches import epoch_plan
 
     data = adding[0]
     train(SPEC, data, tmp_path / "out", {"h": 4}, options=TrainOptions(

@@ -19,8 +19,8 @@ from tritonclient.utils import np_to_triton_dtype
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.build import UsageError, build
-from compilers.triton import HEADER, _quote
+from seqdsl.compilers.build import UsageError, build
+from seqdsl.compilers.triton import HEADER, _quote
 
 CASES = {  # spec file, sizes, what it exercises
     "lstm": "float sequences in, every step and final states out",

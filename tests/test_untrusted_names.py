@@ -31,11 +31,11 @@ from torch import nn
 from conftest import load_text, spec_error
 
 import seqdsl
-from compilers.build import example_inputs, run_torch
-from compilers.onnx_export import export, set_weights
-from compilers.onnx_runtime import run
-from compilers.torch_codegen import generate
-from compilers.torch_module import module_class
+from seqdsl.compilers.build import example_inputs, run_torch
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_codegen import generate
+from seqdsl.compilers.torch_module import module_class
 from seqdsl import passes
 from seqdsl.errors import SpecError
 from seqdsl.naming import MODULE_ATTRIBUTES, escape

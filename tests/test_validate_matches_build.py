@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.build import build
+from seqdsl.compilers.build import build
 from seqdsl.errors import SpecError
 from seqdsl.ops import OPS, REQUIRED
 

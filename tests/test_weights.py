@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT, SPECS
 
 import seqdsl
-from compilers.build import build, example_inputs
-from compilers.interop import load_from_torch
-from compilers.onnx_runtime import run
-from compilers.torch_module import import_source, to_module
-from compilers.weights import read_weights
+from seqdsl.compilers.build import build, example_inputs
+from seqdsl.compilers.interop import load_from_torch
+from seqdsl.compilers.onnx_runtime import run
+from seqdsl.compilers.torch_module import import_source, to_module
+from seqdsl.compilers.weights import read_weights
 from seqdsl.errors import SpecError
 
 LSTM = SPECS / "lstm.yaml"

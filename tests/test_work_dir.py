@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from conftest import SPECS
 
-import cli
-from compilers.publish import OutputError
-from compilers.training import TrainOptions, prepare
-from compilers.training.workdir import MARKER, claim
+from seqdsl import cli
+from seqdsl.compilers.publish import OutputError
+from seqdsl.compilers.training import TrainOptions, prepare
+from seqdsl.compilers.training.workdir import MARKER, claim
 from seqdsl import tasks
 
 SPEC = SPECS / "adding_lstm.yaml"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import seqdsl
-from compilers.torch_module import to_module
+from seqdsl.compilers.torch_module import to_module
 
 from ..harness import (TRAINING_STEP, Config, Report, Row, input_grad, max_diff, measure, onnx_form,
                        onnx_model, ort_session, torch_runner, train_step)

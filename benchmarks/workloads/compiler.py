@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 
 import seqdsl
-from compilers.build import build
-from compilers.onnx_export import export, set_weights
-from compilers.torch_module import to_module
+from seqdsl.compilers.build import build
+from seqdsl.compilers.onnx_export import export, set_weights
+from seqdsl.compilers.torch_module import to_module
 from seqdsl.passes import optimize, unroll
 
 from ..harness import SPECS, Config, Report, ort_session

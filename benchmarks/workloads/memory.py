@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import seqdsl
-from compilers.torch_module import to_module
+from seqdsl.compilers.torch_module import to_module
 
 from ..harness import SPECS, TRAINING_STEP, Config, Report, Row, input_grad, max_diff, measure, train_step
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compilers.torch_module import to_module
+from seqdsl.compilers.torch_module import to_module
 
 from ..harness import SPECS, Config, Report
 from ._cells import Cell, hand_copy, run_cell, stacked

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import seqdsl
-from compilers.interop import load_from_torch
-from compilers.torch_module import to_module
+from seqdsl.compilers.interop import load_from_torch
+from seqdsl.compilers.torch_module import to_module
 
 from ..harness import SPECS, TRAINING_STEP, Config, Report, Row, input_grad, max_diff, measure, torch_runner, \
     train_step

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import seqdsl
-from compilers.torch_module import to_module
+from seqdsl.compilers.torch_module import to_module
 
 from ..harness import SPECS, TRAINING_STEP, Config, Report, Row, copy_named, input_grad, max_diff, measure, \
     train_step

@@ -1,6 +1,6 @@
-"""The live modules' source files, importable by a stable name: ``compilers.generated.<model>_<digest>``.
+"""The live modules' source files, importable by a stable name: ``seqdsl.compilers.generated.<model>_<digest>``.
 
-`compilers.torch_module` writes each generated ``model.py`` to a per-user cache folder, named after the model and
+`seqdsl.compilers.torch_module` writes each generated ``model.py`` to a per-user cache folder, named after the model and
 the SHA-256 of its source, and imports it from there under this package. So a class made by ``to_module`` keeps
 one importable name, and ``copy.deepcopy(net)`` and tracebacks work. A cached file is executed only if its content
 still has the digest its name says: a file changed or planted in the cache is refused.
@@ -62,7 +62,7 @@ class _Loader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds ``compilers.generated.<stem>_<digest>`` in the cache, if the file's content has that digest."""
+    """Finds ``seqdsl.compilers.generated.<stem>_<digest>`` in the cache, if the file's content has that digest."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
                   ) -> ModuleSpec | None:

@@ -1,9 +1,9 @@
 """`seqdsl train`: train a spec on ``.npz`` data with Lightning (one process or DDP), and build it with the weights.
 
-    from compilers.training import TrainOptions, train
+    from seqdsl.compilers.training import TrainOptions, train
     result = train("specs/adding_lstm.yaml", "train.npz", "build/adding", options=TrainOptions(steps=500))
 
-    from compilers.training import SpecModule          # the same module, in your own lightning.Trainer
+    from seqdsl.compilers.training import SpecModule          # the same module, in your own lightning.Trainer
     module = SpecModule.for_spec("specs/adding_lstm.yaml", loss="mse", lr=1e-2)
 
 One idea per module: `data` (reading and checking the arrays), `prepare` (every check before training),

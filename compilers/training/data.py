@@ -11,7 +11,7 @@ loss and the accuracy count: e.g. only the recall phase of the copy task. Where 
 element counts when it is both a real step and in the mask.
 
 Optional ``<array>_mean`` and ``<array>_std`` arrays (``x_mean``, ``x_std``, ``target_mean``, ``target_std``, what
-``seqdsl data csv`` writes) are the statistics the array was normalised with: `compilers.normalise` reads and
+``seqdsl data csv`` writes) are the statistics the array was normalised with: `seqdsl.compilers.normalise` reads and
 checks them; `check` leaves them (and any other array it does not need) out of the dataset.
 """
 

@@ -2,7 +2,7 @@
 ``lightning.Trainer``:
 
     import lightning, seqdsl
-    from compilers.training import SpecModule
+    from seqdsl.compilers.training import SpecModule
 
     module = SpecModule.for_spec("specs/adding_lstm.yaml", {"h": 32}, loss="mse", lr=1e-2)
     lightning.Trainer(max_steps=500).fit(module, train_loader, val_loader)   # batches: {array name: tensor}
@@ -81,12 +81,14 @@ class SpecModule(L.LightningModule):
     def for_spec(cls, spec: str | Path, sizes: dict[str, int] | None = None, *, loss: str = "mse",
                  target: str | None = None, output: str | None = None, optimizer: str | None = None,
                  lr: float | None = None, weight_decay: float = 0.0, schedule: str = "none", warmup: int = 0,
-                 steps: int | None = None, clip: float | None = None, seed: int = 0) -> "SpecModule":
+                 steps: int | None = None, clip: float | None = None, seed: int = 0,
+                 root: str | Path | None = None) -> "SpecModule":
         """The module for a spec file, its options settled as `seqdsl train` settles them (a mistake is one
-        SpecError). ``steps`` is needed by the cosine and step schedules (the run's length)."""
+        SpecError). ``steps`` is needed by the cosine and step schedules (the run's length); ``root``: the folder
+        its imports may read from (default: the spec's folder)."""
         import seqdsl
 
-        model = seqdsl.load(spec, sizes)
+        model = seqdsl.load(spec, sizes, root=root)
         options = TrainOptions(loss=loss, target=target, output=output, optimizer=optimizer, lr=lr, steps=steps,
                                clip=clip, seed=seed, weight_decay=weight_decay, schedule=schedule, warmup=warmup)
         settings = resolve(model, options, {})

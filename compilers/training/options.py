@@ -67,7 +67,8 @@ class TrainOptions:
     max_params: int = 100_000_000
     max_data: int = MAX_DATA_BYTES  # the bytes the arrays of each data file may declare (seqdsl.datafiles)
     build: bool = True  # build DIR with the trained weights at the end (off: the weights stay in the checkpoint)
-    raw_io: bool = False  # fold the data's normalisation statistics into model.onnx (compilers.normalise)
+    raw_io: bool = False  # fold the data's normalisation statistics into model.onnx (seqdsl.compilers.normalise)
+    root: Path | None = None  # the folder imports may read from (default: the spec's folder; --root)
 
 
 @dataclass(frozen=True)

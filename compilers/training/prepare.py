@@ -39,7 +39,7 @@ def prepare(spec: str | Path, data: str | Path, sizes: dict[str, int] | None = N
     options = options or TrainOptions()
     check_run_options(options)
     check_provider(options.provider, usable=options.build)
-    model = seqdsl.load(spec, sizes)
+    model = seqdsl.load(spec, sizes, root=options.root)
     out = Path(out_dir) if out_dir is not None else Path("build") / model.name
     if options.build:
         output_dir(out, spec)

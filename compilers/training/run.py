@@ -106,7 +106,7 @@ def _end_process_group() -> None:
 
 
 def _threads(prepared: Prepared, options: TrainOptions) -> int:
-    """The rule of `compilers.threads` for this run (``--threads`` wins); rank 0 says what the rule chose."""
+    """The rule of `seqdsl.compilers.threads` for this run (``--threads`` wins); rank 0 says what the rule chose."""
     from ..threads import choose_threads, describe, step_work
 
     processes = max(options.nproc, int(os.environ.get("WORLD_SIZE", "1")))
@@ -307,7 +307,8 @@ class _Run:
         weights = checkpoint_weights(self.work / chosen["checkpoint"])
         return build(self.spec, self.out, self.sizes, provider=self.options.provider,
                      max_params=self.options.max_params, weights=weights, training=chosen,
-                     normalisation=self.prepared.normalisation, raw_io=self.options.raw_io)
+                     normalisation=self.prepared.normalisation, raw_io=self.options.raw_io,
+                     root=self.options.root)
 
 
 def _real(dataset: Dataset, name: str) -> np.ndarray:
@@ -525,9 +526,10 @@ def summary_lines(result: TrainResult) -> list[str]:
         lines.append(f"  no build (--no-build): build it with seqdsl build SPEC --weights "
                      f"{result.work_dir}/{chosen.get('checkpoint', workdir.BEST)}")
     else:
-        worst = max(result.build.max_abs_diff.values(), default=0.0)
+        from ..parity import check_line
+
         lines.append(f"  build: {result.build.out_dir}/ ({', '.join(result.build.files)}); onnxruntime vs PyTorch "
-                     f"max abs diff {worst:.2e} with the trained weights")
+                     f"with the trained weights: {check_line(result.build.check)}")
     return lines
 
 

@@ -7,7 +7,7 @@ Rows are taken in the file's order, which is the time order. The last ``val_frac
 validation part, and no window crosses the boundary: a training window (W input rows, then the H target rows)
 lies wholly before it, a validation window wholly after it. Each column is normalised as (v − mean) / std with the
 mean and the standard deviation of the training part alone, and the statistics are stored beside the arrays under
-the names `compilers.normalise` reads (``x_mean``, ``x_std``, ``target_mean``, ``target_std``), so that they travel
+the names `seqdsl.compilers.normalise` reads (``x_mean``, ``x_std``, ``target_mean``, ``target_std``), so that they travel
 with the model into ``build.json`` and, with ``--raw-io``, into ``model.onnx``.
 
 A table is untrusted input: it is parsed by pandas (CSV, every cell read as text and converted here) or pyarrow

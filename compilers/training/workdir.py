@@ -1,4 +1,4 @@
-"""`seqdsl train`'s work folder (``<DIR>.train``, ``--work-dir``): the rule of `compilers.publish` for ``-o``, with
+"""`seqdsl train`'s work folder (``<DIR>.train``, ``--work-dir``): the rule of `seqdsl.compilers.publish` for ``-o``, with
 its own marker.
 
 A run writes into a folder that is new, empty, or one an earlier run made: its ``train.json`` carries seqdsl's
