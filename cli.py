@@ -527,10 +527,10 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _fail(f"error: {model}: onnxruntime failed on these inputs: {reason}", 2)
-        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used, casts)
+        return rt.RunResult(dict(zip(names, map(np.asarray, values))), used, casts, rt.non_finite_inputs(feed))
 
     result = _guard(debug, action)
-    _warn([f"warning: --cast: {line}" for line in result.casts])
+    _warn([f"warning: --cast: {line}" for line in result.casts] + [f"warning: {line}" for line in result.warnings])
     from seqdsl.text import printable
 
     shown = {name: printable(name) for name in result.outputs}  # names from an arbitrary .onnx: shown escaped

@@ -25,6 +25,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from seqdsl.text import printable
+
 from . import sequence_lengths
 
 CPU = "CPUExecutionProvider"
@@ -75,6 +77,7 @@ class RunResult:
     outputs: dict[str, np.ndarray]
     provider: str
     casts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # inputs that are not finite (`non_finite_inputs`)
 
 
 # --------------------------------------------------------------------------- versions
@@ -280,7 +283,8 @@ def run(model: ModelSource, inputs: Mapping[str, np.ndarray], provider: str | No
     arrays, casts = prepare_inputs(session, inputs, cast=cast)
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, arrays)
-    return RunResult(outputs={n: np.asarray(v) for n, v in zip(names, values)}, provider=used, casts=casts)
+    return RunResult(outputs={n: np.asarray(v) for n, v in zip(names, values)}, provider=used, casts=casts,
+                     warnings=non_finite_inputs(arrays))
 
 
 # --------------------------------------------------------------------------- input signatures
@@ -355,6 +359,20 @@ def check_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs:
     """Check ``inputs`` against the model's input signature; raise `InputMismatch` (a ValueError) on the first
     problem (see `prepare_inputs`, which also gives the arrays to run)."""
     prepare_inputs(session_or_model, inputs, cast=cast)
+
+
+def non_finite_inputs(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """One line per float input holding inf or NaN. They are run as given, but onnxruntime's kernels need not carry
+    them through as PyTorch does (its native LSTM turns a NaN input into finite states), so the answers are no
+    evidence of the model's."""
+    lines = []
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and array.dtype.isnative:
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                lines.append(f"input `{printable(name)}` holds {bad} of {array.size} values that are inf or NaN; "
+                             "onnxruntime's kernels need not propagate them (the outputs may look finite)")
+    return lines
 
 
 def prepare_inputs(session_or_model: "ort.InferenceSession | ModelSource", inputs: Mapping[str, object],

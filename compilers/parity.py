@@ -153,8 +153,11 @@ def check(model: "Model", state: Mapping[str, Any], inputs: Mapping[str, np.ndar
         overflow = None
     # after a real overflow that reached the outputs, the backends' numbers are no evidence either way (tanh of
     # +inf in one and of -inf in the other): said, not called a bug. A causal mask's -inf is no overflow.
-    excused = overflow is not None and overflow.overflowed and any(c.reached for c in result.outputs.values())
-    if not result.ok and not excused:
+    # Only the outputs the overflow itself reached (inf or NaN in either backend) are excused: another output that
+    # stayed finite in both and still differs is a real disagreement.
+    overflowed = overflow is not None and overflow.overflowed
+    unexcused = [c for c in result.outputs.values() if c.disagree and not (overflowed and c.reached)]
+    if unexcused:
         raise ParityError(result.failure())
     return result, overflow_warning(result, overflow)
 

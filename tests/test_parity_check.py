@@ -238,3 +238,34 @@ def test_causal_scores_are_minus_inf_by_design_and_a_difference_in_them_is_still
     monkeypatch.setattr(onnx_runtime, "run", wrong)
     with pytest.raises(ParityError):  # -inf from a constant is no overflow: it excuses nothing
         build(spec, tmp_path / "bad", steps=4)
+
+
+def test_an_overflow_in_one_output_excuses_no_disagreement_in_another(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """`big` overflows by design; `z` stays finite in both backends, so a difference in `z` is still a bug."""
+    from seqdsl.compilers import onnx_runtime
+
+    spec = _spec(tmp_path, """\
+        name: over
+        sizes: {h: 4}
+        inputs:
+          x: [B, T, h]
+        graph:
+          z: x * 2
+          big: z * 1e30 * 1e30
+        outputs:
+          z: z
+          big: big
+        """)
+    real = onnx_runtime.run
+
+    def wrong_z(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real(*args, **kwargs)
+        result.outputs["z"] = result.outputs["z"] + np.float32(1.0)
+        return result
+
+    build(spec, tmp_path / "fine", steps=3)  # the overflow alone: a warning, the build written
+    monkeypatch.setattr(onnx_runtime, "run", wrong_z)
+    with pytest.raises(ParityError, match="`z`"):
+        build(spec, tmp_path / "lib", steps=3)
+    assert not (tmp_path / "lib").exists()
