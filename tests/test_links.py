@@ -115,8 +115,9 @@ def run_into(model: Path, x: Path, out: Path, *extra: str):
        earlier_run=st.booleans())
 def test_run_output_dir_refuses_planted_links_and_user_files(tmp_path_factory, rnn_model: tuple[Path, Path],
                                                              kinds: dict[str, str], earlier_run: bool):
-    """--output-dir is new, empty, or a folder an earlier run made (its run.json lists it all): a link or a user's
-    file at any path a run writes is refused (one line, exit 2), and nothing there or outside changes."""
+    """--output-dir is new, empty, or a folder an earlier run made (its run.json lists it all): a link at any path
+    a run writes, or a user's file where no run wrote, is refused (one line, exit 2), and nothing there or outside
+    changes. (A plain file at a name run.json lists counts as the run's, as in a build's folder.)"""
     model, x = rnn_model
     root = tmp_path_factory.mktemp("run")
     out = root / "out"
@@ -136,7 +137,9 @@ def test_run_output_dir_refuses_planted_links_and_user_files(tmp_path_factory, r
     inside = {n: (os.readlink(out / n) if (out / n).is_symlink() else (out / n).read_bytes())
               for n in (os.listdir(out) if out.exists() else [])}
     r = run_into(model, x, out)
-    if all(kind == "none" for kind in kinds.values()):  # nothing planted: a new folder, or the earlier run's
+    links = any(kind in KINDS for kind in kinds.values())
+    users = [n for n, kind in kinds.items() if kind == "user file" and (not earlier_run or n == "run.json")]
+    if not links and not users:  # a new folder, or the earlier run's (its listed names replaced by plain files)
         assert r.exit_code == 0, r.output
         assert sorted(os.listdir(out)) == ["h_n.npy", "run.json", "y.npy"]
         return
