@@ -75,7 +75,8 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
     with np.load(val, allow_pickle=False) as f:
         x = f["x"][:16]
     np.save(tmp_path / "x.npy", x)
-    r = cli("run", str(out / "model.onnx"), "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path / "preds"))
+    r = cli("run", str(out / "model.onnx"), "--input", f"x={tmp_path / 'x.npy'}",
+            "--output-dir", str(tmp_path / "preds"))
     assert r.returncode == 0, r.stderr
     w = {k: torch.from_numpy(v) for k, v in trained.items()}
     lstm = torch.nn.LSTM(2, 8, batch_first=True)
