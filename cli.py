@@ -439,6 +439,40 @@ def _output_files(names: list[str]) -> dict[str, str]:
     return files
 
 
+#: The marker of a folder `run --output-dir` made: it lists the files runs wrote there (`seqdsl.compilers.publish`).
+RUN_MARKER = "run.json"
+_RUN_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}\.npy|[A-Za-z0-9_.-]{0,100}~[0-9a-f]{16}\.npy", re.ASCII)
+
+
+def _run_owner() -> Any:
+    from seqdsl.compilers.publish import Owner
+
+    return Owner("--output-dir", RUN_MARKER, lambda n: n == RUN_MARKER or _RUN_FILE.fullmatch(n) is not None,
+                 "run", "--output-dir preds")
+
+
+def _run_output_dir(output_dir: Path) -> Path:
+    """The real folder --output-dir names, under the rule of `seqdsl.compilers.publish` (new, empty, or one an
+    earlier run made); a refusal is one line, exit 2. Writes nothing."""
+    from seqdsl.compilers.publish import OutputError, output_dir as checked
+
+    try:
+        return checked(output_dir, None, _run_owner())
+    except OutputError as exc:
+        _fail(f"error: {exc}", 2)
+
+
+def _claim_run_dir(real: Path, names: list[str]) -> None:
+    """Make the folder and write its marker (the files this run writes, with those earlier runs wrote)."""
+    from seqdsl import files
+    from seqdsl.compilers.publish import SIGNATURE, built_files
+
+    real.mkdir(parents=True, exist_ok=True)
+    listed = sorted({RUN_MARKER, *names} | set(built_files(real, _run_owner()) or ()))
+    marker = {"built_by": SIGNATURE, "made_by": "seqdsl run", "files": listed}
+    files.write_text(real / RUN_MARKER, json.dumps(marker, indent=2) + "\n")
+
+
 @app.command()
 def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a build, or any .onnx file)."),
         inputs: list[str] = typer.Option(..., "--input", "-i",
@@ -464,8 +498,7 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         _fail(f"error: {model}: not an .onnx file (give the model.onnx of a build)", 2)
     if not model.is_file():
         _fail(f"error: {model}: no such file" if not model.exists() else f"error: {model}: not a file", 2)
-    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
-        _fail(f"error: --output-dir {output_dir}: exists and is not a directory", 2)
+    out_real = _run_output_dir(output_dir) if output_dir is not None else None  # refused before the model runs
     arrays = _parse_inputs(inputs, _byte_count("--max-data", max_data))
     said: list[str] = []  # the threads the rule chose, said after the outputs
 
@@ -510,12 +543,13 @@ def run(model: Path = typer.Argument(..., help="The ONNX model (model.onnx of a 
         from seqdsl import files
 
         written = []
+        names = _output_files(list(result.outputs))
         try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            for name, file in _output_files(list(result.outputs)).items():
+            _claim_run_dir(_run_output_dir(output_dir), list(names.values()))  # checked again: it may have changed
+            for name, file in names.items():
                 value = result.outputs[name]
-                written.append(str(files.write(output_dir / file,
-                                               lambda f, v=value: np.save(f, v, allow_pickle=False))))
+                written.append(str(output_dir / file))
+                files.write(out_real / file, lambda f, v=value: np.save(f, v, allow_pickle=False))
         except OSError as exc:
             _fail(f"error: --output-dir {output_dir}: {exc.strerror or exc}", 2)
         print(f"wrote {', '.join(map(printable, written))}")

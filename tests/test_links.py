@@ -105,22 +105,62 @@ def rnn_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return built / "model.onnx", root / "x.npy"
 
 
+def run_into(model: Path, x: Path, out: Path, *extra: str):
+    return invoke("run", str(model), "-i", f"x={x}", "--provider", "cpu", "--output-dir", str(out), *extra)
+
+
 @SETTINGS
-@given(kinds=st.fixed_dictionaries({"y.npy": st.sampled_from(KINDS + ["none"]),
-                                    "h_n.npy": st.sampled_from(KINDS + ["none"])}))
-def test_run_output_dir_replaces_planted_links(tmp_path_factory, rnn_model: tuple[Path, Path], kinds: dict[str, str]):
+@given(kinds=st.fixed_dictionaries({name: st.sampled_from(KINDS + ["user file", "none"])
+                                    for name in ["y.npy", "h_n.npy", "run.json"]}),
+       earlier_run=st.booleans())
+def test_run_output_dir_refuses_planted_links_and_user_files(tmp_path_factory, rnn_model: tuple[Path, Path],
+                                                             kinds: dict[str, str], earlier_run: bool):
+    """--output-dir is new, empty, or a folder an earlier run made (its run.json lists it all): a link at any path
+    a run writes, or a user's file where no run wrote, is refused (one line, exit 2), and nothing there or outside
+    changes. (A plain file at a name run.json lists counts as the run's, as in a build's folder.)"""
     model, x = rnn_model
     root = tmp_path_factory.mktemp("run")
+    out = root / "out"
+    if earlier_run:
+        assert run_into(model, x, out).exit_code == 0
     for name, kind in kinds.items():
-        if kind != "none":
-            plant(root / "out" / name, kind, root / "outside")
+        if kind == "none":
+            continue
+        if (out / name).exists():
+            (out / name).unlink()
+        if kind == "user file":
+            out.mkdir(exist_ok=True)
+            (out / name).write_bytes(SECRET)
+        else:
+            plant(out / name, kind, root / "outside")
     before = unchanged(root / "outside") if (root / "outside").exists() else {}
-    r = invoke("run", str(model), "-i", f"x={x}", "--provider", "cpu", "--output-dir", str(root / "out"))
-    assert r.exit_code == 0, r.output
-    for name in kinds:
-        assert not (root / "out" / name).is_symlink() and np.load(root / "out" / name).dtype == np.float32
+    inside = {n: (os.readlink(out / n) if (out / n).is_symlink() else (out / n).read_bytes())
+              for n in (os.listdir(out) if out.exists() else [])}
+    r = run_into(model, x, out)
+    links = any(kind in KINDS for kind in kinds.values())
+    users = [n for n, kind in kinds.items() if kind == "user file" and (not earlier_run or n == "run.json")]
+    if not links and not users:  # a new folder, or the earlier run's (its listed names replaced by plain files)
+        assert r.exit_code == 0, r.output
+        assert sorted(os.listdir(out)) == ["h_n.npy", "run.json", "y.npy"]
+        return
+    one_line_exit_2(r)
+    assert r.stderr.startswith(f"error: --output-dir {out}: ") and r.stdout == "", r.output  # before the model ran
+    assert {n: (os.readlink(out / n) if (out / n).is_symlink() else (out / n).read_bytes())
+            for n in os.listdir(out)} == inside
     if before:
         assert_outside_untouched(root / "outside", before)
+
+
+def test_run_output_dir_is_checked_before_the_model_runs(tmp_path: Path, rnn_model: tuple[Path, Path]):
+    model, x = rnn_model
+    (tmp_path / "od").mkdir()
+    (tmp_path / "od" / "y.npy").write_bytes(b"precious")
+    r = invoke("run", str(model), "-i", "nosuchinput=" + str(x), "--output-dir", str(tmp_path / "od"))
+    one_line_exit_2(r)
+    assert "--output-dir" in r.stderr and "nosuchinput" not in r.stderr
+    assert (tmp_path / "od" / "y.npy").read_bytes() == b"precious"
+    r = run_into(model, x, tmp_path / "new")  # a new folder becomes a run's, and a run may write there again
+    assert r.exit_code == 0 and run_into(model, x, tmp_path / "new").exit_code == 0, r.output
 
 
 @SETTINGS

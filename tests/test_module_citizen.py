@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, SPECS
 
@@ -69,6 +71,32 @@ def test_a_changed_cache_file_is_not_imported(tmp_path: Path):
     finally:
         file.unlink()
     assert generated.load("tamper", source).X == 1
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["file", "dangling", "dir"]), value=st.integers(), tag=st.uuids())
+def test_a_link_planted_at_a_cache_file_is_replaced_never_written_through(tmp_path_factory, kind: str, value: int,
+                                                                          tag):
+    """The cache file is written by `seqdsl.files` (one atomic writer): a link at its name is replaced by the file,
+    and what it pointed at stays as it was."""
+    source = f"X = {value}  # {tag}\n"
+    name = generated.module_name("planted", source)
+    file = generated.cache_dir() / f"{name}.py"
+    outside = tmp_path_factory.mktemp("outside")
+    target = outside / ("missing.py" if kind == "dangling" else "folder" if kind == "dir" else "target.py")
+    if kind == "file":
+        target.write_bytes(b"SECRET = 1\n")
+    elif kind == "dir":
+        target.mkdir()
+        (target / file.name).write_bytes(b"SECRET = 1\n")
+    file.symlink_to(target)
+    try:
+        assert generated.load("planted", source).X == value
+        assert not file.is_symlink() and file.read_text() == source
+    finally:
+        file.unlink(missing_ok=True)
+    left = {p.name: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    assert left == ({} if kind == "dangling" else {target.name if kind == "file" else file.name: b"SECRET = 1\n"})
 
 
 def test_deepcopy_is_an_independent_module_computing_the_same():

@@ -75,7 +75,7 @@ def test_run_prints_each_output_and_the_provider(models: dict[str, Path], tmp_pa
     assert float(numbers["max"]) == pytest.approx(want.outputs["y"].max(), rel=1e-5)
     assert any(line.startswith("h_n ") and "shape (2, 32) float32" in line for line in lines)
     assert "provider: CPUExecutionProvider" in lines
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["h_n.npy", "y.npy"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["h_n.npy", "run.json", "y.npy"]
     for name, value in want.outputs.items():  # the same numbers as the Python API
         np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{name}.npy"), value)
 

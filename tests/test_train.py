@@ -75,7 +75,8 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
     with np.load(val, allow_pickle=False) as f:
         x = f["x"][:16]
     np.save(tmp_path / "x.npy", x)
-    r = cli("run", str(out / "model.onnx"), "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path))
+    r = cli("run", str(out / "model.onnx"), "--input", f"x={tmp_path / 'x.npy'}",
+            "--output-dir", str(tmp_path / "preds"))
     assert r.returncode == 0, r.stderr
     w = {k: torch.from_numpy(v) for k, v in trained.items()}
     lstm = torch.nn.LSTM(2, 8, batch_first=True)
@@ -86,7 +87,7 @@ def test_train_below_baseline_build_and_run_gives_torch_nn_predictions(adding, t
         lstm.bias_hh_l0.zero_()
         _, (h_n, _) = lstm(torch.from_numpy(x))
         expected = (h_n[0] @ w["W_y"].T + w["b_y"]).numpy()
-    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-5
+    assert np.abs(np.load(tmp_path / "preds" / "y.npy") - expected).max() < 1e-5
 
 
 def test_cli_bad_data_is_one_error_exit_2(adding, tmp_path: Path):

@@ -149,3 +149,85 @@ def test_cli_refusals_are_exit_2_before_training_and_fresh_replaces_a_run(data: 
     assert r.exit_code == 2 and "--resume" in r.stderr and (work / "last.ckpt").read_bytes() == first
     r = runner.invoke(cli.app, base + ["-o", str(out), "--no-build", "--seed", "1", "--fresh"])
     assert r.exit_code == 0 and (work / "last.ckpt").read_bytes() != first, r.stderr
+
+
+# ----------------------------------------------------------------------------- links planted during training
+
+OUTSIDE = b"outside: must never change\n"
+
+
+def _plant(link: Path, kind: str, outside: Path) -> None:
+    """A link at ``link`` (whatever is there is removed first) to a file outside, to nowhere, or to a folder outside
+    holding a file of the link's name."""
+    outside.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    target = outside / f"{kind}-{link.name}"
+    if kind == "file":
+        target.write_bytes(OUTSIDE)
+    elif kind == "dir":
+        target.mkdir(exist_ok=True)
+        (target / link.name).write_bytes(OUTSIDE)
+    link.symlink_to(target)
+
+
+def _outside(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+ROW = st.fixed_dictionaries({"step": st.integers(0, 10 ** 6), "epoch": st.integers(0, 100),
+                             "loss": st.floats(0, 1e6, allow_nan=False)})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fmt=st.sampled_from(["csv", "jsonl"]), kind=st.sampled_from(["file", "dangling", "dir"]),
+       before=st.lists(ROW, max_size=3), after=st.lists(ROW, min_size=1, max_size=3))
+def test_a_link_planted_at_the_metrics_file_is_never_followed(tmp_path_factory, fmt: str, kind: str,
+                                                             before: list, after: list):
+    from seqdsl.compilers.training.report import MetricsLog
+
+    root = tmp_path_factory.mktemp("metrics")
+    work, outside = root / "work", root / "outside"
+    work.mkdir()
+    path = work / f"metrics.{fmt}"
+    log = MetricsLog(path)
+    for row in before:
+        log.write(row)
+    _plant(path, kind, outside)  # after the work folder's check, between two steps
+    snapshot = _outside(outside)
+    for row in after:
+        log.write(row)
+    assert _outside(outside) == snapshot and all(v == OUTSIDE for v in snapshot.values())
+    assert not path.is_symlink() and path.is_file()
+    again = MetricsLog.__new__(MetricsLog)
+    again.path, again.jsonl = path, fmt == "jsonl"
+    assert [(r["step"], r["loss"]) for r in again._read()] == [(r["step"], r["loss"]) for r in before + after]
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling", "dir"])
+def test_links_planted_in_the_work_folder_while_training_are_never_followed(data: Path, tmp_path: Path,
+                                                                            monkeypatch, kind: str):
+    """A real run: at its first metrics row, links appear at metrics.csv and metrics.png (after the folder's check);
+    the run writes both as files of its own, and what the links pointed at is unchanged."""
+    from seqdsl.compilers.training import report
+
+    work, outside = tmp_path / "out.train", tmp_path / "outside"
+    write = report.MetricsLog.write
+    planted: list[bool] = []
+
+    def plant_then_write(self, row):
+        if not planted:
+            _plant(work / "metrics.csv", kind, outside)
+            _plant(work / "metrics.png", kind, outside)
+            planted.append(True)
+        return write(self, row)
+
+    monkeypatch.setattr(report.MetricsLog, "write", plant_then_write)
+    r = CliRunner().invoke(cli.app, ["train", str(SPEC), "--data", str(data), "--set", "h=2", "--steps", "3",
+                                     "--threads", "1", "--progress", "quiet", "-o", str(tmp_path / "out"),
+                                     "--no-build"])
+    assert r.exit_code == 0, r.output
+    assert planted and _outside(outside) == {k: OUTSIDE for k in _outside(outside)}
+    assert len(_outside(outside)) == (0 if kind == "dangling" else 2)
+    for name in ("metrics.csv", "metrics.png"):
+        assert not (work / name).is_symlink() and (work / name).is_file()
+    assert (work / "metrics.png").read_bytes().startswith(b"\x89PNG")

@@ -20,6 +20,7 @@ import importlib.util
 import os
 import pickle
 import re
+import stat
 import sys
 import tempfile
 from importlib.machinery import ModuleSpec
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
+from seqdsl import files
 from seqdsl.naming import escape
 
 DIGEST_CHARS = 32  # hex characters of SHA-256 in a module's name
@@ -110,13 +112,21 @@ def _import(leaf: str, source: str) -> ModuleType:
     if fullname in sys.modules:
         return sys.modules[fullname]
     file = cache_dir() / f"{leaf}.py"
-    if not file.exists() or file.read_text(encoding="utf-8", errors="replace") != source:
-        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")  # another process may be importing the same file
-        tmp.write_text(source, encoding="utf-8")
-        os.replace(tmp, file)
+    if not _holds(file, source):
+        files.write_text(file, source)  # whole and atomic: another process may be importing the same file
     module = importlib.import_module(fullname)
     _carry_source(module, leaf, source)
     return module
+
+
+def _holds(file: Path, source: str) -> bool:
+    """Whether ``file`` is a plain file (not a link: never read through one) holding ``source``."""
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.read().decode("utf-8", "replace") == source
 
 
 def _carry_source(module: ModuleType, leaf: str, source: str) -> None:

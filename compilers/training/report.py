@@ -3,18 +3,24 @@
 On a terminal the progress is Lightning's rich bar; when stderr is not a terminal, or under CI (``CI`` set), it is
 one plain line per validation (`run`), which logs and CI keep readably. Metrics go to
 ``metrics.csv`` or ``metrics.jsonl`` (one row per logged step; validation columns empty between validations) and
-the plot to ``metrics.png`` (matplotlib, Agg: no display needed).
+the plot to ``metrics.png`` (matplotlib, Agg: no display needed). Both are written by `seqdsl.files` (whole,
+atomically, never through a link); a row is appended only to the plain file the log wrote (``O_NOFOLLOW``),
+else the file is written whole again in place of what is there.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
+
+from seqdsl import files
 
 COLUMNS = ["step", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "grad_norm", "lr", "examples_per_s",
            "seconds"]
@@ -36,28 +42,45 @@ class MetricsLog:
         self.path = path
         self.jsonl = path.suffix == ".jsonl"
         self.rows: list[Row] = [r for r in self._read() if r["step"] <= keep_until] if keep_until is not None else []
-        with self.path.open("w", newline="") as f:
-            if not self.jsonl:
-                csv.writer(f).writerow(COLUMNS)
-        for row in self.rows:
-            self._append(row)
+        self._rewrite()
 
     def write(self, row: Row) -> None:
         row = {k: row.get(k) for k in COLUMNS}
         self.rows.append(row)
         self._append(row)
 
+    def _rewrite(self) -> None:
+        """The whole file, through seqdsl's one writer (a link at the path is replaced, never followed)."""
+        header = "" if self.jsonl else _csv_line(COLUMNS)
+        files.write_text(self.path, header + "".join(map(self._line, self.rows)))
+
     def _append(self, row: Row) -> None:
-        with self.path.open("a", newline="") as f:
-            if self.jsonl:
-                f.write(json.dumps(row) + "\n")
-            else:
-                csv.writer(f).writerow(["" if row[k] is None else row[k] for k in COLUMNS])
+        """One row at the end of the file this log wrote; if something else is at the path now (a link, not a
+        file), it is never opened: the file is written whole again in its place."""
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except OSError:  # ELOOP (a link), ENOENT (removed), ENXIO (a FIFO) and the like
+            return self._rewrite()
+        with os.fdopen(fd, "wb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                f.close()
+                return self._rewrite()
+            f.write(self._line(row).encode("utf-8"))
+
+    def _line(self, row: Row) -> str:
+        if self.jsonl:
+            return json.dumps(row) + "\n"
+        return _csv_line(["" if row[k] is None else row[k] for k in COLUMNS])
 
     def _read(self) -> list[Row]:
-        if not self.path.is_file():
+        try:  # only the file an earlier run wrote: never read through a link
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
             return []
-        with self.path.open(newline="") as f:
+        with open(fd, newline="", encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
             if self.jsonl:
                 rows = [json.loads(line) for line in f if line.strip()]
             else:
@@ -66,6 +89,12 @@ class MetricsLog:
         for row in rows:
             row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
         return rows
+
+
+def _csv_line(values: list[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue()
 
 
 def plot(rows: list[Row], path: Path, title: str, loss_name: str, accuracy: bool, baseline: float | None) -> None:
@@ -109,5 +138,5 @@ def plot(rows: list[Row], path: Path, title: str, loss_name: str, accuracy: bool
     fig.suptitle(title)
     if steps:
         fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.write(path, lambda f: fig.savefig(f, format="png", dpi=100))  # never through a link at the path
     plt.close(fig)
