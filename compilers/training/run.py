@@ -43,7 +43,7 @@ from .batches import EvalBatches, Loader, Rows, RunBatches, epoch_plan
 from .data import Dataset
 from .module import CHECKPOINT_FORMAT, SpecModule
 from .objective import baseline, real_values
-from .options import TrainOptions
+from .options import TrainOptions, check_warmup
 from .prepare import Prepared, prepare
 from .report import MetricsLog, plot, progress_mode
 
@@ -162,6 +162,7 @@ class _Run:
                             f"{self.world} processes", Location(self.train_set.file, path="--data"))
         n = s.accumulate
         self.total = s.steps if s.steps is not None else max(1, (s.epochs or 1) * self.batches_per_epoch // n)
+        check_warmup(s.warmup, self.total)  # an --epochs run's step count is known only now, before training
         self.log_every = options.log_every or max(1, self.total // 100)
         self.eval_every = options.eval_every or max(1, self.total // 10)
         self.module = SpecModule(self.model, s, self.total, self.train_set.file)
