@@ -207,7 +207,7 @@ def read_npy(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
 
 
 #: A torch.save archive holds one member per tensor storage and a few records: more than this is not a checkpoint.
-MAX_CHECKPOINT_MEMBERS = 1 << 16
+MAX_CHECKPOINT_MEMBERS = 1 << 15
 
 
 def check_torch_archive(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> None:
