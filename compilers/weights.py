@@ -20,6 +20,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from seqdsl.datafiles import MAX_DATA_BYTES, DataFileError, check_torch_archive
 from seqdsl.errors import Location, SpecError
 from seqdsl.text import printable
 from seqdsl.ir import Model
@@ -39,7 +40,16 @@ CHECKPOINT_SUFFIX = ".ckpt"
 _MODULE_PREFIX = "net."
 
 
-def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> Any:
+    """``torch.load(path, weights_only=True)`` of an untrusted checkpoint, bounded first: the archive is checked
+    by `seqdsl.datafiles.check_torch_archive` (a zip of stored members declaring at most ``max_bytes``), so that a
+    small file cannot make the load allocate what it declares. Raises `DataFileError` for a refused file and
+    whatever ``torch.load`` raises for one it cannot read."""
+    check_torch_archive(path, max_bytes)
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def checkpoint_weights(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> dict[str, torch.Tensor]:
     """The model weights of a Lightning checkpoint (``best.ckpt``/``last.ckpt`` of `seqdsl train`, or any whose
     ``state_dict`` holds the spec's parameters, with a common ``net.`` prefix stripped), keyed as in the spec.
 
@@ -52,7 +62,10 @@ def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise SpecError("E0604", "no such checkpoint file" if not Path(path).exists() else
                         "the checkpoint path is not a file", where, hint=hint)
     try:
-        stored = torch.load(str(path), map_location="cpu", weights_only=True)
+        stored = load_checkpoint(path, max_bytes)
+    except DataFileError as exc:
+        raise SpecError("E0604", "not a readable checkpoint", where, found=exc.message,
+                        hint=exc.hint or hint) from None
     except Exception as exc:  # noqa: BLE001 - whatever the unpickler refuses is the file's fault
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise SpecError("E0604", "not a readable checkpoint of plain tensors", where, found=_printable(reason),

@@ -206,6 +206,42 @@ def read_npy(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
         raise DataFileError(f"not a readable .npy array ({shown(str(exc)[:200] or type(exc).__name__)})") from None
 
 
+#: A torch.save archive holds one member per tensor storage and a few records: more than this is not a checkpoint.
+MAX_CHECKPOINT_MEMBERS = 1 << 15
+
+
+def check_torch_archive(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> None:
+    """Refuse a checkpoint that could make ``torch.load`` allocate more than ``max_bytes`` (``--max-data``), before
+    it is loaded: it must be a zip archive (torch.save's format; a legacy pickle is refused) of at most
+    `MAX_CHECKPOINT_MEMBERS` members, each stored uncompressed (torch.save writes ZIP_STORED only, so a deflated
+    member is a zip bomb's, never torch's), whose declared sizes sum to at most ``max_bytes``. Raises
+    `DataFileError`; nothing here imports torch."""
+    file = Path(path)
+    _readable_file(file)
+    try:
+        if not zipfile.is_zipfile(file):
+            raise DataFileError("not a torch.save zip archive (a legacy pickle or another format)",
+                                "save it again with torch.save (any torch since 1.6 writes a zip archive)")
+        if _entries(file) > MAX_CHECKPOINT_MEMBERS:
+            raise DataFileError(f"holds more than {MAX_CHECKPOINT_MEMBERS} members", "not a torch.save archive")
+        with zipfile.ZipFile(file) as archive:
+            members = archive.infolist()
+    except DataFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken directory is the file's fault
+        raise DataFileError(f"cannot read the archive ({shown(str(exc)[:200] or type(exc).__name__)})") from None
+    if len(members) > MAX_CHECKPOINT_MEMBERS:
+        raise DataFileError(f"holds more than {MAX_CHECKPOINT_MEMBERS} members", "not a torch.save archive")
+    for info in members:
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise DataFileError(f"member {shown(info.filename[:80])} is compressed: torch.save stores members "
+                                "uncompressed", "give the file torch.save (or seqdsl train) wrote, not a re-zip")
+    unpacked = sum(info.file_size for info in members)
+    if unpacked > max_bytes:
+        raise DataFileError(f"unpacks to {size_text(unpacked)}, above --max-data {size_text(max_bytes)}",
+                            "raise --max-data if the machine has the memory")
+
+
 def _readable_file(file: Path) -> None:
     if not file.is_file():
         if file.exists():
@@ -299,5 +335,5 @@ def write_json(value: dict[str, Any], path: Path, option: str = "-o") -> None:
     _atomic(path, lambda fp: fp.write(text.encode("ascii")), option)
 
 
-__all__ = ["MAX_DATA_BYTES", "MAX_MEMBERS", "MARK", "DataFileError", "Declared", "declared_npz", "read_npz",
+__all__ = ["MAX_DATA_BYTES", "MAX_MEMBERS", "MAX_CHECKPOINT_MEMBERS", "check_torch_archive", "MARK", "DataFileError", "Declared", "declared_npz", "read_npz",
            "read_npy", "is_seqdsl_file", "check_output", "write_npz", "write_json", "shown", "size_text"]

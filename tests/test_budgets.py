@@ -131,6 +131,15 @@ def many_imports(folder: Path, files: int, equations_each: int, pad: int = 0) ->
     return folder / "main.yaml"
 
 
+def long_names(n: int, length: int) -> str:
+    """n parameters with names of ``length`` characters alike but for a number (YAML's explicit keys: a plain key
+    has at most 1,024), and one use of the first with its first letter mistyped: the "did you mean" search."""
+    names = [f"p{i}_" + "w" * (length - len(f"p{i}_")) for i in range(n)]
+    params = "".join(f"  ? {p}\n  : [d]\n" for p in names)
+    return (f"sizes: {{d: 2}}\ninputs: {{x: [B, T, d]}}\nparams:\n{params}graph:\n  y: x * q{names[0][1:]}\n"
+            "outputs: {y: y}\n")
+
+
 def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -162,10 +171,14 @@ def decided(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "imports_488kb": (many_imports(tmp / "imports", 40, 80, 110), {}),
         "imports_past_the_bytes": (many_imports(tmp / "imports_big", 50, 80, 110), {}),  # 610 KB in all
         "imports_past_the_nodes": (many_imports(tmp / "imports_nodes", 40, 200), {}),  # 16,000 YAML nodes in all
+        # one misspelt use among long or look-alike parameter names: the search for a hint is bounded too
+        "long_names_3": (_write(tmp, long_names(3, 1_990), "names3.yaml"), {}),
+        "long_names_200": (_write(tmp, long_names(200, 1_990), "names200.yaml"), {}),  # 403 KB
+        "look_alike_names": (_write(tmp, long_names(4_000, 60), "alike.yaml"), {}),  # 4,000 names of 60
         "big_list": (_write(tmp, "inputs: {x: [B, T, " + ", ".join(["1"] * 14_000) + "]}\ngraph: {y: tanh(x)}\n"
                             "outputs: {y: y}\n", "list.yaml"), {}),
     }
-    for name in ("padded.yaml", "long.yaml", "line.yaml"):
+    for name in ("padded.yaml", "long.yaml", "line.yaml", "names200.yaml"):
         assert 400_000 < (tmp / name).stat().st_size <= MAX_SPEC_BYTES, name
     assert len(cases["doubling_20"][0].read_bytes()) < 2_000
     return decide_all(cases)
@@ -174,7 +187,8 @@ def decided(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 @pytest.mark.parametrize("case", ["doubling_12", "doubling_20", "repeat_huge", "repeat_large", "nested_40",
                                   "diamond_14", "equations_1000", "equations_4000", "yaml_nodes", "equations_470kb",
                                   "long_expressions", "nested_modules", "one_line_475kb", "imports_488kb",
-                                  "imports_past_the_bytes", "imports_past_the_nodes", "big_list"])
+                                  "imports_past_the_bytes", "imports_past_the_nodes", "big_list", "long_names_3",
+                                  "long_names_200", "look_alike_names"])
 def test_every_hostile_spec_is_decided_within_2_s_and_512_mb(decided: dict[str, dict], case: str):
     result = decided[case]
     assert result["cpu"] < CPU_SECONDS, f"{case}: {result['cpu']:.2f} s of CPU"
@@ -232,11 +246,18 @@ def test_a_spec_and_its_imports_share_the_size_limits(decided: dict[str, dict]):
     assert many.get("code") == "E0112" and "15,000 for a spec and its imports together" in many["text"], many
 
 
+@pytest.mark.parametrize("case", ["long_names_3", "long_names_200", "look_alike_names"])
+def test_a_misspelt_name_among_many_long_ones_is_one_located_error(decided: dict[str, dict], case: str):
+    result = decided[case]
+    assert result.get("code") == "E0301" and result["col"] == 10, result
+
+
 def test_validate_of_the_largest_specs_takes_under_2_s_in_all(tmp_path: Path):
     """The whole command, Python's start and imports included, on the slowest shapes above."""
     import resource
 
-    for name, text in (("long.yaml", long_expressions(225)), ("line.yaml", one_line(3_500, 120))):
+    for name, text in (("long.yaml", long_expressions(225)), ("line.yaml", one_line(3_500, 120)),
+                       ("names.yaml", long_names(200, 1_990))):
         spec = _write(tmp_path, text, name)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(spec)], capture_output=True,

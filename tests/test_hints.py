@@ -195,3 +195,57 @@ def test_the_distance_is_a_metric_with_transpositions_one(a, b):
     if len(a) >= 2 and a[0] != a[1]:
         assert edit_distance(a, a[1] + a[0] + a[2:]) == 1
 
+
+
+# -- the bounded search gives the answer of the plain one (seqdsl.suggest's bounds change nothing for short names)
+
+def _plain_osa(a: str, b: str) -> int:
+    """The textbook optimal string alignment table, every cell filled: the reference for the bounded one."""
+    d = [[i + j if i == 0 or j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def _plain_closest(name: str, candidates: list[str]) -> str | None:
+    """The rule of `closest` (nearest within one edit per three characters, ties by swap, length, common start,
+    name), with every candidate compared in full."""
+    import os
+
+    limit = max(1, len(name) // 3)
+    ranked = [((d, sorted(name) != sorted(c), abs(len(c) - len(name)), -len(os.path.commonprefix([name, c])), c))
+              for c in set(candidates) for d in [_plain_osa(name, c)] if d <= limit and d < max(len(name), len(c))]
+    return min(ranked)[-1] if ranked else None
+
+
+_short = st.text("abcxy_", max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_short, _short, st.integers(0, 8))
+def test_the_bounded_distance_is_the_plain_one_up_to_its_limit(a, b, limit):
+    plain = _plain_osa(a, b)
+    assert edit_distance(a, b) == plain
+    assert edit_distance(a, b, limit) == min(plain, limit + 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_short, st.lists(_short, max_size=30), st.data())
+def test_suggestions_for_short_names_are_those_of_the_plain_search(name, candidates, data):
+    # near misses of the name among the candidates, so that many draws have a suggestion
+    edits = data.draw(st.lists(st.tuples(st.integers(0, 20), st.sampled_from("abxy")), max_size=3))
+    near = name
+    for at, letter in edits:
+        near = near[:at] + letter + near[at + 1:]
+    candidates = candidates + [near]
+    assert closest(name, candidates) == _plain_closest(name, candidates)
+
+
+def test_names_longer_than_the_bound_get_no_suggestion():
+    from seqdsl.suggest import MAX_LENGTH
+
+    long = "w" * (MAX_LENGTH + 1)
+    assert closest(long[:-1] + "x", [long]) is None and closest("w" * 6, ["w" * 5]) == "w" * 5

@@ -48,7 +48,7 @@ def rows(work: Path) -> list[dict[str, str]]:
 BAD = {
     "--early-stop": ["0", "-1", "x", "1.5"],
     "--schedule": ["cosin", "linear", ""],
-    "--warmup": ["-1", "x", "2.5"],
+    "--warmup": ["-1", "x", "2.5", "2", "3", "99999999999999999999", "1000000000001"],  # the run has 2 steps
     "--weight-decay": ["-0.1", "nan", "inf", "x"],
     "--accumulate": ["0", "-2", "y"],
     "--use": ["worst"],
@@ -68,6 +68,16 @@ def test_each_bad_value_is_one_line_naming_the_option_before_any_work(adding, tm
     first = err.splitlines()[0]
     assert option in first and "Traceback" not in err and len(err.splitlines()) <= 3, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.train").exists()
+
+
+@pytest.mark.parametrize("warmup", ["4", "5", "1000"])
+def test_a_warmup_as_long_as_an_epochs_run_is_refused_before_training(adding, tmp_path: Path, warmup: str):
+    # 64 examples in batches of 16: one epoch is 4 optimiser steps, known once the data is read
+    code, err = invoke("train", SPEC, "--data", adding[0], "-o", tmp_path / "out", "--epochs", "1",
+                       "--batch-size", "16", "--warmup", warmup, "--progress", "quiet", "--threads", "1")
+    assert code == 2 and "--warmup" in err.splitlines()[0] and "4 optimiser steps" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.train" / "last.ckpt").exists()
 
 
 @pytest.mark.parametrize("option", [["--early-stop", "2"], ["--schedule", "plateau"], ["--use", "best"]])

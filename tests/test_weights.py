@@ -201,3 +201,122 @@ def test_cli_weights_bad_and_good(tmp_path: Path, trained):
     r = seqdsl("--weights", str(tmp_path / "good.safetensors"))
     assert r.returncode == 0, r.stderr
     assert torch.equal(load_file(str(out / "weights.safetensors"))["U_c"], state["U_c"])
+
+
+# -- a checkpoint is bounded before torch.load (seqdsl.datafiles.check_torch_archive): zip bombs, lying sizes
+
+_CKPT_CHILD = """
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # a runaway fails, not the machine
+sys.path.insert(0, sys.argv[1])
+from seqdsl.compilers.weights import checkpoint_weights
+from seqdsl.errors import SpecError
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024
+for path in json.loads(sys.argv[2]):
+    before, start = peak(), time.process_time()
+    try:
+        result = {"ok": sorted(checkpoint_weights(path, int(sys.argv[3])))}
+    except SpecError as e:
+        result = {"error": e.format(), "code": e.code}
+    except BaseException as e:
+        result = {"crash": f"{type(e).__name__}: {e}"}
+    result["cpu"], result["grew_mb"] = time.process_time() - start, peak() - before
+    print(json.dumps({path: result}), flush=True)
+"""
+
+
+def _patched_sizes(data: bytes, size: int) -> bytes:
+    """The zip ``data`` with every central directory entry declaring ``size`` bytes, packed and unpacked."""
+    import struct
+
+    out, at = bytearray(data), data.find(b"PK\x01\x02")
+    while at != -1:
+        out[at + 20:at + 28] = struct.pack("<II", min(size, 0xFFFFFFFE), min(size, 0xFFFFFFFE))
+        at = data.find(b"PK\x01\x02", at + 4)
+    return bytes(out)
+
+
+def _entries_patched(data: bytes, entries: int) -> bytes:
+    import struct
+
+    out, at = bytearray(data), data.rfind(b"PK\x05\x06")
+    out[at + 8:at + 12] = struct.pack("<HH", entries & 0xFFFF, entries & 0xFFFF)
+    return bytes(out)
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.sampled_from(["real", "deflated", "bomb", "declared", "legacy", "bytes"]),
+                          st.integers(0, 2**31)), min_size=12, max_size=12, unique_by=lambda t: t[0] + str(t[1])))
+def test_a_checkpoint_is_bounded_before_it_is_loaded(tmp_path_factory, drawn):
+    import io
+    import json
+    import random
+    import zipfile
+
+    cap = 8 << 20
+    folder = tmp_path_factory.mktemp("ckpt")
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"net.W": torch.ones(4, 4), "net.b": torch.zeros(4)}}, buffer)
+    real = buffer.getvalue()
+    files = {}
+    for i, (kind, seed) in enumerate(drawn + [("real", 0), ("bomb", 1), ("legacy", 3)]):
+        rng = random.Random(seed)
+        if kind in ("real", "deflated", "bomb"):
+            out = io.BytesIO()
+            with zipfile.ZipFile(io.BytesIO(real)) as src, zipfile.ZipFile(
+                    out, "w", zipfile.ZIP_STORED if kind == "real" else zipfile.ZIP_DEFLATED) as dst:
+                for info in src.infolist():
+                    dst.writestr(info.filename, src.read(info))
+                if kind == "bomb":  # zeros that deflate a thousandfold: a small file declaring more than the cap
+                    dst.writestr(f"archive/data/{rng.randint(1, 9)}", bytes(cap + rng.randint(1, cap)))
+            data = out.getvalue()
+        elif kind == "declared":
+            data = _patched_sizes(real, rng.randint(cap + 1, 2**32 - 2))
+        elif kind == "many":
+            data = _entries_patched(real, rng.randint(2**15 + 1, 2**16 - 1))
+        elif kind == "legacy":
+            out = io.BytesIO()
+            torch.save({"state_dict": {"W": torch.ones(2)}}, out, _use_new_zipfile_serialization=False)
+            data = out.getvalue()
+        else:
+            data = rng.randbytes(rng.randint(0, 400))
+        path = folder / f"{i}_{kind}.ckpt"
+        path.write_bytes(data)
+        assert len(data) < 200_000
+        files[str(path)] = kind
+    proc = subprocess.run([sys.executable, "-c", _CKPT_CHILD, str(ROOT), json.dumps(list(files)), str(cap)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = {k: v for line in proc.stdout.strip().splitlines() for k, v in json.loads(line).items()}
+    assert results.keys() == files.keys()
+    for path, kind in files.items():
+        got = results[path]
+        assert "crash" not in got, (kind, got)
+        if kind == "real":
+            assert got.get("ok") == ["W", "b"], got
+        else:
+            assert got.get("code") == "E0604" and "Traceback" not in got["error"], (kind, got)
+            assert len(got["error"].splitlines()[0]) < 300, got
+        assert got["grew_mb"] < 64 and got["cpu"] < 2, (kind, got)
+
+
+def test_cli_a_zip_bomb_checkpoint_is_one_error_exit_2(tmp_path: Path):
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"net.W": torch.ones(2)}}, buffer)
+    declared = tmp_path / "declared.ckpt"
+    declared.write_bytes(_patched_sizes(buffer.getvalue(), 2**32 - 2))  # 4 GiB each: above the 4 GiB default
+    deflated = tmp_path / "deflated.ckpt"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(deflated, "w",
+                                                                                  zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    for file, says in ((declared, "above --max-data"), (deflated, "compressed")):
+        r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "build", str(LSTM), "-o", str(tmp_path / "o"),
+                            "--weights", str(file)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "error[E0604]" in r.stderr.splitlines()[0] and says in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()

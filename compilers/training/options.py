@@ -26,6 +26,8 @@ SCHEDULES = ("none", "cosine", "step", "plateau")
 USES = ("best", "last")
 LOGGERS = ("csv", "tensorboard")
 SEED_RANGE = (0, 2**32 - 1)  # numpy's and torch's seeds alike
+#: The most optimiser steps a run (or its warm-up) may count: beyond any run a machine finishes, and an int64.
+MAX_STEPS = 10**12
 
 
 @dataclass
@@ -169,10 +171,24 @@ def resolve(model: Model, options: TrainOptions, arrays: dict[str, np.ndarray]) 
             raise fail(f"{what} must be {'positive' if positive else 'zero or positive'}, got {value}", loc)
     if options.momentum < 0 or (options.momentum and optimizer != "sgd"):
         raise fail("--momentum is SGD's, zero or positive", _option_loc("momentum"))
+    if steps is not None and steps > MAX_STEPS:
+        raise fail(f"the step count must be at most {MAX_STEPS}, got {steps}", _option_loc("steps"))
+    if epochs is not None and epochs > MAX_STEPS:
+        raise fail(f"the epoch count must be at most {MAX_STEPS}, got {epochs}", _option_loc("epochs"))
     check_run_options(options)
+    if steps is not None:
+        check_warmup(options.warmup, int(steps))
     return Settings(target, optimizer, float(lr), int(batch_size), steps, epochs, float(clip),
                     float(options.momentum), int(options.seed), float(options.weight_decay), options.schedule,
                     int(options.warmup), int(options.accumulate))
+
+
+def check_warmup(warmup: int, total: int) -> None:
+    """A warm-up shorter than the run (``total`` optimiser steps, known from --steps, or from --epochs once the
+    data is read), else one E0707 naming --warmup: a run that is all warm-up never reaches its learning rate."""
+    if warmup and warmup >= total:
+        raise SpecError("E0707", f"--warmup {warmup} is not shorter than the run's {total} optimiser steps",
+                        _option_loc("warmup"), hint="give fewer warm-up steps than the run has, or more --steps")
 
 
 def check_run_options(options: TrainOptions) -> None:
@@ -195,8 +211,8 @@ def check_run_options(options: TrainOptions) -> None:
         if value not in choices:
             raise fail(name, f"expects one of {', '.join(choices)}, got {value!r}",
                        hint=did_you_mean(str(value), choices))
-    if not whole(options.warmup) or options.warmup < 0:
-        raise fail("warmup", f"expects a number of steps, zero or positive, got {options.warmup!r}")
+    if not whole(options.warmup) or not 0 <= options.warmup <= MAX_STEPS:
+        raise fail("warmup", f"expects a number of steps in [0, {MAX_STEPS}], got {options.warmup!r}")
     if not whole(options.accumulate) or options.accumulate < 1:
         raise fail("accumulate", f"expects a positive number of batches, got {options.accumulate!r}")
     if options.early_stop is not None and (not whole(options.early_stop) or options.early_stop < 1):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 
+from seqdsl.datafiles import MAX_DATA_BYTES, DataFileError
 from seqdsl.errors import Location, SpecError
 
 from ..build import BuildResult
@@ -42,7 +43,7 @@ from .batches import EvalBatches, Loader, Rows, RunBatches, epoch_plan
 from .data import Dataset
 from .module import CHECKPOINT_FORMAT, SpecModule
 from .objective import baseline, real_values
-from .options import TrainOptions
+from .options import TrainOptions, check_warmup
 from .prepare import Prepared, prepare
 from .report import MetricsLog, plot, progress_mode
 
@@ -178,6 +179,7 @@ class _Run:
                             f"{self.world} processes", Location(self.train_set.file, path="--data"))
         n = s.accumulate
         self.total = s.steps if s.steps is not None else max(1, (s.epochs or 1) * self.batches_per_epoch // n)
+        check_warmup(s.warmup, self.total)  # an --epochs run's step count is known only now, before training
         self.log_every = options.log_every or max(1, self.total // 100)
         self.eval_every = options.eval_every or max(1, self.total // 10)
         self.module = SpecModule(self.model, s, self.total, self.train_set.file)
@@ -189,7 +191,7 @@ class _Run:
         s, options = self.settings, self.options
         last = self.work / workdir.LAST
         if options.resume:
-            _check_resumable(last, self.module)
+            _check_resumable(last, self.module, options.max_data)
         if self.main:
             if options.fresh:
                 workdir.clear(self.work)
@@ -293,7 +295,7 @@ class _Run:
         ``use`` is best), else the last."""
         best = self.work / workdir.BEST
         if self.options.use == "best" and self.val_set is not None and best.is_file():
-            stored = _load(best)
+            stored = _load(best, self.options.max_data)
             return {"checkpoint": workdir.BEST, "use": "best", "step": int(stored.get("global_step", 0)),
                     "monitor": "val_loss", "value": float(self.checkpoints.best_model_score),
                     "last_step": last_step}
@@ -304,7 +306,7 @@ class _Run:
         from ..build import build
         from ..weights import checkpoint_weights
 
-        weights = checkpoint_weights(self.work / chosen["checkpoint"])
+        weights = checkpoint_weights(self.work / chosen["checkpoint"], self.options.max_data)
         return build(self.spec, self.out, self.sizes, provider=self.options.provider,
                      max_params=self.options.max_params, weights=weights, training=chosen,
                      normalisation=self.prepared.normalisation, raw_io=self.options.raw_io,
@@ -318,18 +320,22 @@ def _real(dataset: Dataset, name: str) -> np.ndarray:
     return real_values(dataset.arrays[name], lengths, mask)
 
 
-def _load(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint, read without unpickling any object (tensors and plain containers only)."""
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+def _load(path: Path, max_bytes: int = MAX_DATA_BYTES) -> dict[str, Any]:
+    """A Lightning checkpoint, bounded before it is read and read without unpickling any object (tensors and plain
+    containers only): `seqdsl.compilers.weights.load_checkpoint`."""
+    from ..weights import load_checkpoint
+
+    return load_checkpoint(path, max_bytes)
 
 
-def _check_resumable(path: Path, module: SpecModule) -> None:
+def _check_resumable(path: Path, module: SpecModule, max_bytes: int = MAX_DATA_BYTES) -> None:
     """``--resume``: the checkpoint is seqdsl's, written for this model and these options (E0708)."""
     where = Location(str(path), path="--resume")
     try:
-        stored = _load(path)
+        stored = _load(path, max_bytes)
     except Exception as exc:  # noqa: BLE001 - an unreadable or hostile file is the user's to replace
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = exc.line() if isinstance(exc, DataFileError) else \
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise SpecError("E0708", f"--resume: {path} is not a readable checkpoint ({reason})", where) from None
     meta = stored.get("seqdsl") if isinstance(stored, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
