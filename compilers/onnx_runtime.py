@@ -492,23 +492,3 @@ def _cast(spec: InputSpec, array: np.ndarray) -> tuple[np.ndarray, str]:
     exact = np.array_equal(back, values, equal_nan=source.kind == "f" and target.kind == "f")
     return out, f"input `{name}`: cast from {source.name} to {target.name} " + (
         "(exactly)" if exact else "(rounded to the nearest value)")
-
-
-def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Per output name, the largest absolute elementwise difference between ``a`` and ``b``.
-
-    Raises ValueError when the names differ or an output's shapes differ.
-    """
-    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-    if only_a or only_b:
-        raise ValueError(f"outputs differ: only in first {only_a}, only in second {only_b}")
-    diffs: dict[str, float] = {}
-    for name in a:
-        x, y = np.asarray(a[name]), np.asarray(b[name])
-        if x.shape != y.shape:
-            raise ValueError(f"output {name!r}: shape {tuple(x.shape)} != {tuple(y.shape)}")
-        if x.size == 0:
-            diffs[name] = 0.0
-            continue
-        diffs[name] = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-    return diffs

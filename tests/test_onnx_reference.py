@@ -36,6 +36,7 @@ from onnx.reference.ops.op_scan import Scan as _OnnxScan
 
 import seqdsl
 from seqdsl.compilers import onnx_runtime as rt
+from seqdsl.compilers.parity import compare
 from seqdsl.compilers.onnx_export import OPSET, export, set_weights
 from seqdsl.compilers.torch_module import to_module
 
@@ -217,7 +218,7 @@ def reference(b: Bundle, T: int, B: int) -> dict[str, np.ndarray]:
 
 
 def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], what: str) -> dict[str, float]:
-    diffs = rt.max_abs_diff(got, want)  # also checks names and shapes
+    diffs = compare(want, got).max_abs_diff  # also checks names and shapes
     print(f"{what}: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     assert max(diffs.values()) <= TOL, f"{what}: {diffs}"
     return diffs

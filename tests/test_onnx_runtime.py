@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from seqdsl.compilers import onnx_runtime as rt
+from seqdsl.compilers.parity import compare
 
 GPU = rt._gpu_present()
 
@@ -98,7 +99,7 @@ def test_add_with_dynamic_dims_matches_numpy() -> None:
         result = rt.run(model, {"x": x, "y": y}, provider="cpu")
         assert result.provider == rt.CPU
         assert list(result.outputs) == ["z"]
-        assert rt.max_abs_diff(result.outputs, {"z": x + y})["z"] == 0.0
+        assert compare({"z": x + y}, result.outputs).max_abs_diff["z"] == 0.0
 
 
 def test_scan_running_sum_matches_numpy() -> None:
@@ -107,7 +108,7 @@ def test_scan_running_sum_matches_numpy() -> None:
     s0 = rng.standard_normal(3, dtype=np.float32)
     result = rt.run(_scan_model(), {"s0": s0, "x": x})
     expected = s0[:, None] + np.cumsum(x, axis=1)
-    diffs = rt.max_abs_diff(result.outputs, {"final": expected[:, -1], "cumsum": expected})
+    diffs = compare({"final": expected[:, -1], "cumsum": expected}, result.outputs).max_abs_diff
     assert set(diffs) == {"final", "cumsum"}
     assert max(diffs.values()) < 1e-5
 
@@ -185,16 +186,16 @@ def test_no_torch_at_import() -> None:
 def test_max_abs_diff() -> None:
     a = {"y": np.array([1.0, 2.0], np.float32), "h": np.zeros((0, 3))}
     b = {"y": np.array([1.5, 1.0], np.float64), "h": np.zeros((0, 3))}
-    assert rt.max_abs_diff(a, b) == {"y": 1.0, "h": 0.0}
+    assert compare(a, b).max_abs_diff == {"y": 1.0, "h": 0.0}
 
 
 def test_max_abs_diff_shape_mismatch_names_output_and_shapes() -> None:
     with pytest.raises(ValueError, match=r"'y'.*\(2, 3\).*\(3, 2\)"):
-        rt.max_abs_diff({"y": np.zeros((2, 3))}, {"y": np.zeros((3, 2))})
+        compare({"y": np.zeros((2, 3))}, {"y": np.zeros((3, 2))})
 
 
 def test_max_abs_diff_missing_names() -> None:
-    with pytest.raises(ValueError, match="only in first \\['h'\\]"):
-        rt.max_abs_diff({"y": np.zeros(1), "h": np.zeros(1)}, {"y": np.zeros(1)})
-    with pytest.raises(ValueError, match="only in second \\['c'\\]"):
-        rt.max_abs_diff({"y": np.zeros(1)}, {"y": np.zeros(1), "c": np.zeros(1)})
+    with pytest.raises(ValueError, match="only in PyTorch \\['h'\\]"):
+        compare({"y": np.zeros(1), "h": np.zeros(1)}, {"y": np.zeros(1)})
+    with pytest.raises(ValueError, match="only in onnxruntime \\['c'\\]"):
+        compare({"y": np.zeros(1)}, {"y": np.zeros(1), "c": np.zeros(1)})
